@@ -1,0 +1,1 @@
+"""Prefect flows; imported lazily by the CLI (importing Prefect costs seconds)."""

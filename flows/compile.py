@@ -1,0 +1,78 @@
+"""The compile flow: export -> cleanup -> [calibrate] -> build -> validate, per target."""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from tasks.stages import stage_task
+from trtflow.errors import ParamsError
+from trtflow.params import load_params
+from trtflow.pipeline import Context, StageResult
+from trtflow.stages.validate import gate_error
+
+Reporter = Callable[[StageResult, str], None]
+_reporter: ContextVar[Reporter | None] = ContextVar("trtflow_reporter", default=None)
+
+
+def set_reporter(report: Reporter | None) -> None:
+    """Let the CLI print a line per finished stage (a display hook, not flow state)."""
+    _reporter.set(report)
+
+
+def _run(ctx: Context, stage: str, target: str, upstream: list[StageResult]) -> StageResult:
+    start = time.perf_counter()
+    state = stage_task(ctx, stage, target, upstream, return_state=True)
+    result: StageResult = state.result()  # raises the stage's own error on failure
+    result.cached = result.cached or state.name == "Cached"
+    result.run_seconds = time.perf_counter() - start
+    report = _reporter.get()
+    if report:
+        report(result, target)
+    return result
+
+
+def select_targets(ctx: Context, names: list[str] | None) -> list[str]:
+    if names:
+        for n in names:
+            ctx.target(n)
+        return names
+    cpu = [n for n, t in ctx.params.targets.items() if t.device == "cpu"]
+    if not cpu:
+        raise ParamsError("params.targets has no CPU target; pick one with --target")
+    return cpu
+
+
+@flow(name="compile", validate_parameters=False)
+def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
+                 remeasure: bool = False) -> dict[str, Any]:
+    start = time.perf_counter()
+    params = load_params(params_path)
+    ctx = Context.create(params, Path(root), remeasure=remeasure)
+    names = select_targets(ctx, targets)
+    exported = _run(ctx, "export", "", [])
+    cleaned = _run(ctx, "cleanup", "", [exported])
+    per_target: dict[str, list[StageResult]] = {}
+    for name in names:
+        upstream = [cleaned]
+        if ctx.target(name).precision == "int8":
+            upstream.append(_run(ctx, "calibrate", name, [cleaned]))
+        built = _run(ctx, "build", name, upstream)
+        validated = _run(ctx, "validate", name, [built, cleaned])
+        per_target[name] = [*upstream[1:], built, validated]
+
+    from trtflow.track.mlflow_log import log_compile
+
+    wall = time.perf_counter() - start
+    run_ids = log_compile(params, params_path, Path(root), [exported, cleaned], per_target, wall)
+    failed = [n for n, stages in per_target.items() if not stages[-1].report["gates"]["passed"]]
+    summary = {"model": params.model.name, "run_ids": run_ids, "wall_seconds": wall,
+               "stages": {"model": [exported, cleaned], **per_target}}
+    if failed:
+        raise gate_error(per_target[failed[0]][-1].report, failed[0])
+    return summary

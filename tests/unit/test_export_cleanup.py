@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from trtflow.errors import ParityError
+from trtflow.graph.cleanup import cleanup, op_counts
+from trtflow.graph.parity import compare, ort_run
+from trtflow.params import ExportConfig, TensorSpec
+from trtflow.sources import LoadedModel
+from trtflow.stages.export import MODEL_FILE, export_model
+
+from .tiny import NoisyNet, TinyConvNet, conv_bn_graph
+
+SPEC = [TensorSpec(name="image", shape=["batch", 3, 8, 8])]
+
+
+def _sample(batch: int = 3) -> dict[str, np.ndarray]:
+    return {"image": np.random.default_rng(0).standard_normal((batch, 3, 8, 8), np.float32)}
+
+
+def test_export_keeps_batchnorm_and_names_dynamic_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = LoadedModel(TinyConvNet().eval(), None, SPEC, ["logits"])
+    report = export_model(model, ExportConfig(), _sample(), tmp_path)
+    graph = onnx.load(str(tmp_path / MODEL_FILE))
+    assert "BatchNormalization" in op_counts(graph)  # raw graph: cleanup does the folding
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [o.name for o in graph.graph.output] == ["logits"]
+    assert report["parity"]["ok"] and report["parity"]["max_abs_error"] < 1e-4
+    # dynamic batch really works: a batch size the export never saw
+    out = ort_run(tmp_path / MODEL_FILE, _sample(batch=7))
+    assert out["logits"].shape == (7, 5)
+
+
+def test_export_parity_failure_names_the_output(tmp_path: Path) -> None:
+    model = LoadedModel(NoisyNet(), None, SPEC, ["noisy"])
+    with pytest.raises(ParityError, match="output 'noisy' differs by up to"):
+        export_model(model, ExportConfig(), _sample(), tmp_path)
+
+
+def test_cleanup_folds_batchnorm_identity_and_constants() -> None:
+    model = conv_bn_graph()
+    cleaned, report = cleanup(model)
+    ops = op_counts(cleaned)
+    assert "BatchNormalization" not in ops and "Identity" not in ops and "Add" not in ops
+    assert ops["Conv"] == 1
+    assert report["fusions"] == [{"fusion": "Conv+BatchNormalization -> Conv",
+                                  "nodes": ["conv0", "bn0"]}]
+    assert report["ops_before"]["BatchNormalization"] == 1
+    assert report["nodes_after"] < report["nodes_before"]
+
+
+def test_cleaned_graph_matches_original(tmp_path: Path) -> None:
+    model = conv_bn_graph()
+    cleaned, _ = cleanup(model)
+    onnx.save(model, tmp_path / "a.onnx")
+    onnx.save(cleaned, tmp_path / "b.onnx")
+    x = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8), np.float32)}
+    report = compare(ort_run(tmp_path / "a.onnx", x), ort_run(tmp_path / "b.onnx", x),
+                     atol=1e-5, rtol=0, what="cleanup")
+    assert report.ok
+
+
+def test_compare_reports_missing_output_and_shape_mismatch() -> None:
+    ref = {"y": np.zeros((2, 3), np.float32)}
+    with pytest.raises(ParityError, match="output 'y' is missing"):
+        compare(ref, {}, 1e-4, 0, "t")
+    with pytest.raises(ParityError, match=r"output 'y' has shape \[3, 2\]"):
+        compare(ref, {"y": np.zeros((3, 2), np.float32)}, 1e-4, 0, "t")

@@ -1,0 +1,104 @@
+"""ONNX Runtime engines: an offline-optimized graph plus the session config to run it.
+
+The saved graph is optimized at most to ORT's *extended* level, which is
+portable across CPUs; layout-specific (`all`) transformations are applied when
+the session is created on the machine that runs it, so a cached engine never
+carries another CPU's kernel layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from trtflow.errors import BuildError
+from trtflow.params import Target
+
+ENGINE_FILE = "engine.onnx"
+CONFIG_FILE = "session.json"
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_OFFLINE_CAP = {"all": "extended"}
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _providers(target: Target) -> list[str]:
+    if target.device == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def build(model_path: Path, target: Target, out_dir: Path) -> dict[str, Any]:
+    if target.precision not in ("fp32", "int8"):
+        raise BuildError(f"onnxruntime on {target.device}: precision '{target.precision}' is "
+                         "not supported yet")
+    offline = _OFFLINE_CAP.get(target.optimization, target.optimization)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = _LEVELS[offline]
+    opts.optimized_model_filepath = str(out_dir / ENGINE_FILE)
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(model_path), opts, providers=_providers(target))
+    except Exception as exc:
+        raise BuildError(f"onnxruntime could not build an engine from {model_path}: "
+                         f"{str(exc).splitlines()[0][:400]}") from None
+    config = {
+        "providers": _providers(target),
+        "optimization": target.optimization,
+        "offline_optimization": offline,
+        "intra_op_threads": target.threads,
+        "onnxruntime": ort.__version__,
+    }
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    engine = onnx.load(str(out_dir / ENGINE_FILE))
+    ops = Counter(n.op_type for n in engine.graph.node)
+    return {"engine_file": ENGINE_FILE, "session": config, "engine_ops": dict(sorted(ops.items())),
+            "engine_bytes": (out_dir / ENGINE_FILE).stat().st_size}
+
+
+class OrtEngine:
+    """An ONNX Runtime session over a built engine directory."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    @classmethod
+    def load(cls, engine_dir: Path, threads: int | None = None) -> OrtEngine:
+        config = json.loads((engine_dir / CONFIG_FILE).read_text())
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = _LEVELS[config["optimization"]]
+        opts.intra_op_num_threads = threads or config["intra_op_threads"] or default_threads()
+        opts.log_severity_level = 3
+        return cls(ort.InferenceSession(str(engine_dir / ENGINE_FILE), opts,
+                                        providers=config["providers"]))
+
+    @classmethod
+    def from_model(cls, model_path: Path, threads: int | None = None) -> OrtEngine:
+        """A plain FP32 session with all optimizations: the CPU baseline and reference."""
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.log_severity_level = 3
+        return cls(ort.InferenceSession(str(model_path), opts,
+                                        providers=["CPUExecutionProvider"]))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {n: inputs[n] for n in self.input_names}
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed),
+                        strict=True))

@@ -1,0 +1,158 @@
+"""The `trtflow` command line.
+
+Each command is thin: it validates inputs, calls the core or a flow, and turns
+a `TrtflowError` into one paragraph on stderr with a non-zero exit code.
+Prefect is imported only by commands that run a flow.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trtflow.errors import TrtflowError
+
+app = typer.Typer(
+    help="trtflow compiles a trained model into a validated, versioned inference engine:\n\n"
+    "export -> cleanup -> calibrate -> build -> validate, cached per stage, logged to MLflow.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 150)
+
+ROOT_OPTION = typer.Option("--root", help="project directory (store, MLflow, data paths)")
+
+
+def _fail(exc: TrtflowError) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _stage_line(result: Any, target: str) -> None:
+    where = f" [{target}]" if target else ""
+    if result.cached:
+        console.print(f"  [dim]○ {result.stage}{where}: cached ({result.key[:12]}; "
+                      f"took {result.seconds:.2f} s when built)[/]")
+    else:
+        console.print(f"  [green]✓[/] {result.stage}{where}: {result.seconds:.2f} s")
+
+
+@app.command()
+def run(
+    params: Annotated[Path, typer.Argument(help="params YAML, e.g. params/digits.yaml")],
+    target: Annotated[list[str] | None, typer.Option(
+        "--target", "-t", help="target name from params.targets (repeatable); "
+        "default: every CPU target")] = None,
+    remeasure: Annotated[bool, typer.Option(help="re-measure latency even if cached")] = False,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Compile one model through the Prefect flow (no server needed) and log it to MLflow."""
+    from trtflow.project import configure_environment
+
+    root = root.resolve()
+    configure_environment(root)
+    try:
+        from trtflow.params import load_params
+
+        load_params(params)  # fail fast, before Prefect starts
+        console.print(f"[bold]trtflow run[/] {params}  (starting Prefect…)")
+        start = time.perf_counter()
+        from flows.compile import compile_flow, set_reporter
+
+        set_reporter(_stage_line)
+        summary = compile_flow(str(params), str(root), target, remeasure)
+    except TrtflowError as exc:
+        _fail(exc)
+        return
+    _print_summary(summary, time.perf_counter() - start)
+
+
+def _print_summary(summary: dict[str, Any], wall: float) -> None:
+    table = Table(title=f"trtflow: {summary['model']}")
+    for col in ("target", "accuracy", "FP32 ref. acc.", "agreement", "engine p50 bs1",
+                "baseline p50 bs1", "speed-up bs1", "gates", "MLflow run"):
+        table.add_column(col)
+    all_stages = [s for stages in summary["stages"].values() for s in stages]
+    this_run = sum(s.run_seconds for s in all_stages)
+    when_built = sum(s.seconds for s in all_stages)
+    for name, stages in summary["stages"].items():
+        if name == "model":
+            continue
+        rep = stages[-1].report
+        q = rep["quality"]
+        eng, base = rep["latency"]["engine"][0], rep["latency"]["baseline"][0]
+        table.add_row(
+            name,
+            f"{q['accuracy']:.4f}" if "accuracy" in q else "n/a (no labels)",
+            f"{q['reference_accuracy']:.4f}" if "reference_accuracy" in q else "n/a",
+            f"{q['agreement']:.4f} ({q['metric']})",
+            f"{eng['p50_ms']:.3f} ms", f"{base['p50_ms']:.3f} ms",
+            f"{base['p50_ms'] / eng['p50_ms']:.2f}x",
+            "pass" if rep["gates"]["passed"] else "FAIL",
+            summary["run_ids"].get(name, ""),
+        )
+    out.print(table)
+    n_cached = sum(s.cached for s in all_stages)
+    out.print(f"stages run: {len(all_stages) - n_cached}, cached: {n_cached}; "
+              f"stage time this run {this_run:.2f} s (the same stages took {when_built:.2f} s "
+              f"when built: {100 * this_run / max(when_built, 1e-9):.1f}%); wall time {wall:.2f} s "
+              f"(Prefect/MLflow start-up included); MLflow parent run "
+              f"{summary['run_ids']['parent']}")
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="export | cleanup | calibrate | build | validate")],
+    params: Annotated[Path, typer.Option("--params", "-p", help="params YAML")],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="target (build, "
+                                               "calibrate, validate)")] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="copy the artifact here (DVC outs); default build/<model>/<stage>[-target]")] = None,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Run one stage outside Prefect (what `dvc repro` calls), with the same cache keys."""
+    from trtflow.project import configure_environment
+
+    root = root.resolve()
+    configure_environment(root)
+    try:
+        from trtflow.stage_cli import run_single_stage
+
+        result = run_single_stage(name, params, target, output, root)
+    except TrtflowError as exc:
+        _fail(exc)
+        return
+    _stage_line(result, target or "")
+    out.print(json.dumps({"stage": result.stage, "key": result.key, "digest": result.digest,
+                          "path": result.path}))
+
+
+@app.command()
+def prepare(root: Annotated[Path, ROOT_OPTION] = Path(".")) -> None:
+    """Write the demo data sets under data/ (deterministic: digits, sentences, resnet18)."""
+    from trtflow.project import configure_environment
+
+    configure_environment(root.resolve())
+    from trtflow.sources.builtin import write_demo_data
+
+    for path in write_demo_data(root.resolve()):
+        console.print(f"  wrote {path.relative_to(root.resolve())}")
+
+
+def main() -> None:
+    try:
+        app()
+    except TrtflowError as exc:  # raised outside a command body (e.g. in a callback)
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Streaming batches from a data source, checked against the model's inputs.
+
+A `DataStream` yields `Batch(inputs={name: array}, labels=array|None)`. Arrays of
+an `.npz` are opened lazily and sliced per batch, so only one batch of each key
+is converted at a time.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trtflow.errors import DataError
+from trtflow.params import DataSource, TensorSpec
+from trtflow.store import file_digest
+
+_FLOAT = ("float32", "float16")
+_INT = ("int64", "int32", "bool")
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+
+@dataclass
+class DataStream:
+    """A re-iterable, batched view of one data source."""
+
+    path: Path
+    inputs: list[TensorSpec]
+    labels_key: str | None
+    batch_size: int
+    limit: int | None = None
+
+    @property
+    def digest(self) -> str:
+        return file_digest(self.path)
+
+    def __len__(self) -> int:
+        with np.load(self.path, allow_pickle=False) as f:
+            n = len(f[self.inputs[0].name])
+        return min(n, self.limit) if self.limit else n
+
+    def __iter__(self) -> Iterator[Batch]:
+        with np.load(self.path, allow_pickle=False) as f:
+            arrays = {spec.name: f[spec.name] for spec in self.inputs}
+            labels = f[self.labels_key] if self.labels_key else None
+            n = len(self)
+            for start in range(0, n, self.batch_size):
+                stop = min(start + self.batch_size, n)
+                yield Batch(
+                    {name: _as_dtype(a[start:stop], spec) for (name, a), spec
+                     in zip(arrays.items(), self.inputs, strict=True)},
+                    None if labels is None else labels[start:stop],
+                )
+
+
+def _as_dtype(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.dtype(spec.dtype))
+
+
+def open_data(source: DataSource, inputs: list[TensorSpec], root: Path, batch_size: int,
+              num_classes: int | None = None) -> DataStream:
+    """Open `source` and check every model input is there with a compatible dtype/shape."""
+    path = Path(source.npz) if source.npz else None
+    assert path is not None  # the schema guarantees one source kind
+    if not path.is_absolute():
+        path = root / path
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist (run `dvc pull`, or `trtflow "
+                        "prepare` for the demo data)")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"data file {path} is not a readable .npz: {exc}") from None
+    with f:
+        keys = set(f.files)
+        wanted = {s.name for s in inputs}
+        missing = sorted(wanted - keys - {source.labels})
+        if missing:
+            extra = sorted(keys - wanted - {source.labels})
+            raise DataError(f"data file {path}: no array for model input(s) {missing}; "
+                            f"arrays present: {sorted(keys)}"
+                            + (f" (keys matching no model input: {extra})" if extra else ""))
+        lengths = set()
+        for spec in inputs:
+            arr = f[spec.name]
+            _check_array(path, spec, arr)
+            lengths.add(len(arr))
+        if source.labels:
+            if source.labels not in keys:
+                raise DataError(f"data file {path}: labels key '{source.labels}' not found; "
+                                f"arrays present: {sorted(keys)}")
+            labels = f[source.labels]
+            lengths.add(len(labels))
+            _check_labels(path, source.labels, labels, num_classes)
+        if len(lengths) != 1:
+            raise DataError(f"data file {path}: arrays have different lengths {sorted(lengths)}")
+    return DataStream(path, inputs, source.labels, batch_size, source.limit)
+
+
+def _check_array(path: Path, spec: TensorSpec, arr: np.ndarray) -> None:
+    kind = "float" if arr.dtype.kind == "f" else "integer" if arr.dtype.kind in "iub" else None
+    want = "float" if spec.dtype in _FLOAT else "integer"
+    if kind != want:
+        raise DataError(f"data file {path}: array '{spec.name}' has dtype {arr.dtype}, but "
+                        f"model input '{spec.name}' expects {spec.dtype} ({want} data)")
+    if arr.ndim != len(spec.shape):
+        raise DataError(f"data file {path}: array '{spec.name}' has shape {list(arr.shape)}, "
+                        f"model input expects rank {len(spec.shape)} {spec.shape}")
+    for axis, (got, want_dim) in enumerate(zip(arr.shape, spec.shape, strict=True)):
+        if isinstance(want_dim, int) and axis > 0 and got != want_dim:
+            raise DataError(f"data file {path}: array '{spec.name}' has shape "
+                            f"{list(arr.shape)}, model input expects {spec.shape} "
+                            f"(axis {axis}: {got} != {want_dim})")
+
+
+def _check_labels(path: Path, key: str, labels: np.ndarray, num_classes: int | None) -> None:
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"data file {path}: labels '{key}' must be integer class ids, "
+                        f"got dtype {labels.dtype}")
+    if num_classes is not None and len(labels) and (labels.min() < 0
+                                                    or labels.max() >= num_classes):
+        raise DataError(f"data file {path}: labels '{key}' range "
+                        f"[{labels.min()}, {labels.max()}] is outside [0, {num_classes - 1}] "
+                        f"for a model with {num_classes} outputs")

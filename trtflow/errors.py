@@ -1,0 +1,47 @@
+"""One exception type per kind of user mistake.
+
+Every error names the offending file, field or tensor and what was expected;
+the CLI prints the message as one paragraph and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class TrtflowError(Exception):
+    """Base of every error trtflow raises on purpose (bad input, failed check)."""
+
+    exit_code = 2
+
+
+class ParamsError(TrtflowError):
+    """A params file is missing, malformed, or has an unknown/wrong-typed field."""
+
+
+class ModelError(TrtflowError):
+    """A model source cannot be loaded: missing, corrupt, unsafe or mismatched."""
+
+
+class DataError(TrtflowError):
+    """A calibration/evaluation data source does not match the model's inputs."""
+
+
+class ParityError(TrtflowError):
+    """A converted graph's outputs differ from the reference beyond tolerance."""
+
+
+class CalibrationError(TrtflowError):
+    """Calibration could not produce valid scales (bad histograms, bad cache)."""
+
+
+class BuildError(TrtflowError):
+    """An engine could not be built for the requested target."""
+
+
+class GateError(TrtflowError):
+    """An engine failed a validation gate (accuracy drop, speed-up)."""
+
+    exit_code = 3
+
+
+class StoreError(TrtflowError):
+    """The artifact store is unusable (read-only, corrupt entry)."""

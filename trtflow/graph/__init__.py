@@ -1,0 +1,1 @@
+"""ONNX graph passes: cleanup (folding, dead code, fusions) and parity checks."""

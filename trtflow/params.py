@@ -1,0 +1,221 @@
+"""The one params schema: every stage config is a pydantic model composed into `Params`.
+
+YAML files under `params/` are data only; defaults and their meaning live here.
+`load_params` turns any validation failure into a `ParamsError` that names the
+file, the dotted field path and the expected type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trtflow.errors import ParamsError
+
+BUILTIN_MODELS = ("digits", "minilm", "resnet18")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- model -------------------------------------------------------------------
+
+
+class TensorSpec(_Strict):
+    """One model input: name, dtype and shape; strings in `shape` name dynamic dims."""
+
+    name: str
+    dtype: Literal["float32", "float16", "int64", "int32", "bool"] = "float32"
+    shape: list[int | str] = Field(description="e.g. [batch, 3, 224, 224]; strings are dynamic")
+    range: tuple[float, float] | None = Field(
+        default=None, description="value range for synthetic samples when no data is given"
+    )
+
+
+class ModelSource(_Strict):
+    """Where the model comes from; exactly one of the source fields is set."""
+
+    builtin: Literal["digits", "minilm", "resnet18"] | None = None
+    onnx: str | None = Field(default=None, description="path to an .onnx file")
+    exported_program: str | None = Field(default=None, description="a torch.export .pt2 file")
+    factory: str | None = Field(default=None, description="'package.module:function'")
+    weights: str | None = Field(default=None, description="weights for `factory`")
+    mlflow: str | None = Field(default=None, description="models:/NAME/VERSION or models:/NAME@ALIAS")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        kinds = [k for k in ("builtin", "onnx", "exported_program", "factory", "mlflow")
+                 if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "exactly one of builtin, onnx, exported_program, factory, mlflow must be set"
+                f" (got {', '.join(kinds) or 'none'})"
+            )
+        if self.weights is not None and self.factory is None:
+            raise ValueError("'weights' is only valid together with 'factory'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for k in ("builtin", "onnx", "exported_program", "factory", "mlflow"):
+            if getattr(self, k) is not None:
+                return k
+        raise AssertionError("validated model source has no kind")
+
+
+class ModelConfig(_Strict):
+    name: str = Field(description="experiment / registry name; letters, digits, - and _")
+    source: ModelSource
+    inputs: list[TensorSpec] | None = Field(
+        default=None, description="required only where the source cannot tell (factory)"
+    )
+
+
+# --- data --------------------------------------------------------------------
+
+
+class DataSource(_Strict):
+    """A calibration or evaluation data set, streamed in batches."""
+
+    npz: str | None = Field(default=None, description=".npz file; keys are input names")
+    labels: str | None = Field(default=None, description="key of the label array, if any")
+    limit: int | None = Field(default=None, gt=0, description="use at most this many samples")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DataSource:
+        if self.npz is None:
+            raise ValueError("a data source needs one of: npz")
+        return self
+
+
+class DataConfig(_Strict):
+    calibration: DataSource | None = None
+    evaluation: DataSource | None = None
+    batch_size: int = Field(default=32, gt=0, description="batch size for streaming data")
+
+
+# --- stages ------------------------------------------------------------------
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(default=18, ge=13, le=23)
+    atol: float = Field(default=1e-4, gt=0, description="parity tolerance vs PyTorch (abs)")
+    rtol: float = Field(default=1e-3, ge=0, description="parity tolerance vs PyTorch (rel)")
+    samples: int = Field(default=4, gt=0, description="batch size of the parity check")
+
+
+class CleanupConfig(_Strict):
+    fold_constants: bool = True
+    fuse: bool = Field(default=True, description="Conv+BatchNorm and other fusions")
+    atol: float = Field(default=1e-4, gt=0, description="parity tolerance vs the exported graph")
+
+
+class CalibrationConfig(_Strict):
+    method: Literal["entropy", "percentile", "mse", "max"] = "entropy"
+    percentile: float = Field(default=99.99, gt=0, le=100)
+    num_bins: int = Field(default=2048, ge=128)
+    max_samples: int | None = Field(default=None, gt=0)
+
+
+class Target(_Strict):
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["fp32", "fp16", "int8", "best"] = "fp32"
+    threads: int | None = Field(default=None, gt=0, description="intra-op threads; default: cores")
+    optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class Gates(_Strict):
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0, description="allowed drop in the accuracy metric vs FP32 reference"
+    )
+    min_agreement: float = Field(
+        default=0.99, ge=0, le=1, description="top-1 agreement (or mean cosine) vs the reference"
+    )
+    min_speedup: float | None = Field(
+        default=None, gt=0, description="engine p50 vs eager p50 at batch 1; None: not gated"
+    )
+
+
+class ValidateConfig(_Strict):
+    metric: Literal["auto", "top1", "cosine"] = Field(
+        default="auto", description="agreement metric; auto: top1 with labels, else cosine"
+    )
+    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 32])
+    warmup: int = Field(default=10, ge=0)
+    iterations: int = Field(default=100, gt=0)
+    max_seconds: float = Field(default=10.0, gt=0, description="time cap per latency series")
+    gates: Gates = Field(default_factory=Gates)
+
+
+class Params(_Strict):
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    cleanup: CleanupConfig = Field(default_factory=CleanupConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    targets: dict[str, Target] = Field(default_factory=lambda: {"fp32": Target()})
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def section_digest(self, *sections: str) -> str:
+        """sha256 of the named sections, so a stage's key covers only what it reads."""
+        dumped = self.model_dump(mode="json", by_alias=True)
+        picked = {s: _dig(dumped, s) for s in sections}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+
+    def digest(self) -> str:
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+        ).hexdigest()
+
+
+def _dig(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"field '{loc}' is not a known field"
+    if kind == "missing":
+        return f"field '{loc}' is required but missing"
+    got = err.get("input")
+    got_txt = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    return f"field '{loc}': {err['msg']}{got_txt}"
+
+
+def parse_params(data: Any, source: str = "<params>") -> Params:
+    """Validate an already-loaded mapping; errors name `source` and each bad field."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top, got "
+                          f"{type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe_error(e) for e in exc.errors())  # type: ignore[arg-type]
+        raise ParamsError(f"{source}: invalid params: {problems}") from None
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file {path} does not exist (expected a YAML file such as "
+                          "params/digits.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(data, str(path))

@@ -1,0 +1,299 @@
+"""Cached stage execution, independent of any orchestrator.
+
+Each `Step` knows its version, which params sections it reads, how to compute
+its cache key from its inputs, and how to produce its artifact. `run_step`
+returns a cached artifact when the key exists, else produces it atomically.
+Prefect tasks (`tasks/`) and `trtflow stage` (DVC) both call these.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from pydantic import BaseModel, Field
+
+from trtflow import sources
+from trtflow.backends import build_engine, load_engine
+from trtflow.backends.onnxruntime_backend import OrtEngine, default_threads
+from trtflow.datasets import open_data
+from trtflow.errors import DataError, ParamsError
+from trtflow.graph import cleanup as cleanup_mod
+from trtflow.graph.parity import compare, ort_run
+from trtflow.latency import host_fingerprint
+from trtflow.params import Params, Target
+from trtflow.sources import builtin
+from trtflow.stages import export as export_stage
+from trtflow.stages import validate as validate_stage
+from trtflow.store import ArtifactStore, make_key, tree_digest
+
+LIBRARIES = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+             "torch": torch.__version__}
+CLEANUP_VERSION = "cleanup-1"
+BUILD_VERSION = "build-1"
+CLEAN_FILE = "model.clean.onnx"
+CLEANUP_REPORT = "cleanup_report.json"
+
+
+class StageResult(BaseModel):
+    """What a stage hands to the next one (and what Prefect caches): JSON only."""
+
+    stage: str
+    version: str
+    key: str
+    path: str
+    digest: str
+    report: dict[str, Any]
+    seconds: float
+    cached: bool = False
+    run_seconds: float = Field(default=0.0, description="time this run spent on the stage, "
+                               "cache lookup included")
+
+    def file(self, name: str) -> Path:
+        return Path(self.path) / name
+
+
+@dataclass
+class Context:
+    """Everything a stage needs besides its inputs: params, project root, store."""
+
+    params: Params
+    root: Path
+    store: ArtifactStore
+    remeasure: bool = False
+    _model: sources.LoadedModel | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, params: Params, root: Path, store_dir: Path | None = None,
+               remeasure: bool = False) -> Context:
+        return cls(params, root, ArtifactStore(store_dir or root / ".trtflow" / "store"),
+                   remeasure)
+
+    def model(self) -> sources.LoadedModel:
+        if self._model is None:
+            self._model = sources.load_model(self.params.model, self.root, self.store)
+        return self._model
+
+    def target(self, name: str) -> Target:
+        try:
+            return self.params.targets[name]
+        except KeyError:
+            raise ParamsError(f"target '{name}' is not defined in params.targets "
+                              f"(defined: {sorted(self.params.targets)})") from None
+
+    def sample_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        src = self.params.model.source
+        if src.builtin:
+            return builtin.sample_inputs(src.builtin, batch)
+        return sources.synthetic_inputs(self.model().inputs, batch)
+
+    def input_specs(self) -> list:
+        src = self.params.model.source
+        if src.builtin:
+            return builtin.BUILTIN_INPUTS[src.builtin]
+        return self.model().inputs
+
+
+@dataclass
+class Step:
+    name: str
+    version: str
+    key_parts: Callable[..., dict[str, Any]]
+    produce: Callable[..., dict[str, Any]]
+
+
+def step_key(step: Step, ctx: Context, *inputs: StageResult) -> str:
+    return make_key(step.name, step.version, inputs=[i.digest for i in inputs],
+                    libraries=LIBRARIES, **step.key_parts(ctx, *inputs))
+
+
+def run_step(step: Step, ctx: Context, *inputs: StageResult,
+             on_start: Callable[[str], None] | None = None) -> StageResult:
+    key = step_key(step, ctx, *inputs)
+    art = ctx.store.get(step.name, key)
+    if art is not None:
+        meta = art.meta()
+        return StageResult(stage=step.name, version=step.version, key=key, path=str(art.path),
+                           digest=art.digest, report=meta["report"], seconds=meta["seconds"],
+                           cached=True)
+    if on_start:
+        on_start(step.name)
+    start = time.perf_counter()
+    meta: dict[str, Any] = {"version": step.version}
+    with ctx.store.writer(step.name, key, meta) as tmp:  # meta is written when complete
+        report = step.produce(ctx, tmp, *inputs)
+        meta.update(report=report, seconds=time.perf_counter() - start)
+    art = ctx.store.get(step.name, key)
+    assert art is not None
+    return StageResult(stage=step.name, version=step.version, key=key, path=str(art.path),
+                       digest=art.digest, report=report, seconds=meta["seconds"])
+
+
+# --- export ------------------------------------------------------------------
+
+def _export_key(ctx: Context) -> dict[str, Any]:
+    return {"source": sources.source_digest(ctx.params.model, ctx.root),
+            "params": ctx.params.section_digest("model", "export")}
+
+
+def _export(ctx: Context, out: Path) -> dict[str, Any]:
+    sample = ctx.sample_inputs(ctx.params.export.samples)
+    return export_stage.export_model(ctx.model(), ctx.params.export, sample, out)
+
+
+EXPORT = Step("export", export_stage.VERSION, _export_key, _export)
+
+
+# --- cleanup -----------------------------------------------------------------
+
+def _cleanup_key(ctx: Context, exported: StageResult) -> dict[str, Any]:
+    return {"params": ctx.params.section_digest("cleanup")}
+
+
+def _cleanup(ctx: Context, out: Path, exported: StageResult) -> dict[str, Any]:
+    import json
+
+    raw_path = exported.file(export_stage.MODEL_FILE)
+    cleaned, report = cleanup_mod.cleanup(onnx.load(str(raw_path)))
+    onnx.save_model(cleaned, str(out / CLEAN_FILE))
+    sample = ctx.sample_inputs(ctx.params.export.samples)
+    parity = compare(ort_run(raw_path, sample), ort_run(out / CLEAN_FILE, sample),
+                     ctx.params.cleanup.atol, 0.0, "cleanup parity (cleaned vs exported graph)")
+    report["parity"] = parity.as_dict()
+    (out / CLEANUP_REPORT).write_text(json.dumps(report, indent=2))
+    return report
+
+
+CLEANUP = Step("cleanup", CLEANUP_VERSION, _cleanup_key, _cleanup)
+
+
+# --- build -------------------------------------------------------------------
+
+def _build_key(ctx: Context, cleaned: StageResult, *calibrated: StageResult,
+               target: str = "") -> dict[str, Any]:
+    return {"target": ctx.target(target).model_dump(mode="json")}
+
+
+def build_step(target: str) -> Step:
+    def produce(ctx: Context, out: Path, cleaned: StageResult, *calibrated: StageResult
+                ) -> dict[str, Any]:
+        tgt = ctx.target(target)
+        model = calibrated[0].file("model.qdq.onnx") if calibrated else cleaned.file(CLEAN_FILE)
+        return build_engine(model, tgt, out)
+
+    return Step("build", BUILD_VERSION,
+                lambda ctx, *inputs: _build_key(ctx, *inputs, target=target), produce)
+
+
+# --- validate ----------------------------------------------------------------
+
+def _metric(ctx: Context) -> str:
+    cfg = ctx.params.validate_
+    if cfg.metric != "auto":
+        return cfg.metric
+    ev = ctx.params.data.evaluation
+    return "top1" if ev is not None and ev.labels else "cosine"
+
+
+# --- calibrate (a slot FP32 targets skip; the calibration issue fills it) ------
+
+def _calibrate(ctx: Context, out: Path, cleaned: StageResult) -> dict[str, Any]:
+    from trtflow.errors import CalibrationError
+
+    raise CalibrationError("INT8 calibration is not implemented yet: use an fp32 target "
+                           "(see the README's feature table)")
+
+
+CALIBRATE = Step("calibrate", "calibrate-0",
+                 lambda ctx, cleaned: {"params": ctx.params.section_digest("calibration")},
+                 _calibrate)
+
+
+def _validate_key(ctx: Context, engine: StageResult, cleaned: StageResult,
+                  target: str = "") -> dict[str, Any]:
+    ev = ctx.params.data.evaluation
+    parts: dict[str, Any] = {
+        "params": ctx.params.section_digest("validate", "data.evaluation", "model"),
+        "source": sources.source_digest(ctx.params.model, ctx.root),
+        "target": target,
+        "host": host_fingerprint(),
+        "threads": default_threads(),
+    }
+    if ev is not None:
+        parts["evaluation_data"] = _data_digest(ctx, ev.npz)
+    if ctx.remeasure:
+        parts["remeasure"] = time.time_ns()
+    return parts
+
+
+def _data_digest(ctx: Context, path: str | None) -> str:
+    p = Path(path or "")
+    p = p if p.is_absolute() else ctx.root / p
+    if not p.is_file():
+        raise DataError(f"data file {p} does not exist (run `dvc pull`, or `trtflow prepare` "
+                        "for the demo data)")
+    return tree_digest(p)
+
+
+def validate_step(target: str) -> Step:
+    def produce(ctx: Context, out: Path, engine_art: StageResult, cleaned: StageResult
+                ) -> dict[str, Any]:
+        threads = ctx.target(target).threads or default_threads()
+        torch.set_num_threads(threads)
+        engine = load_engine(Path(engine_art.path), threads=threads)
+        reference, label = reference_runner(ctx, cleaned, threads)
+        specs = ctx.input_specs()
+        ev = ctx.params.data.evaluation
+        num_classes = _num_classes(reference, ctx)
+        if ev is not None:
+            batches: Any = open_data(ev, specs, ctx.root, ctx.params.data.batch_size,
+                                     num_classes if ev.labels else None)
+        else:
+            batches = [_SyntheticBatch(ctx.sample_inputs(ctx.params.data.batch_size))]
+        pool = next(iter(batches)).inputs
+
+        def make_inputs(bs: int) -> dict[str, np.ndarray]:
+            reps = -(-bs // len(next(iter(pool.values()))))
+            return {k: np.ascontiguousarray(np.concatenate([v] * reps)[:bs])
+                    for k, v in pool.items()}
+
+        return validate_stage.validate(engine, reference, label, batches, make_inputs,
+                                       ctx.params.validate_, _metric(ctx), target, out)
+
+    return Step("validate", validate_stage.VERSION,
+                lambda ctx, *inputs: _validate_key(ctx, *inputs, target=target), produce)
+
+
+@dataclass
+class _SyntheticBatch:
+    inputs: dict[str, np.ndarray]
+    labels: None = None
+
+
+def _num_classes(reference: Callable, ctx: Context) -> int:
+    sample = ctx.sample_inputs(1)
+    first = next(iter(reference(sample).values()))
+    return int(first.reshape(1, -1).shape[1])
+
+
+def reference_runner(ctx: Context, cleaned: StageResult, threads: int
+                     ) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], str]:
+    """FP32 reference and latency baseline: PyTorch eager, or ORT FP32 on an ONNX source."""
+    model = ctx.model()
+    if model.module is not None:
+        module, specs, names = model.module, model.inputs, model.outputs
+
+        def run_torch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return export_stage.torch_outputs(module, specs, names, inputs)
+
+        return run_torch, "PyTorch eager FP32"
+    assert model.onnx_path is not None
+    return OrtEngine.from_model(model.onnx_path, threads).run, \
+        "ONNX Runtime FP32 on the source graph (no PyTorch model)"

@@ -1,0 +1,36 @@
+"""Where a project keeps its state, and the environment defaults that follow from it.
+
+Everything trtflow writes by default lives under `<root>/.trtflow/` (git-ignored):
+the artifact store, Prefect's home and results, and the embedded MLflow sqlite
+database with its artifacts. Variables the user already set win.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def state_dir(root: Path) -> Path:
+    return root / ".trtflow"
+
+
+def configure_environment(root: Path) -> None:
+    """Set defaults before Prefect/MLflow are imported (they read settings at import)."""
+    state = state_dir(root).resolve()
+    defaults = {
+        "PREFECT_HOME": str(state / "prefect"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(state / "prefect" / "results"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_TO_API_ENABLED": "true",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow.db'}",
+        "TRTFLOW_MLFLOW_ARTIFACTS": str(state / "mlartifacts"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "DVC_SITE_CACHE_DIR": str(state / "dvc-site"),
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    state.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,192 @@
+"""Model sources: resolve `model.source` to a torch module or an ONNX file, safely.
+
+Pickle is never used here: state dicts load with `weights_only=True`, ONNX and
+safetensors carry no code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from trtflow.errors import ModelError
+from trtflow.params import ModelConfig, TensorSpec
+from trtflow.sources import builtin
+from trtflow.store import ArtifactStore, file_digest
+
+BUILTIN_VERSION = "builtin-1"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for export (`module`) or already ONNX (`onnx_path`)."""
+
+    module: torch.nn.Module | None
+    onnx_path: Path | None
+    inputs: list[TensorSpec]
+    outputs: list[str]
+
+
+def _resolve(path: str, root: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
+def source_digest(cfg: ModelConfig, root: Path) -> str:
+    """Identity of the model source, computed without loading it."""
+    src = cfg.source
+    if src.builtin:
+        return f"{BUILTIN_VERSION}:{src.builtin}:{builtin.DIGITS_TRAIN_VERSION}"
+    parts: list[str] = [src.kind]
+    for field in ("onnx", "exported_program", "weights"):
+        value = getattr(src, field)
+        if value:
+            path = _resolve(value, root)
+            if not path.is_file():
+                raise ModelError(f"model.source.{field}: file {path} does not exist")
+            parts.append(file_digest(path))
+            if field == "onnx":
+                parts += [file_digest(p) for p in sorted(_external_files(path))]
+    if src.factory:
+        parts.append(src.factory)
+    if src.mlflow:
+        parts.append(src.mlflow)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _external_files(onnx_path: Path) -> set[Path]:
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    files = set()
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                files.add(onnx_path.parent / entry.value)
+    return files
+
+
+def load_model(cfg: ModelConfig, root: Path, store: ArtifactStore) -> LoadedModel:
+    src = cfg.source
+    if src.builtin:
+        module = builtin.builtin_module(src.builtin, store)
+        return LoadedModel(module, None, builtin.BUILTIN_INPUTS[src.builtin],
+                           builtin.BUILTIN_OUTPUTS[src.builtin])
+    if src.onnx:
+        path = _resolve(src.onnx, root)
+        model = check_onnx_file(path)
+        return LoadedModel(None, path, cfg.inputs or onnx_inputs(model),
+                           [o.name for o in model.graph.output])
+    if src.factory:
+        module = _load_factory(src.factory, _resolve(src.weights, root) if src.weights else None)
+        if not cfg.inputs:
+            raise ModelError("model.inputs is required for a 'factory' source: a Python "
+                             "function does not say its input names, dtypes or shapes")
+        return LoadedModel(module, None, cfg.inputs, ["output"])
+    raise ModelError(f"model.source.{src.kind} is not supported yet (see the README's "
+                     "feature table)")
+
+
+def check_onnx_file(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file (and its external data); clear error when broken."""
+    if not path.is_file():
+        raise ModelError(f"ONNX file {path} does not exist")
+    for data_file in _external_files(path) if _parses(path) else ():
+        if not data_file.is_file():
+            raise ModelError(f"ONNX file {path} keeps its weights in {data_file.name}, which "
+                             f"is missing (expected next to the model, at {data_file})")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as exc:  # protobuf DecodeError, ValidationError, OSError...
+        raise ModelError(f"ONNX file {path} is corrupt or truncated: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    return model
+
+
+def _parses(path: Path) -> bool:
+    try:
+        onnx.load(str(path), load_external_data=False)
+        return True
+    except Exception:
+        return False
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
+
+
+def onnx_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """Input specs read from a graph: names, dtypes, shapes with named dynamic dims."""
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        ttype = value.type.tensor_type
+        dtype = _ONNX_DTYPES.get(ttype.elem_type)
+        if dtype is None:
+            raise ModelError(f"ONNX input '{value.name}' has element type {ttype.elem_type}, "
+                             f"supported: {sorted(_ONNX_DTYPES.values())}")
+        shape: list[int | str] = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or f"dim{i}")
+            for i, d in enumerate(ttype.shape.dim)
+        ]
+        specs.append(TensorSpec(name=value.name, dtype=dtype, shape=shape))  # type: ignore[arg-type]
+    return specs
+
+
+def _load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
+    module_name, _, func_name = factory.partition(":")
+    if not module_name or not func_name:
+        raise ModelError(f"model.source.factory '{factory}' must look like "
+                         "'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"model.source.factory '{factory}' is not importable: {exc}") from None
+    model = fn()
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"model.source.factory '{factory}' returned "
+                         f"{type(model).__name__}, expected a torch.nn.Module")
+    if weights is not None:
+        model.load_state_dict(load_state_dict(weights, factory), strict=True)
+    return model.eval()
+
+
+def load_state_dict(path: Path, factory: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelError(f"model.source.weights: file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"model.source.weights: {path} is not a plain state dict "
+                         f"(refused without unpickling code): {str(exc).splitlines()[0]}"
+                         ) from None
+    if not isinstance(state, dict):
+        raise ModelError(f"model.source.weights: {path} holds {type(state).__name__}, "
+                         "expected a state dict")
+    return state
+
+
+def synthetic_inputs(specs: list[TensorSpec], batch: int, seed: int = 0,
+                     dynamic_size: int = 16) -> dict[str, np.ndarray]:
+    """Random inputs inside each spec's value range; dynamic dims: batch or `dynamic_size`."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in specs:
+        shape = [d if isinstance(d, int) else (batch if i == 0 else dynamic_size)
+                 for i, d in enumerate(spec.shape)]
+        lo, hi = spec.range or ((0, 100) if spec.dtype in ("int64", "int32") else (-1.0, 1.0))
+        if spec.dtype in ("int64", "int32", "bool"):
+            out[spec.name] = rng.integers(int(lo), int(hi) + 1, size=shape).astype(spec.dtype)
+        else:
+            out[spec.name] = rng.uniform(lo, hi, size=shape).astype(spec.dtype)
+    return out

@@ -1,0 +1,1 @@
+"""The five stages as plain functions: (typed config, input paths, out dir) -> report."""

@@ -1,0 +1,87 @@
+"""export: torch module -> raw ONNX graph (no constant folding), checked against PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from trtflow.errors import ModelError
+from trtflow.graph.parity import compare, ort_run
+from trtflow.params import ExportConfig, TensorSpec
+from trtflow.sources import LoadedModel, check_onnx_file
+
+VERSION = "export-1"
+MODEL_FILE = "model.onnx"
+
+
+def torch_outputs(module: torch.nn.Module, specs: list[TensorSpec], output_names: list[str],
+                  inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the eager module on named numpy inputs; outputs by name, as float32 numpy."""
+    with torch.inference_mode():
+        out = module(*(torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in specs))
+    outs = out if isinstance(out, tuple | list) else (out,)
+    if len(outs) != len(output_names):
+        raise ModelError(f"the model returned {len(outs)} outputs, params name "
+                         f"{len(output_names)} ({output_names})")
+    return {n: o.detach().float().numpy() for n, o in zip(output_names, outs, strict=True)}
+
+
+def _dynamic_shapes(specs: list[TensorSpec]) -> tuple[dict[int, Any], ...]:
+    dims: dict[str, Any] = {}
+    shapes = []
+    for spec in specs:
+        axes = {}
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str):
+                axes[axis] = dims.setdefault(dim, torch.export.Dim(_identifier(dim)))
+        shapes.append(axes)
+    return tuple(shapes)
+
+
+def _identifier(name: str) -> str:
+    ident = "".join(c if c.isalnum() else "_" for c in name)
+    return ident if ident[:1].isalpha() else f"d_{ident}"
+
+
+def export_model(model: LoadedModel, cfg: ExportConfig, sample: dict[str, np.ndarray],
+                 out_dir: Path) -> dict[str, Any]:
+    """Write `out_dir/model.onnx`; check ORT vs PyTorch on `sample` within tolerance."""
+    target = out_dir / MODEL_FILE
+    if model.onnx_path is not None:  # an ONNX source: nothing to export, keep one file
+        # one self-contained file (external data folded in; graphs over 2 GB need work)
+        onnx.save_model(check_onnx_file(model.onnx_path), str(target))
+        return {"exported": False, "reason": "source is ONNX", "parity": None}
+    assert model.module is not None
+    args = tuple(torch.from_numpy(sample[s.name]) for s in model.inputs)
+    with warnings.catch_warnings(), _quiet():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model.module, args, str(target), dynamo=True, optimize=False,
+                external_data=False, do_constant_folding=False, opset_version=cfg.opset,
+                input_names=[s.name for s in model.inputs], output_names=model.outputs,
+                dynamic_shapes=_dynamic_shapes(model.inputs), verbose=False,
+            )
+        except Exception as exc:
+            raise ModelError(f"torch.onnx.export failed: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:400]}") from None
+    reference = torch_outputs(model.module, model.inputs, model.outputs, sample)
+    parity = compare(reference, ort_run(target, sample), cfg.atol, cfg.rtol,
+                     "export parity (ONNX Runtime vs PyTorch)")
+    return {"exported": True, "opset": cfg.opset, "parity": parity.as_dict()}
+
+
+@contextlib.contextmanager
+def _quiet():  # type: ignore[no-untyped-def]
+    """The dynamo exporter prints progress lines to stdout; keep the CLI output clean."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield

@@ -1,0 +1,150 @@
+"""validate: accuracy and agreement vs the FP32 reference, latency side by side, gates.
+
+The reference is PyTorch eager (FP32) when the source is a torch model, or ONNX
+Runtime FP32 on the source graph when the source is ONNX-only; the report says
+which. Latency of the engine and of that baseline is measured in the same
+process, one after the other, with the same thread count and batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trtflow.backends import Engine
+from trtflow.datasets import DataStream
+from trtflow.errors import GateError
+from trtflow.latency import LatencyStats, measure
+from trtflow.params import Gates, ValidateConfig
+
+VERSION = "validate-1"
+REPORT_FILE = "validation.json"
+PLOT_FILE = "latency.png"
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def accuracy_and_agreement(engine: Runner, reference: Runner, batches: DataStream | list,
+                           metric: str) -> dict[str, Any]:
+    """Stream the evaluation data through both; top-1 or cosine agreement, errors, accuracy."""
+    n = correct_eng = correct_ref = agree = 0
+    cos_sum, max_abs, abs_sum, numel = 0.0, 0.0, 0.0, 0
+    for batch in batches:
+        eng, ref = engine(batch.inputs), reference(batch.inputs)
+        first = next(iter(ref))
+        for name, r in ref.items():
+            diff = np.abs(eng[name].astype(np.float64) - r)
+            max_abs = max(max_abs, float(diff.max(initial=0.0)))
+            abs_sum += float(diff.sum())
+            numel += diff.size
+        e, r = eng[first].reshape(len(eng[first]), -1), ref[first].reshape(len(ref[first]), -1)
+        n += len(r)
+        if metric == "top1":
+            agree += int((e.argmax(1) == r.argmax(1)).sum())
+            if batch.labels is not None:
+                correct_eng += int((e.argmax(1) == batch.labels).sum())
+                correct_ref += int((r.argmax(1) == batch.labels).sum())
+        else:
+            cos = (e * r).sum(1) / np.maximum(np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1),
+                                              1e-12)
+            cos_sum += float(cos.sum())
+    labelled = metric == "top1" and getattr(batches, "labels_key", None) is not None
+    out: dict[str, Any] = {
+        "samples": n, "metric": metric, "max_abs_error": max_abs,
+        "mean_abs_error": abs_sum / max(numel, 1),
+        "agreement": (agree / n) if metric == "top1" else cos_sum / n,
+        "labelled": labelled,
+    }
+    if labelled:
+        out["accuracy"] = correct_eng / n
+        out["reference_accuracy"] = correct_ref / n
+    return out
+
+
+def check_gates(quality: dict[str, Any], speedup: float | None, gates: Gates
+                ) -> dict[str, Any]:
+    """Decide each gate on given numbers; the report keeps measured vs allowed."""
+    decisions = []
+    if quality.get("labelled"):
+        drop = quality["reference_accuracy"] - quality["accuracy"]
+        decisions.append({"gate": "max_accuracy_drop", "measured": drop,
+                          "allowed": gates.max_accuracy_drop,
+                          "passed": drop <= gates.max_accuracy_drop + 1e-12})
+    decisions.append({"gate": "min_agreement", "measured": quality["agreement"],
+                      "allowed": gates.min_agreement,
+                      "passed": quality["agreement"] >= gates.min_agreement})
+    if gates.min_speedup is not None:
+        decisions.append({"gate": "min_speedup", "measured": speedup,
+                          "allowed": gates.min_speedup,
+                          "passed": speedup is not None and speedup >= gates.min_speedup})
+    return {"passed": all(d["passed"] for d in decisions), "decisions": decisions}
+
+
+def gate_error(report: dict[str, Any], target: str) -> GateError:
+    failed = [d for d in report["gates"]["decisions"] if not d["passed"]]
+    reasons = "; ".join(f"{d['gate']}: measured {d['measured']:.4g}, allowed {d['allowed']:.4g}"
+                        for d in failed)
+    return GateError(f"target '{target}' failed validation: {reasons}. The engine is not "
+                     "promoted or registered.")
+
+
+def latency_side_by_side(engine: Runner, baseline: Runner, make_inputs: Callable[[int], dict],
+                         cfg: ValidateConfig) -> dict[str, list[dict[str, Any]]]:
+    rows: dict[str, list[dict[str, Any]]] = {"engine": [], "baseline": []}
+    for bs in cfg.batch_sizes:
+        inputs = make_inputs(bs)
+        for label, fn in (("engine", engine), ("baseline", baseline)):
+            stats: LatencyStats = measure(lambda fn=fn: fn(inputs), bs, cfg.warmup,
+                                          cfg.iterations, cfg.max_seconds)
+            rows[label].append(stats.as_dict())
+    return rows
+
+
+def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batches: Any,
+             make_inputs: Callable[[int], dict], cfg: ValidateConfig, metric: str,
+             target: str, out_dir: Path) -> dict[str, Any]:
+    """Write validation.json and latency.png; the caller raises `gate_error` if not passed."""
+    quality = accuracy_and_agreement(engine.run, reference, eval_batches, metric)
+    with torch.inference_mode():
+        latency = latency_side_by_side(engine.run, reference, make_inputs, cfg)
+    speedups = {row["batch_size"]: base["p50_ms"] / row["p50_ms"]
+                for row, base in zip(latency["engine"], latency["baseline"], strict=True)}
+    first_bs = cfg.batch_sizes[0]
+    report = {
+        "target": target, "baseline": baseline_label, "quality": quality,
+        "latency": latency, "speedup_p50": speedups,
+        "gates": check_gates(quality, speedups.get(first_bs), cfg.gates),
+        "threads": torch.get_num_threads(),
+    }
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    plot_latency(report, out_dir / PLOT_FILE)
+    return report
+
+
+def plot_latency(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label in ("engine", "baseline"):
+        rows = report["latency"][label]
+        xs = [r["batch_size"] for r in rows]
+        name = f"{report['target']} engine" if label == "engine" else report["baseline"]
+        ax.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=f"{name} p50")
+        ax.fill_between(xs, [r["p50_ms"] for r in rows], [r["p99_ms"] for r in rows], alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("latency (ms, p50; band to p99)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

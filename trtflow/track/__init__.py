@@ -1,0 +1,1 @@
+"""Tracking and publishing: MLflow runs (and, later, the registry and S3)."""

@@ -1,0 +1,136 @@
+"""Log one compile to MLflow: a parent run per compile, a nested run per target.
+
+Embedded default: a sqlite database and an artifact directory under the
+project's `.trtflow/` (set by `trtflow.project.configure_environment`);
+`MLFLOW_TRACKING_URI` overrides. The experiment's artifact location is set
+explicitly, so nothing lands in `./mlruns` of whatever directory we run from.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from trtflow.params import Params
+from trtflow.pipeline import StageResult
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+        return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def experiment_id(name: str) -> str:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = os.environ.get("TRTFLOW_MLFLOW_ARTIFACTS")
+    try:
+        return mlflow.create_experiment(
+            name, artifact_location=Path(location, name).as_uri() if location else None)
+    except Exception:  # created concurrently by another run
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_compile(params: Params, params_path: str, root: Path,
+                model_stages: list[StageResult], targets: dict[str, list[StageResult]],
+                wall_seconds: float) -> dict[str, str]:
+    """Log the compile; returns {"parent": run_id, target: run_id, ...}."""
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    exp = experiment_id(params.model.name)
+    tags = {"trtflow.git_commit": git_commit(root), "trtflow.params_digest": params.digest(),
+            "trtflow.params_file": params_path, "trtflow.model": params.model.name,
+            "trtflow.source": params.model.source.kind}
+    run_ids: dict[str, str] = {}
+    with mlflow.start_run(experiment_id=exp, run_name=f"compile {params.model.name}",
+                          tags=tags) as parent:
+        run_ids["parent"] = parent.info.run_id
+        mlflow.log_params({k: str(v)[:500] for k, v in
+                           _flatten(params.model_dump(mode="json", by_alias=True,
+                                                      exclude={"targets"})).items()})
+        _log_stages(model_stages)
+        mlflow.log_metric("wall_seconds", wall_seconds)
+        for stage in model_stages:
+            if stage.stage == "cleanup":
+                mlflow.log_artifact(str(stage.file("cleanup_report.json")))
+        for name, stages in targets.items():
+            with mlflow.start_run(experiment_id=exp, run_name=name, nested=True,
+                                  tags={**tags, "trtflow.target": name}) as child:
+                run_ids[name] = child.info.run_id
+                _log_target(params, name, stages)
+    failed = [run_ids[name] for name, stages in targets.items()
+              if any(s.stage == "validate" and not s.report["gates"]["passed"] for s in stages)]
+    client = mlflow.MlflowClient()
+    for run_id in failed + ([run_ids["parent"]] if failed else []):
+        client.set_terminated(run_id, status="FAILED")
+    return run_ids
+
+
+def _log_stages(stages: list[StageResult]) -> None:
+    import mlflow
+
+    for s in stages:
+        mlflow.set_tag(f"trtflow.stage.{s.stage}.version", s.version)
+        mlflow.set_tag(f"trtflow.stage.{s.stage}.key", s.key)
+        mlflow.set_tag(f"trtflow.stage.{s.stage}.cached", str(s.cached).lower())
+        mlflow.log_metric(f"stage_seconds.{s.stage}", s.seconds)
+
+
+def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
+    import mlflow
+
+    target = params.targets[name]
+    mlflow.log_params({f"target.{k}": v for k, v in target.model_dump(mode="json").items()})
+    _log_stages(stages)
+    by_stage = {s.stage: s for s in stages}
+    build, validate = by_stage["build"], by_stage.get("validate")
+    mlflow.log_metric("engine_bytes", build.report["engine_bytes"])
+    mlflow.log_artifacts(build.path, artifact_path="engine")
+    if validate is None:
+        return
+    report = validate.report
+    quality = report["quality"]
+    for key in ("accuracy", "reference_accuracy", "agreement", "max_abs_error",
+                "mean_abs_error"):
+        if key in quality:
+            mlflow.log_metric(key, quality[key])
+    for label in ("engine", "baseline"):
+        for row in report["latency"][label]:
+            bs = row["batch_size"]
+            for q in ("p50_ms", "p95_ms", "p99_ms", "throughput_per_s"):
+                mlflow.log_metric(f"{label}.bs{bs}.{q}", row[q])
+    for bs, speedup in report["speedup_p50"].items():
+        mlflow.log_metric(f"speedup.bs{bs}", speedup)
+    mlflow.set_tag("trtflow.gates_passed", str(report["gates"]["passed"]).lower())
+    mlflow.set_tag("trtflow.baseline", report["baseline"])
+    mlflow.log_artifact(str(validate.file("validation.json")))
+    mlflow.log_artifact(str(validate.file("latency.png")))
+    if not report["gates"]["passed"]:
+        failed = [d["gate"] for d in report["gates"]["decisions"] if not d["passed"]]
+        mlflow.set_tag("trtflow.gate_failure", ", ".join(failed))
