@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ def _run(ctx: Context, stage: str, target: str, upstream: list[StageResult]) -> 
     start = time.perf_counter()
     state = stage_task(ctx, stage, target, upstream, return_state=True)
     result: StageResult = state.result()  # raises the stage's own error on failure
+    result.prefect_state = state.name
     result.cached = result.cached or state.name == "Cached"
     result.run_seconds = time.perf_counter() - start
     report = _reporter.get()

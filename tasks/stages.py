@@ -14,8 +14,17 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import CachePolicy
 
-from trtflow.pipeline import (CLEANUP, EXPORT, Context, StageResult, Step, build_step,
-                              run_step, step_key, validate_step)
+from trtflow.pipeline import (
+    CLEANUP,
+    EXPORT,
+    Context,
+    StageResult,
+    Step,
+    build_step,
+    run_step,
+    step_key,
+    validate_step,
+)
 
 
 def make_step(stage: str, target: str | None) -> Step:

@@ -60,8 +60,9 @@ def run(
     configure_environment(root)
     try:
         from trtflow.params import load_params
+        from trtflow.pipeline import Context, preflight
 
-        load_params(params)  # fail fast, before Prefect starts
+        preflight(Context.create(load_params(params), root))  # fail fast, before Prefect
         console.print(f"[bold]trtflow run[/] {params}  (starting Prefect…)")
         start = time.perf_counter()
         from flows.compile import compile_flow, set_reporter

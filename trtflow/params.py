@@ -46,7 +46,8 @@ class ModelSource(_Strict):
     exported_program: str | None = Field(default=None, description="a torch.export .pt2 file")
     factory: str | None = Field(default=None, description="'package.module:function'")
     weights: str | None = Field(default=None, description="weights for `factory`")
-    mlflow: str | None = Field(default=None, description="models:/NAME/VERSION or models:/NAME@ALIAS")
+    mlflow: str | None = Field(default=None,
+                               description="models:/NAME/VERSION or models:/NAME@ALIAS")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:

@@ -53,6 +53,8 @@ class StageResult(BaseModel):
     report: dict[str, Any]
     seconds: float
     cached: bool = False
+    prefect_state: str | None = Field(default=None, description="Prefect's state name, "
+                                      "when run by the flow (Completed / Cached)")
     run_seconds: float = Field(default=0.0, description="time this run spent on the stage, "
                                "cache lookup included")
 
@@ -99,6 +101,17 @@ class Context:
         if src.builtin:
             return builtin.BUILTIN_INPUTS[src.builtin]
         return self.model().inputs
+
+
+def preflight(ctx: Context) -> None:
+    """Check the model source and data files before any orchestration starts."""
+    sources.source_digest(ctx.params.model, ctx.root)
+    if ctx.params.model.source.onnx:
+        ctx.model()
+    specs = ctx.input_specs() if not ctx.params.model.source.factory else ctx.params.model.inputs
+    for ds in (ctx.params.data.calibration, ctx.params.data.evaluation):
+        if ds is not None and specs:
+            open_data(ds, specs, ctx.root, ctx.params.data.batch_size)
 
 
 @dataclass

@@ -12,8 +12,16 @@ from pathlib import Path
 
 from trtflow.errors import ParamsError
 from trtflow.params import load_params
-from trtflow.pipeline import (CALIBRATE, CLEANUP, EXPORT, Context, StageResult, build_step,
-                              run_step, validate_step)
+from trtflow.pipeline import (
+    CALIBRATE,
+    CLEANUP,
+    EXPORT,
+    Context,
+    StageResult,
+    build_step,
+    run_step,
+    validate_step,
+)
 from trtflow.store import META_FILE
 
 STAGES = ("export", "cleanup", "calibrate", "build", "validate")

@@ -61,7 +61,11 @@ def source_digest(cfg: ModelConfig, root: Path) -> str:
 
 
 def _external_files(onnx_path: Path) -> set[Path]:
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelError(f"ONNX file {onnx_path} is corrupt or truncated: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
     files = set()
     for init in model.graph.initializer:
         for entry in init.external_data:
@@ -95,7 +99,7 @@ def check_onnx_file(path: Path) -> onnx.ModelProto:
     """Load and check an ONNX file (and its external data); clear error when broken."""
     if not path.is_file():
         raise ModelError(f"ONNX file {path} does not exist")
-    for data_file in _external_files(path) if _parses(path) else ():
+    for data_file in _external_files(path):
         if not data_file.is_file():
             raise ModelError(f"ONNX file {path} keeps its weights in {data_file.name}, which "
                              f"is missing (expected next to the model, at {data_file})")
@@ -106,14 +110,6 @@ def check_onnx_file(path: Path) -> onnx.ModelProto:
         raise ModelError(f"ONNX file {path} is corrupt or truncated: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
     return model
-
-
-def _parses(path: Path) -> bool:
-    try:
-        onnx.load(str(path), load_external_data=False)
-        return True
-    except Exception:
-        return False
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}

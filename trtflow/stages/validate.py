@@ -9,7 +9,7 @@ process, one after the other, with the same thread count and batch.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from trtflow.backends import Engine
-from trtflow.datasets import DataStream
 from trtflow.errors import GateError
 from trtflow.latency import LatencyStats, measure
 from trtflow.params import Gates, ValidateConfig
@@ -29,10 +28,10 @@ PLOT_FILE = "latency.png"
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def accuracy_and_agreement(engine: Runner, reference: Runner, batches: DataStream | list,
+def accuracy_and_agreement(engine: Runner, reference: Runner, batches: Iterable[Any],
                            metric: str) -> dict[str, Any]:
     """Stream the evaluation data through both; top-1 or cosine agreement, errors, accuracy."""
-    n = correct_eng = correct_ref = agree = 0
+    n = correct_eng = correct_ref = agree = labelled_n = 0
     cos_sum, max_abs, abs_sum, numel = 0.0, 0.0, 0.0, 0
     for batch in batches:
         eng, ref = engine(batch.inputs), reference(batch.inputs)
@@ -47,13 +46,14 @@ def accuracy_and_agreement(engine: Runner, reference: Runner, batches: DataStrea
         if metric == "top1":
             agree += int((e.argmax(1) == r.argmax(1)).sum())
             if batch.labels is not None:
+                labelled_n += len(batch.labels)
                 correct_eng += int((e.argmax(1) == batch.labels).sum())
                 correct_ref += int((r.argmax(1) == batch.labels).sum())
         else:
             cos = (e * r).sum(1) / np.maximum(np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1),
                                               1e-12)
             cos_sum += float(cos.sum())
-    labelled = metric == "top1" and getattr(batches, "labels_key", None) is not None
+    labelled = labelled_n == n > 0
     out: dict[str, Any] = {
         "samples": n, "metric": metric, "max_abs_error": max_abs,
         "mean_abs_error": abs_sum / max(numel, 1),
@@ -99,7 +99,7 @@ def latency_side_by_side(engine: Runner, baseline: Runner, make_inputs: Callable
     for bs in cfg.batch_sizes:
         inputs = make_inputs(bs)
         for label, fn in (("engine", engine), ("baseline", baseline)):
-            stats: LatencyStats = measure(lambda fn=fn: fn(inputs), bs, cfg.warmup,
+            stats: LatencyStats = measure(lambda fn=fn, x=inputs: fn(x), bs, cfg.warmup,
                                           cfg.iterations, cfg.max_seconds)
             rows[label].append(stats.as_dict())
     return rows

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ..conftest import REPO
+
+
+def write_params(root: Path, name: str = "digits", **overrides: dict) -> Path:
+    """A copy of params/NAME.yaml with sections overridden (fast validate settings)."""
+    params = yaml.safe_load((REPO / "params" / f"{name}.yaml").read_text())
+    params.setdefault("validate", {}).update({"warmup": 2, "iterations": 20, "max_seconds": 2})
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            params.setdefault(section, {}).update(values)
+        else:
+            params[section] = values
+    path = root / f"{name}-{abs(hash(repr(sorted(overrides.items())))) % 10**8}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_root(demo_root: Path) -> Path:
+    return demo_root

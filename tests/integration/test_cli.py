@@ -1,0 +1,86 @@
+"""`trtflow` as a user runs it: a real subprocess, exit codes and messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from ..unit.tiny import conv_bn_graph
+from .conftest import write_params
+
+pytestmark = pytest.mark.integration
+
+
+def trtflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trtflow.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+
+
+def test_help_explains_each_command(tmp_path: Path) -> None:
+    res = trtflow("--help", cwd=tmp_path)
+    assert res.returncode == 0
+    for command in ("run", "stage", "prepare"):
+        assert command in res.stdout
+
+
+def test_missing_params_file(tmp_path: Path) -> None:
+    res = trtflow("run", "params/nope.yaml", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "params file params/nope.yaml does not exist" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_malformed_params_file(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("model: {name: x, source: {builtin: digits}\n")
+    res = trtflow("run", "p.yaml", cwd=tmp_path)
+    assert res.returncode == 2 and "p.yaml: not valid YAML" in res.stderr
+
+
+def test_unknown_model_name(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("model: {name: x, source: {builtin: vgg}}\n")
+    res = trtflow("run", "p.yaml", cwd=tmp_path)
+    assert res.returncode == 2 and "model.source.builtin" in res.stderr and "vgg" in res.stderr
+
+
+def test_corrupt_onnx_source_fails_before_any_stage(tmp_path: Path) -> None:
+    data = conv_bn_graph().SerializeToString()
+    (tmp_path / "m.onnx").write_bytes(data[:100])
+    (tmp_path / "p.yaml").write_text("model: {name: m, source: {onnx: m.onnx}}\n")
+    res = trtflow("run", "p.yaml", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "m.onnx is corrupt or truncated" in res.stderr
+    assert not (tmp_path / ".trtflow" / "store").exists()
+
+
+def test_onnx_source_compiles_end_to_end(tmp_path: Path) -> None:
+    onnx.save(conv_bn_graph(), tmp_path / "m.onnx")
+    (tmp_path / "p.yaml").write_text(
+        "model: {name: tiny-onnx, source: {onnx: m.onnx}}\n"
+        "validate: {warmup: 1, iterations: 5, batch_sizes: [1, 4]}\n")
+    res = trtflow("run", "p.yaml", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "tiny-onnx" in res.stdout and "pass" in res.stdout
+    assert "ONNX Runtime FP32 on the source graph" not in res.stderr  # shown in MLflow tags
+
+
+def test_gate_failure_exits_3_with_numbers(digits_root: Path) -> None:
+    path = write_params(digits_root, validate={"gates": {"min_speedup": 500.0}})
+    res = trtflow("run", str(path), cwd=digits_root)
+    assert res.returncode == 3, res.stderr
+    assert "failed validation: min_speedup: measured" in res.stderr
+    assert "allowed 500" in res.stderr
+
+
+def test_stage_command_copies_artifact_for_dvc(digits_root: Path) -> None:
+    path = write_params(digits_root)
+    res = trtflow("stage", "cleanup", "--params", str(path), cwd=digits_root)
+    assert res.returncode == 0, res.stderr
+    out = digits_root / "build" / "digits" / "cleanup"
+    assert (out / "model.clean.onnx").is_file() and (out / "cleanup_report.json").is_file()
+    res = trtflow("stage", "bogus", "--params", str(path), cwd=digits_root)
+    assert res.returncode == 2 and "unknown stage 'bogus'" in res.stderr

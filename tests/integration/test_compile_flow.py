@@ -1,0 +1,95 @@
+"""The compile flow on `digits` through real Prefect (ephemeral) and real MLflow (sqlite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import mlflow
+from flows.compile import compile_flow
+from trtflow.errors import GateError, ParityError
+from trtflow.params import load_params
+from trtflow.pipeline import EXPORT, Context, run_step
+
+from .conftest import write_params
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def first_run(digits_root: Path) -> dict:
+    return compile_flow(str(write_params(digits_root)), str(digits_root))
+
+
+def _stages(summary: dict) -> list:
+    return [s for stages in summary["stages"].values() for s in stages]
+
+
+def test_digits_compiles_and_logs_to_mlflow(first_run: dict) -> None:
+    validate = first_run["stages"]["fp32"][-1]
+    assert validate.report["quality"]["accuracy"] >= 0.97
+    assert validate.report["quality"]["agreement"] == 1.0
+    assert [s.prefect_state for s in _stages(first_run)] == ["Completed"] * 4
+
+    client = mlflow.MlflowClient()
+    child = client.get_run(first_run["run_ids"]["fp32"])
+    assert child.info.status == "FINISHED"
+    assert child.data.metrics["accuracy"] >= 0.97
+    assert child.data.metrics["engine.bs1.p50_ms"] > 0
+    assert child.data.metrics["baseline.bs32.p99_ms"] > 0
+    assert "speedup.bs1" in child.data.metrics
+    assert child.data.tags["trtflow.stage.build.key"] == first_run["stages"]["fp32"][0].key
+    assert child.data.tags["trtflow.gates_passed"] == "true"
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"engine", "validation.json", "latency.png"} <= artifacts
+    engine_files = {a.path for a in client.list_artifacts(child.info.run_id, "engine")}
+    assert "engine/engine.onnx" in engine_files and "engine/session.json" in engine_files
+
+    parent = client.get_run(first_run["run_ids"]["parent"])
+    assert parent.data.tags["trtflow.params_digest"]
+    assert parent.data.tags["trtflow.stage.export.version"] == "export-1"
+    assert "stage_seconds.cleanup" in parent.data.metrics
+    assert "cleanup_report.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.name == "digits" and "mlartifacts" in exp.artifact_location
+
+
+def test_cached_rerun_runs_no_stage(first_run: dict, digits_root: Path) -> None:
+    again = compile_flow(str(write_params(digits_root)), str(digits_root))
+    stages = _stages(again)
+    assert [s.prefect_state for s in stages] == ["Cached"] * 4
+    assert [s.key for s in stages] == [s.key for s in _stages(first_run)]
+    assert sum(s.run_seconds for s in stages) < 0.05 * sum(s.seconds for s in stages) + 0.5
+
+
+def test_validate_param_change_reruns_only_validate(first_run: dict, digits_root: Path) -> None:
+    path = write_params(digits_root, validate={"batch_sizes": [1, 8]})
+    changed = compile_flow(str(path), str(digits_root))
+    states = {s.stage: s.prefect_state for s in _stages(changed)}
+    assert states == {"export": "Cached", "cleanup": "Cached", "build": "Cached",
+                      "validate": "Completed"}
+    rows = changed["stages"]["fp32"][-1].report["latency"]["engine"]
+    assert [r["batch_size"] for r in rows] == [1, 8]
+
+
+def test_gate_failure_fails_run_and_registers_nothing(first_run: dict,
+                                                      digits_root: Path) -> None:
+    path = write_params(digits_root, validate={"gates": {"min_speedup": 1000.0}})
+    with pytest.raises(GateError, match=r"min_speedup: measured [\d.]+, allowed 1000"):
+        compile_flow(str(path), str(digits_root))
+    runs = mlflow.search_runs(experiment_names=["digits"], filter_string=
+                              "tags.`trtflow.gate_failure` = 'min_speedup'", output_format="list")
+    assert runs and all(r.info.status == "FAILED" for r in runs)
+    assert mlflow.MlflowClient().search_registered_models() == []
+
+
+def test_export_parity_failure_leaves_no_artifact(tmp_path: Path) -> None:
+    params_path = tmp_path / "noisy.yaml"
+    params_path.write_text(
+        "model:\n  name: noisy\n  source: {factory: 'tests.unit.tiny:NoisyNet'}\n"
+        "  inputs: [{name: x, shape: [batch, 4]}]\n")
+    ctx = Context.create(load_params(params_path), tmp_path)
+    with pytest.raises(ParityError, match="export parity"):
+        run_step(EXPORT, ctx)
+    assert not any((tmp_path / ".trtflow" / "store" / "export").glob("*"))
