@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prefect import flow
 
@@ -16,25 +15,32 @@ from trtflow.params import load_params
 from trtflow.pipeline import Context, StageResult
 from trtflow.stages.validate import gate_error
 
-Reporter = Callable[[StageResult, str], None]
+class Reporter(Protocol):
+    """Display hook (the CLI's progress): told when a stage starts and when it is done."""
+
+    def started(self, stage: str, target: str) -> None: ...
+    def finished(self, result: StageResult, target: str) -> None: ...
+
+
 _reporter: ContextVar[Reporter | None] = ContextVar("trtflow_reporter", default=None)
 
 
 def set_reporter(report: Reporter | None) -> None:
-    """Let the CLI print a line per finished stage (a display hook, not flow state)."""
     _reporter.set(report)
 
 
 def _run(ctx: Context, stage: str, target: str, upstream: list[StageResult]) -> StageResult:
     start = time.perf_counter()
+    report = _reporter.get()
+    if report:
+        report.started(stage, target)
     state = stage_task(ctx, stage, target, upstream, return_state=True)
     result: StageResult = state.result()  # raises the stage's own error on failure
     result.prefect_state = state.name
     result.cached = result.cached or state.name == "Cached"
     result.run_seconds = time.perf_counter() - start
-    report = _reporter.get()
     if report:
-        report(result, target)
+        report.finished(result, target)
     return result
 
 

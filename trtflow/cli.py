@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trtflow.errors import TrtflowError
@@ -35,8 +36,24 @@ def _fail(exc: TrtflowError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+class _Progress:
+    """A spinner while a stage runs, one line when it is done (stderr)."""
+
+    def __init__(self) -> None:
+        self.status = console.status("")
+
+    def started(self, stage: str, target: str) -> None:
+        where = escape(f" [{target}]") if target else ""
+        self.status.update(f"{stage}{where}…")
+        self.status.start()
+
+    def finished(self, result: Any, target: str) -> None:
+        self.status.stop()
+        _stage_line(result, target)
+
+
 def _stage_line(result: Any, target: str) -> None:
-    where = f" [{target}]" if target else ""
+    where = escape(f" [{target}]") if target else ""
     if result.cached:
         console.print(f"  [dim]○ {result.stage}{where}: cached ({result.key[:12]}; "
                       f"took {result.seconds:.2f} s when built)[/]")
@@ -67,8 +84,12 @@ def run(
         start = time.perf_counter()
         from flows.compile import compile_flow, set_reporter
 
-        set_reporter(_stage_line)
-        summary = compile_flow(str(params), str(root), target, remeasure)
+        progress = _Progress()
+        set_reporter(progress)
+        try:
+            summary = compile_flow(str(params), str(root), target, remeasure)
+        finally:
+            progress.status.stop()
     except TrtflowError as exc:
         _fail(exc)
         return

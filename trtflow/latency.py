@@ -31,7 +31,7 @@ def measure(call: Callable[[], object], batch_size: int, warmup: int, iterations
             max_seconds: float) -> LatencyStats:
     for _ in range(warmup):
         call()
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + max_seconds
     while len(times) < iterations and (len(times) < 5 or time.perf_counter() < deadline):
         start = time.perf_counter()

@@ -8,6 +8,7 @@ Prefect tasks (`tasks/`) and `trtflow stage` (DVC) both call these.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,10 +133,10 @@ def run_step(step: Step, ctx: Context, *inputs: StageResult,
     key = step_key(step, ctx, *inputs)
     art = ctx.store.get(step.name, key)
     if art is not None:
-        meta = art.meta()
+        stored = art.meta()
         return StageResult(stage=step.name, version=step.version, key=key, path=str(art.path),
-                           digest=art.digest, report=meta["report"], seconds=meta["seconds"],
-                           cached=True)
+                           digest=art.digest, report=stored["report"],
+                           seconds=stored["seconds"], cached=True)
     if on_start:
         on_start(step.name)
     start = time.perf_counter()
@@ -189,8 +190,7 @@ CLEANUP = Step("cleanup", CLEANUP_VERSION, _cleanup_key, _cleanup)
 
 # --- build -------------------------------------------------------------------
 
-def _build_key(ctx: Context, cleaned: StageResult, *calibrated: StageResult,
-               target: str = "") -> dict[str, Any]:
+def _build_key(ctx: Context, *inputs: StageResult, target: str) -> dict[str, Any]:
     return {"target": ctx.target(target).model_dump(mode="json")}
 
 
@@ -202,7 +202,7 @@ def build_step(target: str) -> Step:
         return build_engine(model, tgt, out)
 
     return Step("build", BUILD_VERSION,
-                lambda ctx, *inputs: _build_key(ctx, *inputs, target=target), produce)
+                functools.partial(_build_key, target=target), produce)
 
 
 # --- validate ----------------------------------------------------------------
@@ -229,8 +229,8 @@ CALIBRATE = Step("calibrate", "calibrate-0",
                  _calibrate)
 
 
-def _validate_key(ctx: Context, engine: StageResult, cleaned: StageResult,
-                  target: str = "") -> dict[str, Any]:
+def _validate_key(ctx: Context, engine: StageResult, cleaned: StageResult, *, target: str
+                  ) -> dict[str, Any]:
     ev = ctx.params.data.evaluation
     parts: dict[str, Any] = {
         "params": ctx.params.section_digest("validate", "data.evaluation", "model"),
@@ -281,7 +281,7 @@ def validate_step(target: str) -> Step:
                                        ctx.params.validate_, _metric(ctx), target, out)
 
     return Step("validate", validate_stage.VERSION,
-                lambda ctx, *inputs: _validate_key(ctx, *inputs, target=target), produce)
+                functools.partial(_validate_key, target=target), produce)
 
 
 @dataclass

@@ -153,6 +153,6 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
     return path

@@ -98,6 +98,7 @@ def resnet18_shaped(seed: int = 0) -> ResNet18Shaped:
                 n = m.num_features
                 m.weight.copy_(1.0 + 0.1 * torch.randn(n, generator=gen))
                 m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
                 m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
     return model.eval()

@@ -8,6 +8,7 @@ process, one after the other, with the same thread count and batch.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -99,7 +100,7 @@ def latency_side_by_side(engine: Runner, baseline: Runner, make_inputs: Callable
     for bs in cfg.batch_sizes:
         inputs = make_inputs(bs)
         for label, fn in (("engine", engine), ("baseline", baseline)):
-            stats: LatencyStats = measure(lambda fn=fn, x=inputs: fn(x), bs, cfg.warmup,
+            stats: LatencyStats = measure(functools.partial(fn, inputs), bs, cfg.warmup,
                                           cfg.iterations, cfg.max_seconds)
             rows[label].append(stats.as_dict())
     return rows
