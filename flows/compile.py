@@ -15,11 +15,13 @@ from trtflow.params import load_params
 from trtflow.pipeline import Context, StageResult
 from trtflow.stages.validate import gate_error
 
+
 class Reporter(Protocol):
     """Display hook (the CLI's progress): told when a stage starts and when it is done."""
 
     def started(self, stage: str, target: str) -> None: ...
     def finished(self, result: StageResult, target: str) -> None: ...
+    def progress(self, message: str) -> None: ...
 
 
 _reporter: ContextVar[Reporter | None] = ContextVar("trtflow_reporter", default=None)
@@ -61,6 +63,8 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
     start = time.perf_counter()
     params = load_params(params_path)
     ctx = Context.create(params, Path(root), remeasure=remeasure)
+    reporter = _reporter.get()
+    ctx.progress = reporter.progress if reporter else None
     names = select_targets(ctx, targets)
     exported = _run(ctx, "export", "", [])
     cleaned = _run(ctx, "cleanup", "", [exported])

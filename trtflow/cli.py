@@ -47,6 +47,9 @@ class _Progress:
         self.status.update(f"{stage}{where}…")
         self.status.start()
 
+    def progress(self, message: str) -> None:
+        self.status.update(message)
+
     def finished(self, result: Any, target: str) -> None:
         self.status.stop()
         _stage_line(result, target)
@@ -166,6 +169,63 @@ def prepare(root: Annotated[Path, ROOT_OPTION] = Path(".")) -> None:
 
     for path in write_demo_data(root.resolve()):
         console.print(f"  wrote {path.relative_to(root.resolve())}")
+
+
+@app.command()
+def inspect(
+    source: Annotated[str, typer.Argument(help="model.onnx | model.pt2 | pkg.mod:factory | "
+                                          "models:/NAME/VERSION | digits|minilm|resnet18")],
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Print a model source's inputs, outputs, op histogram and parameter count."""
+    from trtflow.project import configure_environment
+
+    configure_environment(root.resolve())
+    try:
+        from trtflow.inspect_source import describe
+
+        info = describe(source, root.resolve())
+    except TrtflowError as exc:
+        _fail(exc)
+        return
+    out.print(f"[bold]{info['name']}[/]  ({next(iter(info['source']))} source), "
+              f"{info['parameters']:,} parameters")
+    table = Table("input", "dtype", "shape")
+    for spec in info.get("inputs") or []:
+        table.add_row(spec["name"], spec["dtype"], str(spec["shape"]))
+    out.print(table if info.get("inputs") else f"inputs: {info.get('inputs_note')}")
+    out.print(f"outputs: {info.get('outputs')}")
+    out.print("ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
+
+
+@app.command()
+def init(
+    source: Annotated[str, typer.Argument(help="same forms as `trtflow inspect`")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="params file to "
+                                                "write; default params/<name>.yaml")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Write a params skeleton for your own model, to edit and then `trtflow run`."""
+    from trtflow.project import configure_environment
+
+    configure_environment(root.resolve())
+    try:
+        from trtflow.errors import ParamsError
+        from trtflow.inspect_source import describe, params_skeleton
+
+        info = describe(source, root.resolve())
+        path = output or root / "params" / f"{info['name']}.yaml"
+        if path.exists() and not force:
+            raise ParamsError(f"{path} exists; pass --force to overwrite it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(params_skeleton(info))
+        tmp.replace(path)
+    except TrtflowError as exc:
+        _fail(exc)
+        return
+    out.print(f"wrote {path}: edit data paths and targets, then `trtflow run {path}`")
 
 
 def main() -> None:

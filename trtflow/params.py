@@ -76,6 +76,9 @@ class ModelConfig(_Strict):
     inputs: list[TensorSpec] | None = Field(
         default=None, description="required only where the source cannot tell (factory)"
     )
+    outputs: list[str] | None = Field(
+        default=None, description="output names; default: read from the source, or 'output'"
+    )
 
 
 # --- data --------------------------------------------------------------------
@@ -120,8 +123,9 @@ class CleanupConfig(_Strict):
 class CalibrationConfig(_Strict):
     method: Literal["entropy", "percentile", "mse", "max"] = "entropy"
     percentile: float = Field(default=99.99, gt=0, le=100)
-    num_bins: int = Field(default=2048, ge=128)
-    max_samples: int | None = Field(default=None, gt=0)
+    num_bins: int = Field(default=2048, ge=128, description="histogram bins (TensorRT: 2048)")
+    max_samples: int | None = Field(default=None, gt=0, description="use at most this many")
+    min_samples: int = Field(default=32, ge=1, description="warn below this many samples")
 
 
 class Target(_Strict):

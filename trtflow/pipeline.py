@@ -71,6 +71,7 @@ class Context:
     root: Path
     store: ArtifactStore
     remeasure: bool = False
+    progress: Callable[[str], None] | None = None
     _model: sources.LoadedModel | None = field(default=None, repr=False)
 
     @classmethod
@@ -215,18 +216,37 @@ def _metric(ctx: Context) -> str:
     return "top1" if ev is not None and ev.labels else "cosine"
 
 
-# --- calibrate (a slot FP32 targets skip; the calibration issue fills it) ------
+# --- calibrate ---------------------------------------------------------------
+
+def _calibrate_key(ctx: Context, cleaned: StageResult) -> dict[str, Any]:
+    cal = ctx.params.data.calibration
+    return {"params": ctx.params.section_digest("calibration", "data.calibration",
+                                                "data.batch_size"),
+            "calibration_data": _data_digest(ctx, cal.npz) if cal else None}
+
 
 def _calibrate(ctx: Context, out: Path, cleaned: StageResult) -> dict[str, Any]:
-    from trtflow.errors import CalibrationError
+    from trtflow.stages import calibrate as calibrate_stage
 
-    raise CalibrationError("INT8 calibration is not implemented yet: use an fp32 target "
-                           "(see the README's feature table)")
+    cal = ctx.params.data.calibration
+    if cal is None:
+        raise ParamsError("an int8 target needs data.calibration (an .npz of representative "
+                          "inputs) in params")
+    stream = open_data(cal, ctx.input_specs(), ctx.root, ctx.params.data.batch_size)
+    total = min(len(stream), ctx.params.calibration.max_samples or len(stream))
+    done = 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        if ctx.progress:
+            ctx.progress(f"calibrate: {done}/{total} samples")
+
+    return calibrate_stage.calibrate(cleaned.file(CLEAN_FILE), (b.inputs for b in stream),
+                                     ctx.params.calibration, default_threads(), out, progress)
 
 
-CALIBRATE = Step("calibrate", "calibrate-0",
-                 lambda ctx, cleaned: {"params": ctx.params.section_digest("calibration")},
-                 _calibrate)
+CALIBRATE = Step("calibrate", "calibrate-1", _calibrate_key, _calibrate)
 
 
 def _validate_key(ctx: Context, engine: StageResult, cleaned: StageResult, *, target: str

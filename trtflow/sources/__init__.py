@@ -10,6 +10,7 @@ import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -90,7 +91,9 @@ def load_model(cfg: ModelConfig, root: Path, store: ArtifactStore) -> LoadedMode
         if not cfg.inputs:
             raise ModelError("model.inputs is required for a 'factory' source: a Python "
                              "function does not say its input names, dtypes or shapes")
-        return LoadedModel(module, None, cfg.inputs, ["output"])
+        return LoadedModel(module, None, cfg.inputs, cfg.outputs or ["output"])
+    if src.exported_program:
+        return load_exported_program(_resolve(src.exported_program, root), cfg)
     raise ModelError(f"model.source.{src.kind} is not supported yet (see the README's "
                      "feature table)")
 
@@ -133,6 +136,38 @@ def onnx_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
         ]
         specs.append(TensorSpec(name=value.name, dtype=dtype, shape=shape))  # type: ignore[arg-type]
     return specs
+
+
+_TORCH_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64",
+                 torch.int32: "int32", torch.bool: "bool"}
+
+
+def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
+    """A `torch.export.save` archive: inputs (names, dtypes, symbolic dims) from its graph."""
+    if not path.is_file():
+        raise ModelError(f"model.source.exported_program: file {path} does not exist")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"model.source.exported_program: {path} is not a loadable "
+                         f"torch.export archive: {str(exc).splitlines()[0][:300]}") from None
+    specs = []
+    nodes = {n.name: n for n in program.graph.nodes}
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name != "USER_INPUT":
+            continue
+        val = nodes[spec.arg.name].meta.get("val")
+        if val is None or val.dtype not in _TORCH_DTYPES:
+            raise ModelError(f"{path}: input '{spec.arg.name}' is not a supported tensor")
+        shape: list[int | str] = [
+            d if isinstance(d, int) else ("batch" if i == 0 else f"{spec.arg.name}_dim{i}")
+            for i, d in enumerate(val.shape)]
+        dtype: Any = _TORCH_DTYPES[val.dtype]
+        specs.append(TensorSpec(name=spec.arg.name, dtype=dtype, shape=shape))
+    outputs = cfg.outputs or [f"output_{i}" if len(program.graph_signature.user_outputs) > 1
+                              else "output"
+                              for i in range(len(program.graph_signature.user_outputs))]
+    return LoadedModel(program.module(), None, cfg.inputs or specs, outputs)
 
 
 def _load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
