@@ -184,7 +184,17 @@ def _load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
         raise ModelError(f"model.source.factory '{factory}' returned "
                          f"{type(model).__name__}, expected a torch.nn.Module")
     if weights is not None:
-        model.load_state_dict(load_state_dict(weights, factory), strict=True)
+        state = load_state_dict(weights, factory)
+        expected = set(model.state_dict())
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or extra:
+            raise ModelError(f"model.source.weights: {weights} does not fit '{factory}': "
+                             f"missing keys {missing}, unexpected keys {extra}")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # same keys, wrong shapes
+            raise ModelError(f"model.source.weights: {weights} does not fit '{factory}': "
+                             f"{' '.join(str(exc).split())[:500]}") from None
     return model.eval()
 
 
