@@ -114,14 +114,26 @@ class ExportConfig(_Strict):
     samples: int = Field(default=4, gt=0, description="batch size of the parity check")
 
 
+CleanupPass = Literal["onnxscript", "onnxslim", "shape_inference"]
+CLEANUP_PASSES: tuple[CleanupPass, ...] = ("onnxscript", "onnxslim", "shape_inference")
+
+
 class CleanupConfig(_Strict):
-    fold_constants: bool = True
-    fuse: bool = Field(default=True, description="Conv+BatchNorm and other fusions")
+    passes: list[CleanupPass] = Field(
+        default_factory=lambda: list(CLEANUP_PASSES),
+        description="graph passes in order: onnxscript (constant folding, dead code, "
+        "Conv+BatchNorm), onnxslim (CSE, its fusions), shape_inference")
     atol: float = Field(default=1e-4, gt=0, description="parity tolerance vs the exported graph")
+    rtol: float = Field(default=1e-3, ge=0, description="relative parity tolerance (folding "
+                        "BatchNorm reorders float arithmetic)")
 
 
 class CalibrationConfig(_Strict):
     method: Literal["entropy", "percentile", "mse", "max"] = "entropy"
+    input_method: Literal["entropy", "percentile", "mse", "max", "same"] = Field(
+        default="max", description="method for the graph's own inputs: they are bounded, "
+        "preprocessed data, often discrete (pixels), where a KL search can clip badly; "
+        "'same' uses `method`")
     percentile: float = Field(default=99.99, gt=0, le=100)
     num_bins: int = Field(default=2048, ge=128, description="histogram bins (TensorRT: 2048)")
     max_samples: int | None = Field(default=None, gt=0, description="use at most this many")
@@ -134,6 +146,12 @@ class Target(_Strict):
     precision: Literal["fp32", "fp16", "int8", "best"] = "fp32"
     threads: int | None = Field(default=None, gt=0, description="intra-op threads; default: cores")
     optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    int8_activations: Literal["auto", "int8", "uint8"] = Field(
+        default="auto", description="activation encoding of an ORT CPU int8 engine; auto: "
+        "uint8 (zero point 128), the form ORT's x86 kernels fuse and run fastest")
+    reduce_range: bool | None = Field(
+        default=None, description="7-bit weights; None: on where ORT's u8s8 kernels can "
+        "saturate (AVX2/AVX-512 without VNNI)")
 
 
 class Gates(_Strict):

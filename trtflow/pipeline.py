@@ -176,11 +176,13 @@ def _cleanup(ctx: Context, out: Path, exported: StageResult) -> dict[str, Any]:
     import json
 
     raw_path = exported.file(export_stage.MODEL_FILE)
-    cleaned, report = cleanup_mod.cleanup(onnx.load(str(raw_path)))
+    passes = tuple(cleanup_mod.PASSES[name] for name in ctx.params.cleanup.passes)
+    cleaned, report = cleanup_mod.cleanup(onnx.load(str(raw_path)), passes)
     onnx.save_model(cleaned, str(out / CLEAN_FILE))
     sample = ctx.sample_inputs(ctx.params.export.samples)
     parity = compare(ort_run(raw_path, sample), ort_run(out / CLEAN_FILE, sample),
-                     ctx.params.cleanup.atol, 0.0, "cleanup parity (cleaned vs exported graph)")
+                     ctx.params.cleanup.atol, ctx.params.cleanup.rtol,
+                     "cleanup parity (cleaned vs exported graph)")
     report["parity"] = parity.as_dict()
     (out / CLEANUP_REPORT).write_text(json.dumps(report, indent=2))
     return report
@@ -192,15 +194,20 @@ CLEANUP = Step("cleanup", CLEANUP_VERSION, _cleanup_key, _cleanup)
 # --- build -------------------------------------------------------------------
 
 def _build_key(ctx: Context, *inputs: StageResult, target: str) -> dict[str, Any]:
-    return {"target": ctx.target(target).model_dump(mode="json")}
+    parts: dict[str, Any] = {"target": ctx.target(target).model_dump(mode="json")}
+    if ctx.target(target).precision == "int8":  # the int8 encoding follows the CPU's flags
+        parts["simd"] = host_fingerprint()["simd"]
+    return parts
 
 
 def build_step(target: str) -> Step:
     def produce(ctx: Context, out: Path, cleaned: StageResult, *calibrated: StageResult
                 ) -> dict[str, Any]:
-        tgt = ctx.target(target)
-        model = calibrated[0].file("model.qdq.onnx") if calibrated else cleaned.file(CLEAN_FILE)
-        return build_engine(model, tgt, out)
+        from trtflow.stages.calibrate import SCALES_FILE, read_scales
+
+        scales = read_scales(calibrated[0].file(SCALES_FILE)) if calibrated else None
+        return build_engine(cleaned.file(CLEAN_FILE), ctx.target(target), out, scales,
+                            host_fingerprint()["simd"].split())
 
     return Step("build", BUILD_VERSION,
                 functools.partial(_build_key, target=target), produce)

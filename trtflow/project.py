@@ -22,7 +22,7 @@ def configure_environment(root: Path) -> None:
         "PREFECT_HOME": str(state / "prefect"),
         "PREFECT_LOCAL_STORAGE_PATH": str(state / "prefect" / "results"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_LEVEL": "CRITICAL",  # the CLI reports stages and errors itself
         "PREFECT_LOGGING_TO_API_ENABLED": "true",
         "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow.db'}",
         "TRTFLOW_MLFLOW_ARTIFACTS": str(state / "mlartifacts"),

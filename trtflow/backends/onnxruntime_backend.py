@@ -42,12 +42,48 @@ def _providers(target: Target) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def build(model_path: Path, target: Target, out_dir: Path) -> dict[str, Any]:
+QDQ_FILE = "model.qdq.cpu.onnx"
+
+
+def int8_encoding(target: Target, cpu_flags: list[str]) -> tuple[str, bool]:
+    """(activation dtype, reduce_range) for an ORT CPU int8 engine on this CPU.
+
+    Measured (bench/results/qdq_placement.json, AVX2, no VNNI): uint8 activations fuse
+    fully and run 1.9x FP32; int8 either stays half-float or runs s8s8 kernels at 0.2x.
+    """
+    from trtflow.quant.qdq import u8s8_may_saturate
+
+    act = "uint8" if target.int8_activations == "auto" else target.int8_activations
+    reduce = target.reduce_range
+    if reduce is None:
+        reduce = act == "uint8" and u8s8_may_saturate(cpu_flags)
+    return act, reduce
+
+
+def prepare_int8(model_path: Path, amax: dict[str, float], target: Target,
+                 cpu_flags: list[str], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Insert Q/DQ in the form ORT's CPU provider fuses; returns its path and the report."""
+    import onnx
+
+    from trtflow.quant.qdq import insert_qdq
+
+    act, reduce = int8_encoding(target, cpu_flags)
+    qdq_model, report = insert_qdq(onnx.load(str(model_path)), amax, "ort_cpu",
+                                   act, reduce_range=reduce)  # type: ignore[arg-type]
+    onnx.save_model(qdq_model, str(out_dir / QDQ_FILE))
+    report["reduce_range"] = reduce
+    return out_dir / QDQ_FILE, report
+
+
+def build(model_path: Path, target: Target, out_dir: Path,
+          config_entries: dict[str, str] | None = None) -> dict[str, Any]:
     if target.precision not in ("fp32", "int8"):
         raise BuildError(f"onnxruntime on {target.device}: precision '{target.precision}' is "
                          "not supported yet")
     offline = _OFFLINE_CAP.get(target.optimization, target.optimization)
     opts = ort.SessionOptions()
+    for key, value in (config_entries or {}).items():
+        opts.add_session_config_entry(key, value)
     opts.graph_optimization_level = _LEVELS[offline]
     opts.optimized_model_filepath = str(out_dir / ENGINE_FILE)
     opts.log_severity_level = 3
@@ -61,6 +97,7 @@ def build(model_path: Path, target: Target, out_dir: Path) -> dict[str, Any]:
         "optimization": target.optimization,
         "offline_optimization": offline,
         "intra_op_threads": target.threads,
+        "config_entries": config_entries or {},
         "onnxruntime": ort.__version__,
     }
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -85,6 +122,8 @@ class OrtEngine:
         opts.graph_optimization_level = _LEVELS[config["optimization"]]
         opts.intra_op_num_threads = threads or config["intra_op_threads"] or default_threads()
         opts.log_severity_level = 3
+        for key, value in config.get("config_entries", {}).items():
+            opts.add_session_config_entry(key, value)
         return cls(ort.InferenceSession(str(engine_dir / ENGINE_FILE), opts,
                                         providers=config["providers"]))
 

@@ -59,7 +59,9 @@ class InferShapes:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 
-DEFAULT_PASSES: tuple[Pass, ...] = (OnnxscriptOptimize(), OnnxSlim(), InferShapes())
+PASSES: dict[str, Pass] = {"onnxscript": OnnxscriptOptimize(), "onnxslim": OnnxSlim(),
+                           "shape_inference": InferShapes()}
+DEFAULT_PASSES: tuple[Pass, ...] = tuple(PASSES.values())
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -1,0 +1,87 @@
+"""The streaming calibration pass: run the FP32 graph once over the data, histogram activations.
+
+The tensors to calibrate are exposed as extra graph outputs of an ONNX Runtime
+session, the calibration data streams through in batches, and each batch only
+updates fixed-size histograms: memory does not grow with the data set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from trtflow.errors import CalibrationError
+from trtflow.quant.histogram import DEFAULT_NUM_BINS, HistogramCollector
+
+Progress = Callable[[int], None]
+
+
+def expose_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph also outputs `names` (float activations)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    produced = {out for node in exposed.graph.node for out in node.output}
+    produced |= {i.name for i in exposed.graph.input}
+    for name in names:
+        if name not in produced:
+            raise CalibrationError(f"tensor '{name}' is not produced by any node of the graph")
+        if name not in present:
+            exposed.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                                      None))
+    return exposed
+
+
+@dataclass
+class CollectResult:
+    collector: HistogramCollector
+    samples: int
+    batches: int
+    seconds: float
+
+
+def collect_histograms(model: onnx.ModelProto, tensors: list[str],
+                       batches: Iterable[dict[str, np.ndarray]], threads: int,
+                       num_bins: int = DEFAULT_NUM_BINS, max_samples: int | None = None,
+                       progress: Progress | None = None) -> CollectResult:
+    """One pass over `batches`; histograms of every tensor in `tensors`."""
+    exposed = expose_outputs(model, tensors)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(exposed.SerializeToString(), opts,
+                                   providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    collector = HistogramCollector(num_bins)
+    start, samples, n_batches = time.perf_counter(), 0, 0
+    for feed in batches:
+        if max_samples is not None and samples >= max_samples:
+            break
+        if max_samples is not None:
+            feed = {k: v[: max_samples - samples] for k, v in feed.items()}
+        outputs = session.run(tensors, {n: feed[n] for n in input_names})
+        collector.update(dict(zip(tensors, outputs, strict=True)))
+        size = len(next(iter(feed.values())))
+        samples += size
+        n_batches += 1
+        if progress:
+            progress(size)
+    if samples == 0:
+        raise CalibrationError("the calibration data set is empty: no batch was read")
+    return CollectResult(collector, samples, n_batches, time.perf_counter() - start)
+
+
+def float_inputs(model_path: Path) -> list[str]:
+    """Graph inputs that carry float data (integer inputs are never calibrated)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits
+            and i.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
