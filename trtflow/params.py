@@ -128,8 +128,17 @@ class CleanupConfig(_Strict):
                         "BatchNorm reorders float arithmetic)")
 
 
+class Fallback(_Strict):
+    min_agreement: float | None = Field(
+        default=None, gt=0, le=1, description="keep the most sensitive layers in float until "
+        "fake-quantized agreement with FP32 on the selection split reaches this; None: off")
+    max_layers: int = Field(default=8, ge=0, description="at most this many float layers")
+
+
 class CalibrationConfig(_Strict):
-    method: Literal["entropy", "percentile", "mse", "max"] = "entropy"
+    method: Literal["entropy", "percentile", "mse", "max", "auto"] = Field(
+        default="entropy", description="auto: the method with the best agreement on the "
+        "selection split (the calibration data), since all four cost nothing extra")
     input_method: Literal["entropy", "percentile", "mse", "max", "same"] = Field(
         default="max", description="method for the graph's own inputs: they are bounded, "
         "preprocessed data, often discrete (pixels), where a KL search can clip badly; "
@@ -138,6 +147,10 @@ class CalibrationConfig(_Strict):
     num_bins: int = Field(default=2048, ge=128, description="histogram bins (TensorRT: 2048)")
     max_samples: int | None = Field(default=None, gt=0, description="use at most this many")
     min_samples: int = Field(default=32, ge=1, description="warn below this many samples")
+    selection_samples: int = Field(default=32, ge=1, description="calibration samples used "
+                                   "to score methods, layer sensitivity and the fallback")
+    sensitivity: bool = Field(default=True, description="write a per-layer sensitivity report")
+    fallback: Fallback = Field(default_factory=Fallback)
 
 
 class Target(_Strict):

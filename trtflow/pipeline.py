@@ -203,11 +203,12 @@ def _build_key(ctx: Context, *inputs: StageResult, target: str) -> dict[str, Any
 def build_step(target: str) -> Step:
     def produce(ctx: Context, out: Path, cleaned: StageResult, *calibrated: StageResult
                 ) -> dict[str, Any]:
-        from trtflow.stages.calibrate import SCALES_FILE, read_scales
+        from trtflow.stages.calibrate import SCALES_FILE, read_float_layers, read_scales
 
         scales = read_scales(calibrated[0].file(SCALES_FILE)) if calibrated else None
+        skip = read_float_layers(Path(calibrated[0].path)) if calibrated else []
         return build_engine(cleaned.file(CLEAN_FILE), ctx.target(target), out, scales,
-                            host_fingerprint()["simd"].split())
+                            host_fingerprint()["simd"].split(), skip)
 
     return Step("build", BUILD_VERSION,
                 functools.partial(_build_key, target=target), produce)
@@ -229,6 +230,7 @@ def _calibrate_key(ctx: Context, cleaned: StageResult) -> dict[str, Any]:
     cal = ctx.params.data.calibration
     return {"params": ctx.params.section_digest("calibration", "data.calibration",
                                                 "data.batch_size"),
+            "metric": _metric(ctx),
             "calibration_data": _data_digest(ctx, cal.npz) if cal else None}
 
 
@@ -249,8 +251,10 @@ def _calibrate(ctx: Context, out: Path, cleaned: StageResult) -> dict[str, Any]:
         if ctx.progress:
             ctx.progress(f"calibrate: {done}/{total} samples")
 
-    return calibrate_stage.calibrate(cleaned.file(CLEAN_FILE), (b.inputs for b in stream),
-                                     ctx.params.calibration, default_threads(), out, progress)
+    return calibrate_stage.calibrate(
+        cleaned.file(CLEAN_FILE), (b.inputs for b in stream), ctx.params.calibration,
+        default_threads(), out, progress, metric=_metric(ctx),
+        selection=(b.inputs for b in stream), status=ctx.progress)
 
 
 CALIBRATE = Step("calibrate", "calibrate-1", _calibrate_key, _calibrate)

@@ -30,7 +30,7 @@ def test_digits_compiles_and_logs_to_mlflow(first_run: dict) -> None:
     validate = first_run["stages"]["fp32"][-1]
     assert validate.report["quality"]["accuracy"] >= 0.97
     assert validate.report["quality"]["agreement"] == 1.0
-    assert [s.prefect_state for s in _stages(first_run)] == ["Completed"] * 4
+    assert [s.prefect_state for s in _stages(first_run)] == ["Completed"] * 7
 
     client = mlflow.MlflowClient()
     child = client.get_run(first_run["run_ids"]["fp32"])
@@ -55,10 +55,25 @@ def test_digits_compiles_and_logs_to_mlflow(first_run: dict) -> None:
     assert exp.name == "digits" and "mlartifacts" in exp.artifact_location
 
 
+def test_digits_int8_keeps_accuracy_and_logs_calibration(first_run: dict) -> None:
+    calibrate, build, validate = first_run["stages"]["int8"]
+    quality = validate.report["quality"]
+    assert quality["reference_accuracy"] - quality["accuracy"] <= 0.003  # issue target
+    assert build.report["engine_ops"].get("QLinearConv", 0) >= 3  # really integer convs
+    assert build.report["qdq"]["activation_dtype"] == "uint8"
+    client = mlflow.MlflowClient()
+    run = client.get_run(first_run["run_ids"]["int8"])
+    assert run.data.params["calibration.method_chosen"] == calibrate.report["method"]
+    assert run.data.metrics["calibration.samples"] == 240
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "calibration")}
+    assert {"calibration/scales.json", "calibration/calibration.cache",
+            "calibration/thresholds.png", "calibration/model.qdq.onnx"} <= files
+
+
 def test_cached_rerun_runs_no_stage(first_run: dict, digits_root: Path) -> None:
     again = compile_flow(str(write_params(digits_root)), str(digits_root))
     stages = _stages(again)
-    assert [s.prefect_state for s in stages] == ["Cached"] * 4
+    assert [s.prefect_state for s in stages] == ["Cached"] * 7
     assert [s.key for s in stages] == [s.key for s in _stages(first_run)]
     assert sum(s.run_seconds for s in stages) < 0.05 * sum(s.seconds for s in stages) + 0.5
 
@@ -66,9 +81,10 @@ def test_cached_rerun_runs_no_stage(first_run: dict, digits_root: Path) -> None:
 def test_validate_param_change_reruns_only_validate(first_run: dict, digits_root: Path) -> None:
     path = write_params(digits_root, validate={"batch_sizes": [1, 8]})
     changed = compile_flow(str(path), str(digits_root))
-    states = {s.stage: s.prefect_state for s in _stages(changed)}
-    assert states == {"export": "Cached", "cleanup": "Cached", "build": "Cached",
-                      "validate": "Completed"}
+    states = [(s.stage, s.prefect_state) for s in _stages(changed)]
+    assert states == [("export", "Cached"), ("cleanup", "Cached"),
+                      ("build", "Cached"), ("validate", "Completed"),
+                      ("calibrate", "Cached"), ("build", "Cached"), ("validate", "Completed")]
     rows = changed["stages"]["fp32"][-1].report["latency"]["engine"]
     assert [r["batch_size"] for r in rows] == [1, 8]
 

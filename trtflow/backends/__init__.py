@@ -25,7 +25,8 @@ class Engine(Protocol):
 
 def build_engine(model_path: Path, target: Target, out_dir: Path,
                  scales: dict[str, float] | None = None,
-                 cpu_flags: list[str] | None = None) -> dict[str, Any]:
+                 cpu_flags: list[str] | None = None,
+                 float_layers: list[str] | None = None) -> dict[str, Any]:
     """Build an engine; an int8 target gets `scales` (tensor -> amax) from calibration."""
     if target.precision == "int8" and scales is None:
         raise BuildError("an int8 target needs calibrated scales (the calibrate stage)")
@@ -37,7 +38,7 @@ def build_engine(model_path: Path, target: Target, out_dir: Path,
         if target.precision == "int8":
             assert scales is not None
             model_path, qdq_report = onnxruntime_backend.prepare_int8(
-                model_path, scales, target, cpu_flags or [], out_dir)
+                model_path, scales, target, cpu_flags or [], out_dir, float_layers or [])
             entries = qdq_report["ort_session_config"]
         report = onnxruntime_backend.build(model_path, target, out_dir, entries)
         if qdq_report is not None:

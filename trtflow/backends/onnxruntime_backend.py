@@ -61,15 +61,16 @@ def int8_encoding(target: Target, cpu_flags: list[str]) -> tuple[str, bool]:
 
 
 def prepare_int8(model_path: Path, amax: dict[str, float], target: Target,
-                 cpu_flags: list[str], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+                 cpu_flags: list[str], out_dir: Path, float_layers: list[str]
+                 ) -> tuple[Path, dict[str, Any]]:
     """Insert Q/DQ in the form ORT's CPU provider fuses; returns its path and the report."""
     import onnx
 
     from trtflow.quant.qdq import insert_qdq
 
     act, reduce = int8_encoding(target, cpu_flags)
-    qdq_model, report = insert_qdq(onnx.load(str(model_path)), amax, "ort_cpu",
-                                   act, reduce_range=reduce)  # type: ignore[arg-type]
+    qdq_model, report = insert_qdq(onnx.load(str(model_path)), amax, "ort_cpu", act,  # type: ignore[arg-type]
+                                   skip=frozenset(float_layers), reduce_range=reduce)
     onnx.save_model(qdq_model, str(out_dir / QDQ_FILE))
     report["reduce_range"] = reduce
     return out_dir / QDQ_FILE, report

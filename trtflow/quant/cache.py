@@ -152,3 +152,15 @@ def read_calibration_cache(path: str | Path) -> tuple[CalibrationCacheHeader, di
                 f" (0x{value}); a scale must be positive and finite")
         scales[name] = scale
     return header, scales
+
+
+def check_cache_matches(path: str | Path, tensor_names: set[str]) -> dict[str, float]:
+    """Read a cache meant for a graph; every entry must name one of its tensors."""
+    _, scales = read_calibration_cache(path)
+    unknown = sorted(set(scales) - tensor_names)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5
+                                          else "")
+        raise CalibrationError(f"calibration cache {path}: {len(unknown)} tensor(s) are not "
+                               f"in the model: {shown}; was it written for another graph?")
+    return scales

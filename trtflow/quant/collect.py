@@ -67,7 +67,16 @@ def collect_histograms(model: onnx.ModelProto, tensors: list[str],
             break
         if max_samples is not None:
             feed = {k: v[: max_samples - samples] for k, v in feed.items()}
-        outputs = session.run(tensors, {n: feed[n] for n in input_names})
+        try:
+            outputs = session.run(tensors, {n: feed[n] for n in input_names})
+        except KeyError as exc:
+            raise CalibrationError(f"calibration batch {n_batches + 1} has no input {exc}; "
+                                   f"the model needs {input_names}") from None
+        except Exception as exc:  # ORT's shape/type errors name the input
+            shapes = {k: list(v.shape) for k, v in feed.items()}
+            raise CalibrationError(f"calibration batch {n_batches + 1} (shapes {shapes}) does "
+                                   f"not fit the model: {str(exc).splitlines()[0][:300]}"
+                                   ) from None
         collector.update(dict(zip(tensors, outputs, strict=True)))
         size = len(next(iter(feed.values())))
         samples += size

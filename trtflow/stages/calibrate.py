@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import resource
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from onnx import numpy_helper
 
 from trtflow.errors import CalibrationError
 from trtflow.params import CalibrationConfig
+from trtflow.quant import accuracy as accuracy_mod
 from trtflow.quant.cache import write_calibration_cache
 from trtflow.quant.collect import Progress, collect_histograms
 from trtflow.quant.methods import METHODS, compute_amax, scale_from_amax
@@ -34,6 +36,7 @@ SCALES_FILE = "scales.json"
 CACHE_FILE = "calibration.cache"
 HISTOGRAMS_FILE = "histograms.npz"
 QDQ_FILE = "model.qdq.onnx"
+ACCURACY_FILE = "accuracy.json"
 PLACEMENTS: tuple[Placement, ...] = ("tensorrt", "ort_cpu")
 
 
@@ -62,9 +65,41 @@ def existing_qdq_amax(model: onnx.ModelProto) -> dict[str, float]:
     return amax
 
 
+@dataclass
+class AccuracyReport:
+    method_scores: dict[str, dict[str, float]] | None = None
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    fallback: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method_scores": self.method_scores, "sensitivity": self.sensitivity,
+                "fallback": self.fallback}
+
+
+def _selection(batches: Iterable[dict[str, np.ndarray]], samples: int
+               ) -> list[dict[str, np.ndarray]]:
+    feeds, n = [], 0
+    for feed in batches:
+        if n >= samples:
+            break
+        feeds.append({k: v[: samples - n] for k, v in feed.items()})
+        n += len(next(iter(feed.values())))
+    return feeds
+
+
+def _amax_for(model: onnx.ModelProto, tensors: list[str], cfg: CalibrationConfig,
+              method: str, all_amax: dict[str, dict[str, float]]) -> dict[str, float]:
+    methods = tensor_methods(model, tensors, cfg, method)
+    return {t: all_amax[methods[t]][t] for t in tensors}
+
+
 def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
               cfg: CalibrationConfig, threads: int, out_dir: Path,
-              progress: Progress | None = None) -> dict[str, Any]:
+              progress: Progress | None = None, metric: str = "cosine",
+              selection: Iterable[dict[str, np.ndarray]] | None = None,
+              status: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`batches` streams the calibration data once; `selection` (a re-read of its start)
+    scores methods, layer sensitivity and the float fallback."""
     model = onnx.load(str(model_path))
     qat = existing_qdq_amax(model)
     if qat:
@@ -84,11 +119,35 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
     result.collector.save_npz(out_dir / HISTOGRAMS_FILE)
     all_amax = {m: {t: compute_amax(result.collector[t], m, **method_options(cfg, m))
                     for t in tensors} for m in METHODS}
-    methods = tensor_methods(model, tensors, cfg)
+    accuracy = AccuracyReport()
+    method: str = cfg.method
+    if method == "auto" or cfg.sensitivity or cfg.fallback.min_agreement is not None:
+        feeds = _selection(selection or [], cfg.selection_samples)
+        if not feeds:
+            raise CalibrationError("method auto, sensitivity and fallback need selection "
+                                   "data (the calibration set); none was given")
+        ev = accuracy_mod.Evaluator(model, feeds, metric, threads)
+        if method == "auto":
+            candidates = {m: _amax_for(model, tensors, cfg, m, all_amax) for m in METHODS}
+            method, accuracy.method_scores = accuracy_mod.choose_method(ev, candidates)
+        chosen_amax = _amax_for(model, tensors, cfg, method, all_amax)
+        if cfg.sensitivity or cfg.fallback.min_agreement is not None:
+            accuracy.sensitivity = accuracy_mod.sensitivity(ev, chosen_amax, status)
+        if cfg.fallback.min_agreement is not None:
+            accuracy.fallback = accuracy_mod.fallback(ev, chosen_amax, accuracy.sensitivity,
+                                                      cfg.fallback.min_agreement,
+                                                      cfg.fallback.max_layers)
+    methods = tensor_methods(model, tensors, cfg, method)
     chosen = {t: all_amax[methods[t]][t] for t in tensors}
-    _write_outputs(model, chosen, methods, all_amax, out_dir)
+    skip = accuracy.fallback["skip"] if accuracy.fallback else []
+    qdq_report = _write_outputs(model, chosen, methods, all_amax, skip, out_dir)
+    (out_dir / ACCURACY_FILE).write_text(json.dumps(accuracy.as_dict(), indent=2))
     return {
-        "method": cfg.method, "input_method": cfg.input_method, "tensors": len(tensors),
+        "method": method, "requested_method": cfg.method, "input_method": cfg.input_method,
+        "tensors": len(tensors), "float_layers": skip,
+        "float_fraction": qdq_report["float_fraction"],
+        "method_scores": accuracy.method_scores,
+        "fallback_met": accuracy.fallback["met"] if accuracy.fallback else None,
         "samples": result.samples,
         "batches": result.batches, "collect_seconds": result.seconds,
         "peak_rss_mb": _peak_rss_mb(), "rss_growth_mb": _peak_rss_mb() - rss_before,
@@ -96,28 +155,32 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
     }
 
 
-def tensor_methods(model: onnx.ModelProto, tensors: list[str], cfg: CalibrationConfig
-                   ) -> dict[str, str]:
+def tensor_methods(model: onnx.ModelProto, tensors: list[str], cfg: CalibrationConfig,
+                   method: str) -> dict[str, str]:
     """The method each tensor uses: `input_method` for graph inputs, `method` otherwise."""
     inputs = {i.name for i in model.graph.input}
-    on_inputs = cfg.method if cfg.input_method == "same" else cfg.input_method
-    return {t: on_inputs if t in inputs else cfg.method for t in tensors}
+    on_inputs = method if cfg.input_method == "same" else cfg.input_method
+    return {t: on_inputs if t in inputs else method for t in tensors}
 
 
 def _from_qat(model: onnx.ModelProto, amax: dict[str, float], out_dir: Path) -> dict[str, Any]:
     write_calibration_cache(out_dir / CACHE_FILE, {t: a / 127.0 for t, a in amax.items()})
     _write_scales(out_dir, amax, dict.fromkeys(amax, "qat"), {"qat": amax})
     onnx.save_model(model, str(out_dir / QDQ_FILE))
-    return {"method": "qat", "tensors": len(amax), "samples": 0, "qat": True}
+    (out_dir / ACCURACY_FILE).write_text(json.dumps(AccuracyReport().as_dict()))
+    return {"method": "qat", "tensors": len(amax), "samples": 0, "qat": True,
+            "float_layers": []}
 
 
 def _write_outputs(model: onnx.ModelProto, amax: dict[str, float], methods: dict[str, str],
-                   all_amax: dict[str, dict[str, float]], out_dir: Path) -> None:
+                   all_amax: dict[str, dict[str, float]], skip: list[str], out_dir: Path
+                   ) -> dict[str, Any]:
     write_calibration_cache(out_dir / CACHE_FILE,
                             {t: scale_from_amax(a, t) for t, a in amax.items()})
     _write_scales(out_dir, amax, methods, all_amax)
-    qdq_model, _ = insert_qdq(model, amax, "tensorrt")
+    qdq_model, report = insert_qdq(model, amax, "tensorrt", skip=frozenset(skip))
     onnx.save_model(qdq_model, str(out_dir / QDQ_FILE))
+    return report
 
 
 def _write_scales(out_dir: Path, amax: dict[str, float], methods: dict[str, str],
@@ -126,6 +189,12 @@ def _write_scales(out_dir: Path, amax: dict[str, float], methods: dict[str, str]
                  "amax_by_method": {m: all_amax[m][t] for m in all_amax}}
              for t, a in amax.items()}
     (out_dir / SCALES_FILE).write_text(json.dumps(table, indent=2))
+
+
+def read_float_layers(calibration_dir: Path) -> list[str]:
+    """Layers the fallback kept in float (the build honours them)."""
+    meta = json.loads((calibration_dir / ACCURACY_FILE).read_text())
+    return list((meta.get("fallback") or {}).get("skip", []))
 
 
 def read_scales(path: Path) -> dict[str, float]:

@@ -102,6 +102,31 @@ def _log_stages(stages: list[StageResult]) -> None:
         mlflow.log_metric(f"stage_seconds.{s.stage}", s.seconds)
 
 
+def _log_calibration(cal: StageResult) -> None:
+    """Scale table, cache, accuracy report, threshold plots; time and memory as metrics."""
+    import tempfile
+
+    import mlflow
+    from trtflow.quant.plots import plot_thresholds, sensitive_tensors
+
+    rep = cal.report
+    mlflow.log_params({"calibration.method_chosen": rep["method"],
+                       "calibration.float_layers": ",".join(rep.get("float_layers", [])) or
+                       "none"})
+    for key in ("collect_seconds", "peak_rss_mb", "samples", "tensors", "float_fraction"):
+        if isinstance(rep.get(key), int | float):
+            mlflow.log_metric(f"calibration.{key}", rep[key])
+    for name in ("scales.json", "calibration.cache", "accuracy.json", "model.qdq.onnx"):
+        if cal.file(name).is_file():
+            mlflow.log_artifact(str(cal.file(name)), artifact_path="calibration")
+    if cal.file("histograms.npz").is_file():
+        tensors = sensitive_tensors(cal.file("accuracy.json"), cal.file("scales.json"))
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = plot_thresholds(cal.file("histograms.npz"), cal.file("scales.json"),
+                                   tensors, Path(tmp) / "thresholds.png")
+            mlflow.log_artifact(str(plot), artifact_path="calibration")
+
+
 def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
     import mlflow
 
@@ -109,6 +134,8 @@ def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
     mlflow.log_params({f"target.{k}": v for k, v in target.model_dump(mode="json").items()})
     _log_stages(stages)
     by_stage = {s.stage: s for s in stages}
+    if "calibrate" in by_stage:
+        _log_calibration(by_stage["calibrate"])
     build, validate = by_stage["build"], by_stage.get("validate")
     mlflow.log_metric("engine_bytes", build.report["engine_bytes"])
     mlflow.log_artifacts(build.path, artifact_path="engine")

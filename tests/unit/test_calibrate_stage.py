@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from trtflow.errors import CalibrationError
+from trtflow.params import CalibrationConfig, Fallback
+from trtflow.quant.cache import check_cache_matches, read_calibration_cache
+from trtflow.quant.histogram import HistogramCollector
+from trtflow.stages.calibrate import (
+    ACCURACY_FILE,
+    CACHE_FILE,
+    HISTOGRAMS_FILE,
+    QDQ_FILE,
+    SCALES_FILE,
+    calibrate,
+)
+
+from .tiny import conv_bn_graph
+
+
+def _batches(n: int = 64, batch: int = 16, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((batch, 3, 8, 8), np.float32)}
+            for _ in range(n // batch)]
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_bn_graph(), path)
+    return path
+
+
+def test_one_pass_writes_the_four_outputs(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cal"
+    out.mkdir()
+    data = _batches()
+    report = calibrate(model_path, data, CalibrationConfig(min_samples=1), 1, out,
+                       selection=data)
+    for name in (CACHE_FILE, SCALES_FILE, HISTOGRAMS_FILE, QDQ_FILE, ACCURACY_FILE):
+        assert (out / name).is_file(), name
+    assert report["samples"] == 64 and report["batches"] == 4
+    header, cache = read_calibration_cache(out / CACHE_FILE)
+    scales = json.loads((out / SCALES_FILE).read_text())
+    assert header.algorithm == "EntropyCalibration2" and set(cache) == set(scales)
+    for name, row in scales.items():
+        assert cache[name] == pytest.approx(row["amax"] / 127, rel=1e-6)
+        assert set(row["amax_by_method"]) == {"max", "percentile", "mse", "entropy"}
+        assert row["amax_by_method"]["max"] >= row["amax_by_method"]["entropy"] > 0
+    assert scales["x"]["method"] == "max"  # graph inputs use input_method (max)
+    hist = HistogramCollector.load_npz(out / HISTOGRAMS_FILE)
+    assert set(hist) == set(scales)
+    ops = {n.op_type for n in onnx.load(str(out / QDQ_FILE)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    tensor_names = {v for n in onnx.load(str(model_path)).graph.node for v in n.output} | {"x"}
+    assert check_cache_matches(out / CACHE_FILE, tensor_names) == cache
+
+
+def test_auto_method_and_fallback_choose_on_selection(model_path: Path, tmp_path: Path) -> None:
+    data = _batches()
+    cfg = CalibrationConfig(method="auto", min_samples=1,
+                            fallback=Fallback(min_agreement=0.999999, max_layers=1))
+    report = calibrate(model_path, data, cfg, 1, tmp_path, selection=data)
+    assert report["method"] in {"max", "percentile", "mse", "entropy"}
+    assert set(report["method_scores"]) == {"max", "percentile", "mse", "entropy"}
+    accuracy = json.loads((tmp_path / ACCURACY_FILE).read_text())
+    assert [r["node"] for r in accuracy["sensitivity"]] == ["conv0"]
+    # a near-impossible budget keeps the one quantizable layer in float
+    assert report["float_layers"] == ["conv0"] and report["fallback_met"] is True
+    assert report["float_fraction"] == 1.0
+    ops = {n.op_type for n in onnx.load(str(tmp_path / QDQ_FILE)).graph.node}
+    assert "QuantizeLinear" not in ops
+
+
+def test_empty_dataset(model_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError, match="calibration data set is empty"):
+        calibrate(model_path, [], CalibrationConfig(sensitivity=False), 1, tmp_path)
+
+
+def test_nan_in_calibration_data_names_the_tensor(model_path: Path, tmp_path: Path) -> None:
+    data = _batches()
+    data[1]["x"][0, 0, 0, 0] = np.nan
+    with pytest.raises(CalibrationError, match="tensor 'x'.*NaN or infinite"):
+        calibrate(model_path, data, CalibrationConfig(sensitivity=False), 1, tmp_path)
+    assert not (tmp_path / HISTOGRAMS_FILE).exists()
+
+
+def test_batch_shape_not_matching_the_model(model_path: Path, tmp_path: Path) -> None:
+    data = [{"x": np.zeros((4, 3, 9, 9), np.float32)}]
+    with pytest.raises(CalibrationError, match=r"batch 1 \(shapes \{'x': \[4, 3, 9, 9\]\}\) "
+                                               r"does not fit the model"):
+        calibrate(model_path, data, CalibrationConfig(sensitivity=False), 1, tmp_path)
+
+
+def test_small_dataset_warns(model_path: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibrate(model_path, _batches(16, 16), CalibrationConfig(sensitivity=False), 1,
+                  tmp_path)
+    assert any("only 16 samples" in str(w.message) for w in caught)
+
+
+def test_cache_for_another_graph_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "c.cache"
+    cache.write_text("TRT-100300-EntropyCalibration2\nconv_out: 3c010204\nother: 3c010204\n")
+    with pytest.raises(CalibrationError, match=r"2 tensor\(s\) are not in the model"):
+        check_cache_matches(cache, {"x", "y"})
