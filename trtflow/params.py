@@ -84,18 +84,49 @@ class ModelConfig(_Strict):
 # --- data --------------------------------------------------------------------
 
 
+class ImagePreprocess(_Strict):
+    """How image files become the model's input tensor (Pillow)."""
+
+    resize: int | None = Field(default=None, gt=0, description="shorter side, before crop")
+    crop: int | None = Field(default=None, gt=0, description="centre crop to crop x crop")
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    scale: float = Field(default=1 / 255, description="multiply pixel values first")
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    channels: Literal["RGB", "BGR", "L"] = "RGB"
+
+
 class DataSource(_Strict):
-    """A calibration or evaluation data set, streamed in batches."""
+    """A calibration or evaluation data set, streamed in batches; exactly one kind."""
 
     npz: str | None = Field(default=None, description=".npz file; keys are input names")
-    labels: str | None = Field(default=None, description="key of the label array, if any")
+    images: str | None = Field(default=None, description="directory of images; one "
+                               "sub-directory per class gives labels (sorted names)")
+    preprocess: ImagePreprocess = Field(default_factory=ImagePreprocess)
+    text: str | None = Field(default=None, description=".txt (one sentence a line) or "
+                             ".jsonl ({'text': ..., 'label': ...})")
+    tokenizer: str | None = Field(default=None, description="local tokenizer folder "
+                                  "(transformers, offline) for `text`")
+    max_length: int = Field(default=128, gt=0, description="tokenizer padding/truncation")
+    function: str | None = Field(default=None, description="'module:function' returning "
+                                 "an iterable of {input name: array} (and optional 'label')")
+    labels: str | None = Field(default=None, description="npz key / JSONL field of integer "
+                               "labels; image folders: 'folders'")
     limit: int | None = Field(default=None, gt=0, description="use at most this many samples")
 
     @model_validator(mode="after")
     def _one_kind(self) -> DataSource:
-        if self.npz is None:
-            raise ValueError("a data source needs one of: npz")
+        kinds = [k for k in ("npz", "images", "text", "function") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("a data source needs exactly one of: npz, images, text, function"
+                             f" (got {', '.join(kinds) or 'none'})")
+        if self.text and not self.tokenizer:
+            raise ValueError("a 'text' data source needs 'tokenizer' (a local folder)")
         return self
+
+    @property
+    def path(self) -> str | None:
+        return self.npz or self.images or self.text
 
 
 class DataConfig(_Strict):
@@ -153,20 +184,6 @@ class CalibrationConfig(_Strict):
     fallback: Fallback = Field(default_factory=Fallback)
 
 
-class Target(_Strict):
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    device: Literal["cpu", "cuda"] = "cpu"
-    precision: Literal["fp32", "fp16", "int8", "best"] = "fp32"
-    threads: int | None = Field(default=None, gt=0, description="intra-op threads; default: cores")
-    optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    int8_activations: Literal["auto", "int8", "uint8"] = Field(
-        default="auto", description="activation encoding of an ORT CPU int8 engine; auto: "
-        "uint8 (zero point 128), the form ORT's x86 kernels fuse and run fastest")
-    reduce_range: bool | None = Field(
-        default=None, description="7-bit weights; None: on where ORT's u8s8 kernels can "
-        "saturate (AVX2/AVX-512 without VNNI)")
-
-
 class Gates(_Strict):
     max_accuracy_drop: float = Field(
         default=0.01, ge=0, description="allowed drop in the accuracy metric vs FP32 reference"
@@ -177,6 +194,22 @@ class Gates(_Strict):
     min_speedup: float | None = Field(
         default=None, gt=0, description="engine p50 vs eager p50 at batch 1; None: not gated"
     )
+
+
+class Target(_Strict):
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["fp32", "fp16", "int8", "best"] = "fp32"
+    threads: int | None = Field(default=None, gt=0, description="intra-op threads; default: cores")
+    optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    int8_activations: Literal["auto", "int8", "uint8"] = Field(
+        default="auto", description="activation encoding of an ORT CPU int8 engine; auto: "
+        "uint8 (zero point 128), the form ORT's x86 kernels fuse and run fastest")
+    gates: Gates | None = Field(default=None, description="this target's gates; default: "
+                                "validate.gates")
+    reduce_range: bool | None = Field(
+        default=None, description="7-bit weights; None: on where ORT's u8s8 kernels can "
+        "saturate (AVX2/AVX-512 without VNNI)")
 
 
 class ValidateConfig(_Strict):

@@ -29,7 +29,7 @@ from trtflow.errors import DataError, ParamsError
 from trtflow.graph import cleanup as cleanup_mod
 from trtflow.graph.parity import compare, ort_run
 from trtflow.latency import host_fingerprint
-from trtflow.params import Params, Target
+from trtflow.params import DataSource, Params, Target
 from trtflow.sources import builtin
 from trtflow.stages import export as export_stage
 from trtflow.stages import validate as validate_stage
@@ -231,7 +231,7 @@ def _calibrate_key(ctx: Context, cleaned: StageResult) -> dict[str, Any]:
     return {"params": ctx.params.section_digest("calibration", "data.calibration",
                                                 "data.batch_size"),
             "metric": _metric(ctx),
-            "calibration_data": _data_digest(ctx, cal.npz) if cal else None}
+            "calibration_data": data_digest(ctx.root, cal) if cal else None}
 
 
 def _calibrate(ctx: Context, out: Path, cleaned: StageResult) -> dict[str, Any]:
@@ -271,16 +271,23 @@ def _validate_key(ctx: Context, engine: StageResult, cleaned: StageResult, *, ta
         "threads": default_threads(),
     }
     if ev is not None:
-        parts["evaluation_data"] = _data_digest(ctx, ev.npz)
+        parts["evaluation_data"] = data_digest(ctx.root, ev)
     if ctx.remeasure:
         parts["remeasure"] = time.time_ns()
     return parts
 
 
-def _data_digest(ctx: Context, path: str | None) -> str:
-    p = Path(path or "")
-    p = p if p.is_absolute() else ctx.root / p
-    if not p.is_file():
+def data_digest(root: Path, source: DataSource) -> str:
+    """Identity of a data source: its file/folder digest, or the function's module file."""
+    if source.function:
+        import importlib.util
+
+        spec = importlib.util.find_spec(source.function.partition(":")[0])
+        origin = Path(spec.origin) if spec and spec.origin else None
+        return f"{source.function}:{tree_digest(origin) if origin else 'unknown'}"
+    p = Path(source.path or "")
+    p = p if p.is_absolute() else root / p
+    if not p.exists():
         raise DataError(f"data file {p} does not exist (run `dvc pull`, or `trtflow prepare` "
                         "for the demo data)")
     return tree_digest(p)
@@ -292,7 +299,7 @@ def validate_step(target: str) -> Step:
         threads = ctx.target(target).threads or default_threads()
         torch.set_num_threads(threads)
         engine = load_engine(Path(engine_art.path), threads=threads)
-        reference, label = reference_runner(ctx, cleaned, threads)
+        reference, label = reference_runner(ctx, threads)
         specs = ctx.input_specs()
         ev = ctx.params.data.evaluation
         num_classes = _num_classes(reference, ctx)
@@ -308,8 +315,12 @@ def validate_step(target: str) -> Step:
             return {k: np.ascontiguousarray(np.concatenate([v] * reps)[:bs])
                     for k, v in pool.items()}
 
+        cfg = ctx.params.validate_
+        gates = ctx.target(target).gates
+        if gates is not None:
+            cfg = cfg.model_copy(update={"gates": gates})
         return validate_stage.validate(engine, reference, label, batches, make_inputs,
-                                       ctx.params.validate_, _metric(ctx), target, out)
+                                       cfg, _metric(ctx), target, out)
 
     return Step("validate", validate_stage.VERSION,
                 functools.partial(_validate_key, target=target), produce)
@@ -327,7 +338,7 @@ def _num_classes(reference: Callable, ctx: Context) -> int:
     return int(first.reshape(1, -1).shape[1])
 
 
-def reference_runner(ctx: Context, cleaned: StageResult, threads: int
+def reference_runner(ctx: Context, threads: int
                      ) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], str]:
     """FP32 reference and latency baseline: PyTorch eager, or ORT FP32 on an ONNX source."""
     model = ctx.model()

@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,12 +71,29 @@ def _as_dtype(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def open_data(source: DataSource, inputs: list[TensorSpec], root: Path, batch_size: int,
-              num_classes: int | None = None) -> DataStream:
-    """Open `source` and check every model input is there with a compatible dtype/shape."""
-    path = Path(source.npz) if source.npz else None
-    assert path is not None  # the schema guarantees one source kind
+              num_classes: int | None = None) -> Any:
+    """Open `source` (any kind) and check it fits the model's inputs; a re-iterable stream."""
+    from trtflow.datasets import sources
+
+    if source.function:
+        return sources.FunctionStream(source.function, source, inputs, batch_size)
+    assert source.path is not None  # the schema guarantees one source kind
+    path = Path(source.path)
     if not path.is_absolute():
         path = root / path
+    if source.images:
+        stream: Any = sources.ImageFolderStream(path, source, inputs, batch_size)
+        if num_classes is not None and stream.classes and len(stream.classes) > num_classes:
+            raise DataError(f"image folder {path}: {len(stream.classes)} class folders but "
+                            f"the model has {num_classes} outputs")
+        return stream
+    if source.text:
+        return sources.TextStream(path, source, inputs, batch_size, root)
+    return _open_npz(path, source, inputs, batch_size, num_classes)
+
+
+def _open_npz(path: Path, source: DataSource, inputs: list[TensorSpec], batch_size: int,
+              num_classes: int | None) -> DataStream:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist (run `dvc pull`, or `trtflow "
                         "prepare` for the demo data)")
@@ -95,7 +113,7 @@ def open_data(source: DataSource, inputs: list[TensorSpec], root: Path, batch_si
         lengths = set()
         for spec in inputs:
             arr = f[spec.name]
-            _check_array(path, spec, arr)
+            check_array(path, spec, arr)
             lengths.add(len(arr))
         if source.labels:
             if source.labels not in keys:
@@ -109,7 +127,8 @@ def open_data(source: DataSource, inputs: list[TensorSpec], root: Path, batch_si
     return DataStream(path, inputs, source.labels, batch_size, source.limit)
 
 
-def _check_array(path: Path, spec: TensorSpec, arr: np.ndarray) -> None:
+def check_array(path: Path | str, spec: TensorSpec, arr: np.ndarray) -> None:
+    """dtype kind (float vs integer), rank and fixed dims of a batch vs a model input."""
     kind = "float" if arr.dtype.kind == "f" else "integer" if arr.dtype.kind in "iub" else None
     want = "float" if spec.dtype in _FLOAT else "integer"
     if kind != want:

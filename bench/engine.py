@@ -1,0 +1,178 @@
+"""Engine latency: trtflow's INT8 engine vs ORT FP32 vs ORT quantize_static INT8 vs eager.
+
+For resnet18 and minilm, at batch 1 and 8, in one process, timed in alternating
+rounds (each round runs every contender once per batch size) so drift and noise
+hit all of them alike. trtflow's engine comes from the same cached stages as
+`trtflow run` (export -> cleanup -> calibrate -> build int8, no Prefect), on the
+demo data (`trtflow prepare` first). ORT's baselines:
+
+- ORT FP32:       the cleaned graph, ORT_ENABLE_ALL, intra-op threads = cores;
+- ORT QDQ S8S8:   `quantize_static` defaults (QDQ, int8 activations and weights,
+                  per-channel), MinMax on the same calibration data;
+- ORT QDQ U8S8:   the same with uint8 activations (ORT's x86 fast path), reported
+                  too so the comparison is with ORT's better configuration.
+
+    python bench/engine.py [--models resnet18 minilm] [--rounds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+RESULTS = ROOT / "bench" / "results"
+
+
+def trtflow_engine(model: str) -> tuple:
+    from trtflow.params import load_params
+    from trtflow.pipeline import (
+        CALIBRATE,
+        CLEAN_FILE,
+        CLEANUP,
+        EXPORT,
+        Context,
+        build_step,
+        run_step,
+    )
+    from trtflow.project import configure_environment
+
+    configure_environment(ROOT)
+    ctx = Context.create(load_params(ROOT / "params" / f"{model}.yaml"), ROOT)
+    cleaned = run_step(CLEANUP, ctx, run_step(EXPORT, ctx))
+    calibrated = run_step(CALIBRATE, ctx, cleaned)
+    built = run_step(build_step("int8"), ctx, cleaned, calibrated)
+    return ctx, cleaned.file(CLEAN_FILE), Path(built.path), calibrated
+
+
+def ort_quantize_static(clean: Path, ctx, activation: str, out: Path) -> Path:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from trtflow.datasets import open_data
+
+    stream = open_data(ctx.params.data.calibration, ctx.input_specs(), ctx.root, 32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(stream)
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            batch = next(self.it, None)
+            return None if batch is None else batch.inputs
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(clean), str(pre), skip_symbolic_shape=True)
+    act = QuantType.QInt8 if activation == "s8" else QuantType.QUInt8
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=act, weight_type=QuantType.QInt8, per_channel=True)
+    return out
+
+
+def inputs_for(ctx, bs: int) -> dict[str, np.ndarray]:
+    from trtflow.datasets import open_data
+
+    stream = open_data(ctx.params.data.evaluation, ctx.input_specs(), ctx.root, 64)
+    pool = next(iter(stream)).inputs
+    return {k: np.ascontiguousarray(np.concatenate([v] * (-(-bs // len(v))))[:bs])
+            for k, v in pool.items()}
+
+
+def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
+    import torch
+
+    from trtflow.backends import load_engine
+    from trtflow.backends.onnxruntime_backend import OrtEngine, default_threads
+    from trtflow.pipeline import reference_runner
+
+    threads = default_threads()
+    torch.set_num_threads(threads)
+    ctx, clean, engine_dir, calibrated = trtflow_engine(model)
+    eager, _ = reference_runner(ctx, threads)
+    contenders = {"trtflow INT8": load_engine(engine_dir, threads).run,
+                  "ORT FP32": OrtEngine.from_model(clean, threads).run,
+                  "PyTorch eager FP32": eager}
+    with tempfile.TemporaryDirectory() as tmp:
+        for act in ("s8", "u8"):
+            path = ort_quantize_static(clean, ctx, act, Path(tmp) / f"ort_{act}.onnx")
+            contenders[f"ORT quantize_static QDQ {act.upper()}S8"] = OrtEngine.from_model(
+                path, threads).run
+        feeds = {bs: inputs_for(ctx, bs) for bs in batch_sizes}
+        ref = {bs: contenders["ORT FP32"](feeds[bs]) for bs in batch_sizes}
+        quality = {}
+        for name, run in contenders.items():
+            out = run(feeds[batch_sizes[-1]])
+            r = next(iter(ref[batch_sizes[-1]].values())).reshape(batch_sizes[-1], -1)
+            c = next(iter(out.values())).reshape(batch_sizes[-1], -1)
+            cos = (r * c).sum(1) / np.linalg.norm(r, axis=1) / np.linalg.norm(c, axis=1)
+            quality[name] = {"mean_cosine_vs_fp32": float(cos.mean()),
+                             "top1_agreement_vs_fp32": float((r.argmax(1) == c.argmax(1))
+                                                             .mean())}
+        times: dict = {name: {bs: [] for bs in batch_sizes} for name in contenders}
+        with torch.inference_mode():
+            for run in contenders.values():  # warm-up
+                for bs in batch_sizes:
+                    for _ in range(3):
+                        run(feeds[bs])
+            for _ in range(rounds):
+                for name, run in contenders.items():
+                    for bs in batch_sizes:
+                        start = time.perf_counter()
+                        run(feeds[bs])
+                        times[name][bs].append((time.perf_counter() - start) * 1e3)
+    rows = {}
+    for name in contenders:
+        rows[name] = {f"bs{bs}": {"median_ms": statistics.median(times[name][bs]),
+                                  "p99_ms": float(np.percentile(times[name][bs], 99))}
+                      for bs in batch_sizes}
+        rows[name]["quality"] = quality[name]
+    ours = rows["trtflow INT8"]
+    for row in rows.values():
+        for bs in batch_sizes:
+            row[f"bs{bs}"]["trtflow_speedup"] = (row[f"bs{bs}"]["median_ms"]
+                                                 / ours[f"bs{bs}"]["median_ms"])
+    return {"threads": threads, "calibration": calibrated.report, "contenders": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet18", "minilm"])
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    args = ap.parse_args()
+    from calibration import cpu_info
+
+    results = {"cpu": cpu_info(), "rounds": args.rounds, "models": {}}
+    for model in args.models:
+        print(f"[{model}] ...", flush=True)
+        results["models"][model] = bench_model(model, args.rounds, args.batch_sizes)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "engine.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    for model, res in results["models"].items():
+        print(f"\n{model} (median ms; 'x' = how many times slower than trtflow INT8)")
+        for name, row in res["contenders"].items():
+            cells = "  ".join(f"bs{bs} {row[f'bs{bs}']['median_ms']:8.2f} "
+                              f"({row[f'bs{bs}']['trtflow_speedup']:.2f}x)"
+                              for bs in args.batch_sizes)
+            q = row["quality"]
+            print(f"  {name:<30} {cells}   cos {q['mean_cosine_vs_fp32']:.4f} "
+                  f"top1 {q['top1_agreement_vs_fp32']:.3f}")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Data sources besides .npz: image folders, text/JSONL with a tokenizer, a user function.
+
+Each streams batches without loading the set whole, and each batch is checked
+against the model's input specs (dtype kind, rank, fixed dims) with an error that
+names the file and the input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtflow.errors import DataError
+from trtflow.params import DataSource, ImagePreprocess, TensorSpec
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+@dataclass
+class _Batcher:
+    """Collects per-sample dicts into batches of `batch_size`, checked against specs."""
+
+    where: str
+    inputs: list[TensorSpec]
+    batch_size: int
+    limit: int | None
+
+    def batches(self, samples: Iterator[tuple[dict[str, np.ndarray], int | None]]
+                ) -> Iterator[Any]:
+        from trtflow.datasets.stream import Batch, check_array
+
+        buf: list[tuple[dict[str, np.ndarray], int | None]] = []
+        n = 0
+        for sample in samples:
+            if self.limit is not None and n >= self.limit:
+                break
+            buf.append(sample)
+            n += 1
+            if len(buf) == self.batch_size:
+                yield self._stack(buf, Batch, check_array)
+                buf = []
+        if buf:
+            yield self._stack(buf, Batch, check_array)
+
+    def _stack(self, buf: list, batch_cls: Any, check: Any) -> Any:
+        inputs = {}
+        for spec in self.inputs:
+            try:
+                arr = np.stack([s[spec.name] for s, _ in buf])
+            except KeyError:
+                raise DataError(f"{self.where}: no value for model input '{spec.name}' "
+                                f"(sample keys: {sorted(buf[0][0])})") from None
+            check(self.where, spec, arr)
+            inputs[spec.name] = np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype))
+        labels = [lbl for _, lbl in buf]
+        has = [lbl is not None for lbl in labels]
+        if any(has) and not all(has):
+            raise DataError(f"{self.where}: some samples have labels and some do not")
+        return batch_cls(inputs, np.asarray(labels, np.int64) if all(has) else None)
+
+
+class ImageFolderStream:
+    """`root/<class>/<image>` (labels = sorted class folders) or a flat folder (no labels)."""
+
+    def __init__(self, folder: Path, source: DataSource, inputs: list[TensorSpec],
+                 batch_size: int) -> None:
+        if not folder.is_dir():
+            raise DataError(f"image folder {folder} does not exist")
+        if len(inputs) != 1:
+            raise DataError(f"image folder {folder}: the model has {len(inputs)} inputs; "
+                            "an image folder feeds exactly one")
+        self.folder, self.pre, self.spec = folder, source.preprocess, inputs[0]
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        self.classes = classes
+        files = (sorted(p for c in classes for p in (folder / c).iterdir() if p.is_file())
+                 if classes else sorted(p for p in folder.iterdir() if p.is_file()))
+        bad = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        if bad:
+            raise DataError(f"image folder {folder}: {bad[0].relative_to(folder)} is not an "
+                            f"image (expected one of {sorted(IMAGE_SUFFIXES)})")
+        if not files:
+            raise DataError(f"image folder {folder} holds no images")
+        self.files = files
+        self.labels_key = "folders" if classes else None
+        self.batcher = _Batcher(str(folder), inputs, batch_size, source.limit)
+
+    def __len__(self) -> int:
+        return min(len(self.files), self.batcher.limit or len(self.files))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.batcher.batches(self._samples())
+
+    def _samples(self) -> Iterator[tuple[dict[str, np.ndarray], int | None]]:
+        for path in self.files:
+            label = self.classes.index(path.parent.name) if self.classes else None
+            yield {self.spec.name: load_image(path, self.pre)}, label
+
+
+def load_image(path: Path, pre: ImagePreprocess) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            img = opened.convert("L" if pre.channels == "L" else "RGB")
+            if pre.resize:
+                w, h = img.size
+                s = pre.resize / min(w, h)
+                img = img.resize((max(1, round(w * s)), max(1, round(h * s))),
+                                 Image.Resampling.BILINEAR)
+            if pre.crop:
+                w, h = img.size
+                left, top = (w - pre.crop) // 2, (h - pre.crop) // 2
+                img = img.crop((left, top, left + pre.crop, top + pre.crop))
+            arr = np.asarray(img, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"image {path} cannot be read: {exc}") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if pre.channels == "BGR":
+        arr = arr[:, :, ::-1]
+    c = arr.shape[2]
+    mean = np.asarray(pre.mean[:c], np.float32)
+    std = np.asarray(pre.std[:c], np.float32)
+    arr = (arr * pre.scale - mean) / std
+    return np.ascontiguousarray(arr.transpose(2, 0, 1) if pre.layout == "NCHW" else arr)
+
+
+class TextStream:
+    """Sentences from .txt (one per line) or .jsonl, tokenized offline in batches."""
+
+    def __init__(self, path: Path, source: DataSource, inputs: list[TensorSpec],
+                 batch_size: int, root: Path) -> None:
+        if not path.is_file():
+            raise DataError(f"text file {path} does not exist")
+        tok_path = Path(source.tokenizer or "")
+        tok_path = tok_path if tok_path.is_absolute() else root / tok_path
+        if not tok_path.is_dir():
+            raise DataError(f"data.tokenizer: {tok_path} is not a local tokenizer folder")
+        self.path, self.source, self.inputs = path, source, inputs
+        self.tok_path, self.batch_size = tok_path, batch_size
+        self.labels_key = source.labels
+        self.records = list(self._records())
+
+    def _records(self) -> Iterator[tuple[str, int | None]]:
+        jsonl = self.path.suffix == ".jsonl"
+        for lineno, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            if not jsonl:
+                yield line, None
+                continue
+            try:
+                rec = json.loads(line)
+                text = rec["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{self.path}:{lineno}: expected a JSON object with a 'text' "
+                                "field") from None
+            label = rec.get(self.source.labels) if self.source.labels else None
+            if self.source.labels and not isinstance(label, int):
+                raise DataError(f"{self.path}:{lineno}: label field '{self.source.labels}' "
+                                f"must be an integer, got {label!r}")
+            yield text, label
+
+    def __len__(self) -> int:
+        return min(len(self.records), self.source.limit or len(self.records))
+
+    def __iter__(self) -> Iterator[Any]:
+        from transformers import AutoTokenizer
+
+        from trtflow.datasets.stream import Batch
+
+        tok = AutoTokenizer.from_pretrained(str(self.tok_path))
+        records = self.records[: len(self)]
+        for start in range(0, len(records), self.batch_size):
+            chunk = records[start:start + self.batch_size]
+            enc = tok([t for t, _ in chunk], padding="max_length", truncation=True,
+                      max_length=self.source.max_length, return_tensors="np")
+            missing = [s.name for s in self.inputs if s.name not in enc]
+            if missing:
+                raise DataError(f"{self.path}: the tokenizer gives {sorted(enc)}, not the "
+                                f"model input(s) {missing}")
+            labels = [lbl for _, lbl in chunk]
+            yield Batch({s.name: np.asarray(enc[s.name], dtype=s.dtype) for s in self.inputs},
+                        np.asarray(labels, np.int64) if self.labels_key else None)
+
+
+class FunctionStream:
+    """`module:function` returning an iterable of {input: array, optional 'label': int}."""
+
+    def __init__(self, ref: str, source: DataSource, inputs: list[TensorSpec],
+                 batch_size: int) -> None:
+        module, _, name = ref.partition(":")
+        try:
+            self.fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise DataError(f"data.function '{ref}' is not importable: {exc}") from None
+        self.ref = ref
+        self.labels_key = "label" if source.labels else None
+        self.batcher = _Batcher(f"data.function '{ref}'", inputs, batch_size, source.limit)
+        self._len: int | None = None
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(b.size for b in self)
+        return self._len
+
+    def __iter__(self) -> Iterator[Any]:
+        def samples() -> Iterator[tuple[dict[str, np.ndarray], int | None]]:
+            for item in self.fn():
+                if not isinstance(item, dict):
+                    raise DataError(f"data.function '{self.ref}' yielded "
+                                    f"{type(item).__name__}, expected a dict of arrays")
+                label = item.get("label") if self.labels_key else None
+                yield {k: np.asarray(v) for k, v in item.items() if k != "label"}, label
+
+        return self.batcher.batches(samples())
