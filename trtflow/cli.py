@@ -159,6 +159,72 @@ def stage(
                           "path": result.path}))
 
 
+BUCKET = typer.Option("--bucket", help="S3 bucket")
+PREFIX = typer.Option("--prefix", help="key prefix; objects go to PREFIX/MODEL/VERSION/")
+ENDPOINT = typer.Option("--endpoint-url", help="S3-compatible endpoint; default: the AWS "
+                        "environment/config (AWS_ENDPOINT_URL_S3)")
+
+
+@app.command()
+def publish(
+    params: Annotated[Path, typer.Argument(help="params YAML of the compiled model")],
+    target: Annotated[str, typer.Option("--target", "-t", help="which target's engine")],
+    bucket: Annotated[str, BUCKET],
+    version: Annotated[str, typer.Option(help="version label, e.g. a registry version")],
+    prefix: Annotated[str, PREFIX] = "trtflow",
+    endpoint_url: Annotated[str | None, ENDPOINT] = None,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Upload a built engine and its manifest (sha256 of every file, params, lineage) to S3."""
+    from trtflow.project import configure_environment
+
+    root = root.resolve()
+    configure_environment(root)
+    try:
+        from trtflow.params import load_params
+        from trtflow.stage_cli import resolve_stages
+        from trtflow.track.mlflow_log import git_commit
+        from trtflow.track.publish import publish as publish_engine
+        from trtflow.track.publish import s3_client
+
+        stages = resolve_stages("build", params, target, root)
+        loaded = load_params(params)
+        metadata = {"params": loaded.model_dump(mode="json", by_alias=True),
+                    "params_digest": loaded.digest(), "target": target,
+                    "git_commit": git_commit(root),
+                    "stages": {s.stage: {"version": s.version, "key": s.key} for s in stages}}
+        result = publish_engine(Path(stages[-1].path), bucket, prefix, loaded.model.name,
+                                version, metadata,
+                                client=s3_client(endpoint_url) if endpoint_url else None)
+    except TrtflowError as exc:
+        _fail(exc)
+        return
+    state = "already published, verified" if result.already_published else "published"
+    out.print(f"{state}: {result.uri}")
+
+
+@app.command()
+def fetch(
+    model: Annotated[str, typer.Argument(help="model name (params model.name)")],
+    version: Annotated[str, typer.Argument(help="published version")],
+    dest: Annotated[Path, typer.Argument(help="directory to create")],
+    bucket: Annotated[str, BUCKET],
+    prefix: Annotated[str, PREFIX] = "trtflow",
+    endpoint_url: Annotated[str | None, ENDPOINT] = None,
+) -> None:
+    """Download a published engine, verifying every file's sha256 against its manifest."""
+    try:
+        from trtflow.track.publish import fetch as fetch_engine
+        from trtflow.track.publish import s3_client
+
+        result = fetch_engine(bucket, prefix, model, version, dest,
+                              client=s3_client(endpoint_url) if endpoint_url else None)
+    except TrtflowError as exc:
+        _fail(exc)
+        return
+    out.print(f"fetched and verified {len(result.manifest['files'])} files: {result.dest}")
+
+
 @app.command()
 def prepare(root: Annotated[Path, ROOT_OPTION] = Path(".")) -> None:
     """Write the demo data sets under data/ (deterministic: digits, sentences, resnet18)."""

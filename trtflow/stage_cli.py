@@ -27,28 +27,40 @@ from trtflow.store import META_FILE
 STAGES = ("export", "cleanup", "calibrate", "build", "validate")
 
 
-def run_single_stage(name: str, params_path: Path, target: str | None, output: Path | None,
-                     root: Path) -> StageResult:
+def resolve_stages(name: str, params_path: Path, target: str | None, root: Path
+                   ) -> list[StageResult]:
+    """Every stage up to `name` (cached ones are looked up, missing ones run), in order."""
     if name not in STAGES:
         raise ParamsError(f"unknown stage '{name}'; expected one of {', '.join(STAGES)}")
     params = load_params(params_path)
     ctx = Context.create(params, root)
     if name in ("calibrate", "build", "validate") and not target:
         raise ParamsError(f"stage '{name}' needs --target (one of {sorted(params.targets)})")
-    exported = run_step(EXPORT, ctx)
-    result = exported
-    if name != "export":
-        result = cleaned = run_step(CLEANUP, ctx, exported)
-    if name in ("calibrate", "build", "validate"):
-        assert target is not None
-        upstream = [cleaned]
-        if ctx.target(target).precision == "int8":
-            upstream.append(run_step(CALIBRATE, ctx, cleaned))
-        result = upstream[-1]
-        if name in ("build", "validate"):
-            result = built = run_step(build_step(target), ctx, *upstream)
-        if name == "validate":
-            result = run_step(validate_step(target), ctx, built, cleaned)
+    done = [run_step(EXPORT, ctx)]
+    if name == "export":
+        return done
+    cleaned = run_step(CLEANUP, ctx, done[0])
+    done.append(cleaned)
+    if name == "cleanup":
+        return done
+    assert target is not None
+    upstream = [cleaned]
+    if ctx.target(target).precision == "int8":
+        upstream.append(run_step(CALIBRATE, ctx, cleaned))
+        done.append(upstream[-1])
+    if name == "calibrate":
+        return done
+    built = run_step(build_step(target), ctx, *upstream)
+    done.append(built)
+    if name == "validate":
+        done.append(run_step(validate_step(target), ctx, built, cleaned))
+    return done
+
+
+def run_single_stage(name: str, params_path: Path, target: str | None, output: Path | None,
+                     root: Path) -> StageResult:
+    result = resolve_stages(name, params_path, target, root)[-1]
+    params = load_params(params_path)
     dest = output or root / "build" / params.model.name / (f"{name}-{target}" if target else name)
     _copy_artifact(Path(result.path), dest)
     return result
