@@ -31,6 +31,7 @@ from trtflow.graph.parity import compare, ort_run
 from trtflow.latency import host_fingerprint
 from trtflow.params import DataSource, Params, Target
 from trtflow.sources import builtin
+from trtflow.stages import calibrate as calibrate_stage
 from trtflow.stages import export as export_stage
 from trtflow.stages import validate as validate_stage
 from trtflow.store import ArtifactStore, make_key, tree_digest
@@ -235,8 +236,6 @@ def _calibrate_key(ctx: Context, cleaned: StageResult) -> dict[str, Any]:
 
 
 def _calibrate(ctx: Context, out: Path, cleaned: StageResult) -> dict[str, Any]:
-    from trtflow.stages import calibrate as calibrate_stage
-
     cal = ctx.params.data.calibration
     if cal is None:
         raise ParamsError("an int8 target needs data.calibration (an .npz of representative "
@@ -257,7 +256,7 @@ def _calibrate(ctx: Context, out: Path, cleaned: StageResult) -> dict[str, Any]:
         selection=(b.inputs for b in stream), status=ctx.progress)
 
 
-CALIBRATE = Step("calibrate", "calibrate-1", _calibrate_key, _calibrate)
+CALIBRATE = Step("calibrate", calibrate_stage.VERSION, _calibrate_key, _calibrate)
 
 
 def _validate_key(ctx: Context, engine: StageResult, cleaned: StageResult, *, target: str

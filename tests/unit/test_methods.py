@@ -1,5 +1,8 @@
 """amax methods against independent references: numpy percentile, brute-force MSE on the
-raw samples, and a direct (per-candidate) transcription of TensorRT's entropy search."""
+raw samples, and a direct (per-candidate) transcription of TensorRT's entropy search.
+
+Histograms are made as the collector makes them (``TensorHistogram.empty``: fine bins);
+the methods read their ``finalized()`` grid, exact here since one batch sets the range."""
 
 from __future__ import annotations
 
@@ -19,12 +22,13 @@ from trtflow.quant.methods import (
     amax_percentile,
     compute_amax,
     entropy_divergences,
+    mse_curve,
     scale_from_amax,
 )
 
 
 def histogram_of(values: np.ndarray, name: str = "t") -> TensorHistogram:
-    hist = TensorHistogram(name)
+    hist = TensorHistogram.empty(name)
     hist.update(values)
     return hist
 
@@ -101,7 +105,7 @@ def test_bad_percentile_raises_naming_the_tensor(percentile: float) -> None:
 ], ids=["gaussian", "student-t", "relu-outliers"])
 def test_mse_matches_brute_force_on_raw_samples(values: np.ndarray) -> None:
     hist = histogram_of(values)
-    candidates = hist.edges[1:]
+    candidates = hist.finalized().edges[1:]
     brute_errors = np.concatenate(
         [raw_int8_mse(values, candidates[k:k + 256]) for k in range(0, candidates.size, 256)])
     best = float(brute_errors.min())
@@ -128,15 +132,16 @@ def test_mse_keeps_outliers_that_are_not_rare_enough() -> None:
 @pytest.mark.parametrize("values", [gaussian(), relu_with_outliers()], ids=["gaussian", "relu"])
 def test_entropy_matches_direct_kl_search_on_the_same_grid(values: np.ndarray) -> None:
     hist = histogram_of(values)
+    grid = hist.finalized()
     kept_bins, divergences = entropy_divergences(hist)
-    expected = reference_entropy_kl(hist.counts)
-    np.testing.assert_array_equal(kept_bins, np.arange(128, hist.num_bins + 1))
+    expected = reference_entropy_kl(grid.counts)
+    np.testing.assert_array_equal(kept_bins, np.arange(128, grid.num_bins + 1))
     np.testing.assert_array_equal(np.isinf(divergences), np.isinf(expected))
     finite = np.isfinite(expected)
     np.testing.assert_allclose(divergences[finite], expected[finite], rtol=1e-7, atol=1e-12)
 
     best = expected.size - 1 - int(np.argmin(expected[::-1]))
-    reference_amax = min(hist.edges[128 + best], hist.amax)
+    reference_amax = min(grid.edges[128 + best], hist.amax)
     assert amax_entropy(hist) == pytest.approx(reference_amax, rel=0.02)
 
 
@@ -196,3 +201,43 @@ def test_entropy_needs_more_bins_than_quantized_levels() -> None:
     hist.update(gaussian(1000))
     with pytest.raises(CalibrationError, match="small_grid"):
         amax_entropy(hist)
+
+
+@pytest.mark.parametrize("values", [
+    gaussian(50_000, seed=9),
+    relu_with_outliers(50_000, seed=10),
+    np.random.default_rng(11).integers(0, 256, 50_000).astype(np.float32),  # spiky: pixels
+    np.concatenate([np.zeros(100), np.full(1000, 3.0), [40.0]]),  # two spikes and a far one
+], ids=["gaussian", "relu-outliers", "pixels", "spikes"])
+def test_mse_search_finds_the_argmin_of_the_whole_curve(values: np.ndarray) -> None:
+    hist = histogram_of(values)
+    candidates, errors = mse_curve(hist)
+    assert amax_mse(hist) == min(float(candidates[int(np.argmin(errors))]), hist.amax)
+
+
+def test_mse_reads_the_grid_over_the_max_not_the_grown_range() -> None:
+    values = gaussian(50_000, seed=12)
+    streamed = TensorHistogram.empty("t")
+    streamed.update(values[:1000] * 0.55)
+    streamed.update(values)  # the range doubles to about twice the max
+    assert streamed.amax_range > 1.5 * streamed.amax
+    candidates, _ = mse_curve(streamed)
+    assert candidates[-1] == pytest.approx(streamed.amax)
+    assert candidates.size == streamed.num_bins
+
+
+def test_entropy_never_pours_outliers_into_a_bin_that_may_be_empty() -> None:
+    # A re-gridded bin whose count came only from fine bins split by its edges may really
+    # be empty; TensorRT's search on the exact grid would give it infinite divergence.
+    rng = np.random.default_rng(13)
+    hist = TensorHistogram.empty("t", num_bins=256, oversampling=4)
+    hist.update(np.array([1.0]))
+    hist.update(np.concatenate([rng.exponential(0.4, 20_000), [4.2]]))  # range 1 -> 8
+    kept_bins, kl = entropy_divergences(hist)
+    grid, sure = hist.finalized(), hist.surely_occupied()
+    outliers = grid.num_values - np.cumsum(grid.counts)[kept_bins - 1]
+    maybe_empty = (outliers > 0) & ~sure[kept_bins - 1]
+    assert (grid.counts[kept_bins - 1][maybe_empty] > 0).any()  # counted, yet not sure
+    assert np.isinf(kl[maybe_empty]).all()
+    chosen = int(round(amax_entropy(hist) / grid.bin_width))
+    assert sure[chosen - 1]

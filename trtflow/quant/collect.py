@@ -57,6 +57,9 @@ def collect_histograms(model: onnx.ModelProto, tensors: list[str],
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    # ORT's idle workers spin between runs by default, taking the cores the histogram
+    # threads need right after each batch.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(exposed.SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"])
     input_names = [i.name for i in session.get_inputs()]

@@ -3,15 +3,27 @@
 Written here rather than taken from ONNX Runtime or ModelOpt: ORT's entropy and
 percentile calibrators keep every activation (memory grows with the data), and
 ModelOpt merges per-batch 128-bin histograms. This collector keeps a fixed
-number of bins (2048, TensorRT's EntropyCalibration2 grid) per tensor, so its
-memory is independent of the dataset size.
+number of bins per tensor, so its memory is independent of the dataset size.
 
-Grid: bin ``j`` covers ``(j*w, (j+1)*w]`` with ``w = amax_range / num_bins``;
-bin 0 also holds exact zeros. When a batch exceeds the range, the range grows
-by the smallest power of two that covers it and each group of ``2**k`` adjacent
-bins is merged into one. Because the factor is a power of two the old edges
-stay edges, so the merge is exact: a histogram streamed in batches equals, bin
-for bin, one collected in a single pass over the final range.
+Grid: a histogram of ``num_bins`` bins (2048, TensorRT's EntropyCalibration2
+grid) is collected at ``oversampling`` fine bins per bin (8: 16384 fine bins,
+128 KiB a tensor). Fine bin ``j`` covers ``(j*w, (j+1)*w]`` with
+``w = amax_range / (num_bins * oversampling)``; bin 0 also holds exact zeros.
+When data exceed the range, the range grows by the smallest power of two that
+covers them and each group of ``2**k`` adjacent fine bins is merged into one.
+The bin index is ``ceil(|x| * inv)``, computed in float32 (float64 for wider
+inputs and for ranges outside ``[2**-100, 2**100]``); scaling by a power of two
+is exact in floating point, so ``inv`` of the grown range is exactly ``inv / 2**k``,
+an old fine edge stays an edge of the grown grid and the merge is exact: a
+histogram streamed in batches equals, bin for bin, one collected in a single pass
+over the final range. (The one exception: a non-zero |x| so far below the range,
+under ``amax_range * 2**-150 / num_fine_bins``, that its product underflows to 0 is
+counted as a zero.)
+
+That final range lies anywhere between the global max and twice it, so the
+methods do not read it: they read :meth:`TensorHistogram.finalized`, ``num_bins``
+bins over ``[0, amax]`` re-gridded from the fine bins (TensorRT's grid over the
+true max, the count below each edge within one fine bin).
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,83 +40,147 @@ import numpy as np
 from trtflow.errors import CalibrationError
 
 DEFAULT_NUM_BINS = 2048
-NPZ_FORMAT_VERSION = 1
-# Values are binned in slices of this many elements, so a large batch costs a
-# few MiB of temporaries at most.
-_CHUNK = 1 << 20
+# Fine bins per output bin. After power-of-two growth the range is at most twice the
+# max, so a fine bin is at most a quarter of an output bin over [0, amax].
+DEFAULT_OVERSAMPLING = 8
+NPZ_FORMAT_VERSION = 2
+# Values are binned in slices of this many elements: the slice's float32 magnitudes,
+# int32 and intp indices (2 MiB) stay in L2/L3 across the passes, and a bincount's
+# fixed cost (allocating and adding num_bins * oversampling counts) stays small per
+# value. 2**16 to 2**18 measured the same on a 1 MiB-L2 EPYC; 2**20 slower.
+_CHUNK = 1 << 17
+# float32 arithmetic is used for ranges in [2**-100, 2**100], where neither the
+# inverse bin width nor a product can leave float32's normal range; float64 outside.
+_FLOAT32_RANGE = (2.0**-100, 2.0**100)
 
 
-def _default_counts() -> np.ndarray:
-    return np.zeros(DEFAULT_NUM_BINS, dtype=np.int64)
+def _default_threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
 
 
-def _inverse_bin_width(amax_range: float, num_bins: int) -> float:
-    """``num_bins / amax_range``, rounded down so that ``amax_range`` maps to ``<= num_bins``.
+def _inverse_bin_width(amax_range: float, num_bins: int, dtype: np.dtype) -> np.floating:
+    """``num_bins / amax_range`` in ``dtype``, rounded down so the range maps to ``<= num_bins``.
 
-    Rounding it down keeps the top value of the range inside the last bin without
-    clipping, and since scaling by a power of two commutes with rounding, the
-    inverse width of a range grown by ``2**k`` is exactly this one over ``2**k``:
-    that is what makes the re-binning exact.
+    The largest value the range can hold in ``dtype`` times it must not exceed
+    ``num_bins`` (no value past the last bin, no clipping pass). Since scaling by a
+    power of two commutes with rounding, the result for a range grown by ``2**k`` is
+    exactly this one over ``2**k``: that is what makes the re-binning exact.
     """
-    inv = num_bins / amax_range
-    while amax_range * inv > num_bins:
-        inv = float(np.nextafter(inv, 0.0))
+    kind = dtype.type
+    top = kind(amax_range)
+    if float(top) > amax_range:  # the largest value in dtype that is <= amax_range
+        top = np.nextafter(top, kind(0))
+    inv = kind(num_bins / amax_range)
+    while top * inv > num_bins:
+        inv = np.nextafter(inv, kind(0))
     return inv
 
 
-@dataclass(eq=False)
+def _work_dtype(values: np.dtype, amax_range: float) -> np.dtype:
+    """float32 where it holds the input exactly and the range suits it, else float64."""
+    if np.promote_types(values, np.float32) == np.float32 \
+            and _FLOAT32_RANGE[0] <= amax_range <= _FLOAT32_RANGE[1]:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+class _Scratch:
+    """One chunk's work buffers, allocated once per update and reused by every chunk."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        # float -> int32 -> intp (bincount's own dtype: it then makes no copy) is two
+        # SIMD casts; float -> int64 has no AVX2 instruction (0.41 vs 0.62 ns a value).
+        self.index32 = np.empty(size, dtype=np.int32)
+        self.index = np.empty(size, dtype=np.intp)
+        self._values: dict[np.dtype, np.ndarray] = {}
+
+    def values(self, dtype: np.dtype, size: int) -> np.ndarray:
+        buffer = self._values.get(dtype)
+        if buffer is None:
+            buffer = self._values[dtype] = np.empty(self.size, dtype=dtype)
+        return buffer[:size]
+
+
 class TensorHistogram:
     """Histogram of |x| for one tensor over ``[0, amax_range]``, plus exact statistics.
 
-    ``amax`` is the largest |x| seen (exact, not binned); ``num_zeros`` counts exact
-    zeros, which all sit in bin 0 (the MSE method treats them as error-free).
-    ``amax_range`` is 0 until a non-zero value has been seen.
+    ``counts`` are the ``num_bins`` bins over the range (``edges``, ``bin_width``);
+    they are sums of ``fine_counts``, ``oversampling`` fine bins each, which is what
+    is stored and streamed into. ``TensorHistogram(name, counts=...)`` makes a plain
+    histogram (``oversampling=1``); :meth:`empty` starts a streaming one. ``amax`` is
+    the largest |x| seen (exact, not binned); ``num_zeros`` counts exact zeros, which
+    all sit in bin 0 (the MSE method treats them as error-free). ``amax_range`` is 0
+    until a non-zero value has been seen.
     """
 
-    name: str
-    counts: np.ndarray = field(default_factory=_default_counts)
-    amax_range: float = 0.0
-    amax: float = 0.0
-    num_values: int = 0
-    num_zeros: int = 0
-
-    def __post_init__(self) -> None:
-        counts = np.asarray(self.counts)
-        if counts.ndim != 1 or counts.size < 2 or not np.issubdtype(counts.dtype, np.integer):
+    def __init__(self, name: str, counts: np.ndarray | None = None, amax_range: float = 0.0,
+                 amax: float = 0.0, num_values: int = 0, num_zeros: int = 0, *,
+                 fine_counts: np.ndarray | None = None, oversampling: int = 1) -> None:
+        self.name = name
+        if counts is not None and (fine_counts is not None or oversampling != 1):
+            raise CalibrationError(f"tensor {name!r}: give counts (plain bins) or fine_counts"
+                                   " with oversampling, not both")
+        given = counts if counts is not None else fine_counts
+        stored = np.asarray(given if given is not None else
+                            np.zeros(DEFAULT_NUM_BINS * oversampling, dtype=np.int64))
+        if stored.ndim != 1 or stored.size < 2 or not np.issubdtype(stored.dtype, np.integer):
             raise CalibrationError(
-                f"tensor {self.name!r}: histogram counts must be a 1-D integer array of at least"
-                f" 2 bins, got shape {counts.shape} dtype {counts.dtype}"
-            )
-        self.counts = counts.astype(np.int64, copy=True)
-        self.amax_range = float(self.amax_range)
-        self.amax = float(self.amax)
-        self.num_values = int(self.num_values)
-        self.num_zeros = int(self.num_zeros)
+                f"tensor {name!r}: histogram counts must be a 1-D integer array of at least"
+                f" 2 bins, got shape {stored.shape} dtype {stored.dtype}")
+        if oversampling < 1 or stored.size % oversampling or stored.size // oversampling < 2:
+            raise CalibrationError(
+                f"tensor {name!r}: oversampling={oversampling} must be >= 1 and divide the"
+                f" {stored.size} fine counts into at least 2 bins")
+        self.fine_counts = stored.astype(np.int64, copy=True)
+        self.oversampling = int(oversampling)
+        self.amax_range = float(amax_range)
+        self.amax = float(amax)
+        self.num_values = int(num_values)
+        self.num_zeros = int(num_zeros)
+        self._check()
+
+    def _check(self) -> None:
         problems = []
         if not (math.isfinite(self.amax_range) and self.amax_range >= 0.0):
             problems.append(f"amax_range={self.amax_range} is not finite and >= 0")
         if not (math.isfinite(self.amax) and 0.0 <= self.amax <= self.amax_range):
             problems.append(f"amax={self.amax} is not within [0, amax_range={self.amax_range}]")
-        if (self.counts < 0).any() or int(self.counts.sum()) != self.num_values:
-            problems.append(f"counts (sum {int(self.counts.sum())}) do not add up to"
-                            f" num_values={self.num_values}")
-        if not 0 <= self.num_zeros <= int(self.counts[0]):
-            problems.append(f"num_zeros={self.num_zeros} exceeds bin 0 ({int(self.counts[0])})")
+        total = int(self.fine_counts.sum())
+        if (self.fine_counts < 0).any() or total != self.num_values:
+            problems.append(f"counts (sum {total}) do not add up to num_values={self.num_values}")
+        if not 0 <= self.num_zeros <= int(self.fine_counts[0]):
+            problems.append(
+                f"num_zeros={self.num_zeros} exceeds bin 0 ({int(self.fine_counts[0])})")
         if problems:
             raise CalibrationError(f"tensor {self.name!r}: inconsistent histogram: "
                                    + "; ".join(problems))
 
+    def __repr__(self) -> str:
+        return (f"TensorHistogram(name={self.name!r}, num_bins={self.num_bins},"
+                f" oversampling={self.oversampling}, amax_range={self.amax_range},"
+                f" amax={self.amax}, num_values={self.num_values}, num_zeros={self.num_zeros})")
+
     @classmethod
-    def empty(cls, name: str, num_bins: int = DEFAULT_NUM_BINS,
-              amax_range: float = 0.0) -> TensorHistogram:
+    def empty(cls, name: str, num_bins: int = DEFAULT_NUM_BINS, amax_range: float = 0.0,
+              oversampling: int = DEFAULT_OVERSAMPLING) -> TensorHistogram:
         """A histogram with no values; a positive ``amax_range`` fixes the starting range."""
         if num_bins < 2:
             raise CalibrationError(f"tensor {name!r}: num_bins must be >= 2, got {num_bins}")
-        return cls(name=name, counts=np.zeros(num_bins, dtype=np.int64), amax_range=amax_range)
+        return cls(name=name, amax_range=amax_range, oversampling=oversampling,
+                   fine_counts=np.zeros(num_bins * oversampling, dtype=np.int64))
 
     @property
     def num_bins(self) -> int:
-        return int(self.counts.size)
+        return int(self.fine_counts.size) // self.oversampling
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The ``num_bins`` bin counts over the range (each the sum of its fine bins)."""
+        if self.oversampling == 1:
+            return self.fine_counts
+        return self.fine_counts.reshape(self.num_bins, self.oversampling).sum(axis=1)
 
     @property
     def bin_width(self) -> float:
@@ -112,11 +188,14 @@ class TensorHistogram:
 
     @property
     def edges(self) -> np.ndarray:
-        """The ``num_bins + 1`` bin edges, ``edges[j] = j * bin_width``."""
+        """The ``num_bins + 1`` bin edges over the range, ``edges[j] = j * bin_width``."""
         return np.arange(self.num_bins + 1, dtype=np.float64) * self.bin_width
 
     def update(self, values: np.ndarray) -> None:
-        """Add a batch of values (any shape); the range grows if the batch exceeds it."""
+        """Add a batch of values (any shape); the range grows if the batch exceeds it.
+
+        A batch with NaN or infinite values raises and leaves the histogram unchanged.
+        """
         flat = np.asarray(values).reshape(-1)
         if flat.size == 0:
             return
@@ -124,31 +203,58 @@ class TensorHistogram:
                 or np.issubdtype(flat.dtype, np.complexfloating):
             raise CalibrationError(
                 f"tensor {self.name!r}: expected real numbers, got dtype {flat.dtype}")
-        if flat.dtype == np.bool_:
-            flat = flat.astype(np.uint8)
-        # max and min without an |x| temporary; NaN propagates through both.
-        batch_amax = max(float(flat.max()), -float(flat.min()))
-        if not math.isfinite(batch_amax):
+        saved = (self.fine_counts.copy(), self.amax_range, self.amax, self.num_values,
+                 self.num_zeros)
+        try:
+            if self.amax_range == 0.0:  # first non-zero data: full resolution over this batch
+                self._grow_range(self._checked_amax(float(flat.max()), float(flat.min())))
+            scratch = _Scratch(min(flat.size, _CHUNK))
+            for start in range(0, flat.size, _CHUNK):
+                self._add_chunk(flat[start:start + _CHUNK], scratch)
+        except BaseException:
+            (self.fine_counts, self.amax_range, self.amax, self.num_values, self.num_zeros) = saved
+            raise
+
+    def _checked_amax(self, largest: float, smallest: float) -> float:
+        """max |x| from max and min; NaN propagates through both."""
+        amax = max(largest, -smallest)
+        if not math.isfinite(amax):
             raise CalibrationError(
                 f"tensor {self.name!r}: batch has NaN or infinite values; calibration needs"
                 " finite activations")
-        if batch_amax > self.amax_range:
-            self._grow_range(batch_amax)
-        for start in range(0, flat.size, _CHUNK):
-            self._add_chunk(np.abs(flat[start:start + _CHUNK].astype(np.float64)))
-        self.amax = max(self.amax, batch_amax)
-        self.num_values += int(flat.size)
+        return amax
 
-    def _add_chunk(self, magnitudes: np.ndarray) -> None:
-        self.num_zeros += int(np.count_nonzero(magnitudes == 0.0))
+    def _add_chunk(self, chunk: np.ndarray, scratch: _Scratch) -> None:
+        # |x| first, into the buffer that is then scaled in place: one pass over the
+        # chunk as it comes from memory, the max (NaN propagates) read from cache.
+        magnitude_dtype = _work_dtype(chunk.dtype, 1.0)
+        magnitudes = scratch.values(magnitude_dtype, chunk.size)
+        np.abs(chunk, out=magnitudes, dtype=magnitude_dtype)  # in float: |-128| fits
+        chunk_amax = self._checked_amax(float(magnitudes.max()), 0.0)
+        if chunk_amax > self.amax_range:
+            self._grow_range(chunk_amax)
+        self.amax = max(self.amax, chunk_amax)
+        self.num_values += chunk.size
         if self.amax_range == 0.0:  # only zeros so far: they all belong in bin 0
-            self.counts[0] += magnitudes.size
+            self.fine_counts[0] += chunk.size
+            self.num_zeros += chunk.size
             return
-        inv = _inverse_bin_width(self.amax_range, self.num_bins)
-        # Bins are right-closed, (j*w, (j+1)*w]: index = ceil(x/w) - 1, zero into bin 0.
-        index = np.ceil(magnitudes * inv).astype(np.int64) - 1
-        np.clip(index, 0, self.num_bins - 1, out=index)
-        self.counts += np.bincount(index, minlength=self.num_bins)
+        work = _work_dtype(chunk.dtype, self.amax_range)
+        if work != magnitude_dtype:  # a range beyond float32's safe span (rare)
+            magnitudes = scratch.values(work, chunk.size)
+            np.abs(chunk, out=magnitudes, dtype=work)
+        np.multiply(magnitudes, _inverse_bin_width(self.amax_range, self.fine_counts.size, work),
+                    out=magnitudes)
+        # ceil(|x| * inv) is 0 for exact zeros and j + 1 for fine bin j, (j*w, (j+1)*w]:
+        # bincount's slot 0 counts the zeros, no clipping pass is needed.
+        index = scratch.index[:chunk.size]
+        np.ceil(magnitudes, out=scratch.index32[:chunk.size], casting="unsafe")
+        np.copyto(index, scratch.index32[:chunk.size])
+        binned = np.bincount(index, minlength=self.fine_counts.size + 1)
+        zeros = int(binned[0])
+        self.num_zeros += zeros
+        self.fine_counts += binned[1:]
+        self.fine_counts[0] += zeros
 
     def _grow_range(self, new_amax: float) -> None:
         """Widen the range to cover ``new_amax``, merging adjacent bins; bin count is fixed."""
@@ -164,34 +270,119 @@ class TensorHistogram:
             raise CalibrationError(
                 f"tensor {self.name!r}: |x| = {new_amax} is too large to histogram")
         factor = 2 ** levels
-        merged = np.zeros_like(self.counts)
-        if factor >= self.num_bins:
-            merged[0] = self.counts.sum()
+        size = self.fine_counts.size
+        merged = np.zeros_like(self.fine_counts)
+        if factor >= size:
+            merged[0] = self.fine_counts.sum()
         else:
-            padded = np.concatenate(
-                [self.counts, np.zeros(-self.num_bins % factor, dtype=np.int64)])
+            padded = np.concatenate([self.fine_counts, np.zeros(-size % factor, dtype=np.int64)])
             grouped = padded.reshape(-1, factor).sum(axis=1)
             merged[:grouped.size] = grouped
-        self.counts = merged
+        self.fine_counts = merged
         self.amax_range = new_range
+
+    def finalized(self) -> TensorHistogram:
+        """``num_bins`` bins over ``[0, amax]``, the grid every method reads (TensorRT's).
+
+        The count below each new edge is interpolated linearly inside the fine bin that
+        holds the edge, so it is off by at most that one fine bin's count (a fine bin is
+        at most a quarter of a new bin at the default oversampling, as the range is
+        under twice the max); where the edges coincide (``amax`` equal to the range) the
+        result is exact. Exact zeros stay in bin 0. Returns this histogram itself when
+        it is already on that grid.
+        """
+        if self._on_final_grid():
+            return self
+        if self.amax == 0.0:
+            counts = np.zeros(self.num_bins, dtype=np.int64)
+            counts[0] = self.num_values
+            return TensorHistogram(self.name, counts, 0.0, 0.0, self.num_values, self.num_zeros)
+        below = self._below_fine_edges().astype(np.float64)
+        below_new = np.interp(self._final_edges(), np.arange(below.size, dtype=np.float64), below)
+        below_new[-1] = self.num_values  # nothing lies above amax
+        # Round half up: an interval holding at least one whole count keeps it after rounding.
+        counts = np.diff(np.floor(below_new + 0.5).astype(np.int64), prepend=0)
+        return TensorHistogram(self.name, counts, self.amax, self.amax, self.num_values,
+                               self.num_zeros)
+
+    def surely_occupied(self) -> np.ndarray:
+        """Which bins of :meth:`finalized` certainly hold a value, as a boolean array.
+
+        A re-gridded bin's count may come only from the fine bins its edges split, so
+        the bin may really be empty; it is certain when it holds a whole non-empty fine
+        bin, exact zeros (bin 0) or the max (the last bin). On a grid that needs no
+        re-gridding this is ``counts > 0``.
+        """
+        if self._on_final_grid():
+            return self.fine_counts > 0
+        occupied = np.zeros(self.num_bins, dtype=bool)
+        if self.amax == 0.0:
+            occupied[0] = self.num_values > 0
+            return occupied
+        below = self._below_fine_edges()
+        edges = np.concatenate([[0.0], self._final_edges()])
+        first = np.minimum(np.ceil(edges[:-1]), below.size - 1).astype(np.int64)
+        stop = np.minimum(np.floor(edges[1:]), below.size - 1).astype(np.int64)
+        occupied = below[np.maximum(stop, first)] > below[first]
+        occupied[0] |= self.num_zeros > 0
+        occupied[-1] = True
+        return occupied
+
+    def _on_final_grid(self) -> bool:
+        return self.oversampling == 1 and self.amax_range == self.amax
+
+    def _below_fine_edges(self) -> np.ndarray:
+        """``below[j]``: values at or below fine edge ``j``; the zeros sit at 0 (``below[0]``)."""
+        return np.concatenate([[self.num_zeros], np.cumsum(self.fine_counts)])
+
+    def _final_edges(self) -> np.ndarray:
+        """Edges ``1..num_bins`` of the final grid over ``[0, amax]``, in fine-bin units."""
+        return np.arange(1, self.num_bins + 1) * (self.amax / self.amax_range * self.oversampling)
 
 
 class HistogramCollector:
-    """Histograms of many tensors, updated batch by batch; memory is per tensor, not per value."""
+    """Histograms of many tensors, updated batch by batch; memory is per tensor, not per value.
 
-    def __init__(self, num_bins: int = DEFAULT_NUM_BINS) -> None:
+    A batch's tensors are histogrammed concurrently on ``threads`` threads (default:
+    the usable cores, at most 8): numpy releases the GIL in most passes over the data
+    (bincount's min/max scan is the exception), and between two inference batches the
+    cores are otherwise idle. Measured on 2 cores: 1.5x faster than one thread.
+    """
+
+    def __init__(self, num_bins: int = DEFAULT_NUM_BINS,
+                 oversampling: int = DEFAULT_OVERSAMPLING, threads: int | None = None) -> None:
         if num_bins < 2:
             raise CalibrationError(f"num_bins must be >= 2, got {num_bins}")
+        if oversampling < 1:
+            raise CalibrationError(f"oversampling must be >= 1, got {oversampling}")
         self.num_bins = num_bins
+        self.oversampling = oversampling
+        self.threads = _default_threads() if threads is None else max(1, threads)
         self.histograms: dict[str, TensorHistogram] = {}
 
     def update(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Add one batch of activations, ``{tensor name: values}``."""
+        """Add one batch of activations, ``{tensor name: values}``.
+
+        If a tensor's values are rejected, every other tensor of the batch is still
+        added and the first rejection (in batch order) is raised.
+        """
+        work = []
         for name, values in batch.items():
             hist = self.histograms.get(name)
             if hist is None:
-                hist = self.histograms[name] = TensorHistogram.empty(name, self.num_bins)
-            hist.update(values)
+                hist = self.histograms[name] = TensorHistogram.empty(
+                    name, self.num_bins, oversampling=self.oversampling)
+            work.append((hist, values))
+        if self.threads == 1 or len(work) < 2:
+            for hist, values in work:
+                hist.update(values)
+            return
+        # Largest first, so the last tensors to finish are small ones (balanced threads).
+        order = sorted(range(len(work)), key=lambda i: -np.size(work[i][1]))
+        with ThreadPoolExecutor(max_workers=min(self.threads, len(work))) as pool:
+            futures = {i: pool.submit(work[i][0].update, work[i][1]) for i in order}
+        for i in range(len(work)):
+            futures[i].result()
 
     def __getitem__(self, name: str) -> TensorHistogram:
         return self.histograms[name]
@@ -209,8 +400,8 @@ class HistogramCollector:
         """Write ``histograms.npz`` atomically (temp file in the same folder, then rename).
 
         Tensor names may hold '/', '.', ':' (ONNX names do), so they are stored as a
-        ``names`` array and each tensor's counts under an index key ``counts_<i>``.
-        Edges are not stored: they are ``linspace(0, amax_range, num_bins + 1)``.
+        ``names`` array and each tensor's fine counts under an index key ``counts_<i>``.
+        Edges are not stored: the fine ones are ``linspace(0, amax_range, fine_counts.size + 1)``.
         """
         path = Path(path)
         hists = list(self.histograms.values())
@@ -221,9 +412,10 @@ class HistogramCollector:
             "amax": np.array([h.amax for h in hists], dtype=np.float64),
             "num_values": np.array([h.num_values for h in hists], dtype=np.int64),
             "num_zeros": np.array([h.num_zeros for h in hists], dtype=np.int64),
+            "oversampling": np.array([h.oversampling for h in hists], dtype=np.int64),
         }
         for index, hist in enumerate(hists):
-            arrays[f"counts_{index}"] = hist.counts
+            arrays[f"counts_{index}"] = hist.fine_counts
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -238,33 +430,39 @@ class HistogramCollector:
 
     @classmethod
     def load_npz(cls, path: str | Path) -> HistogramCollector:
-        """Read a file written by :meth:`save_npz`; a malformed file raises CalibrationError."""
+        """Read a file written by :meth:`save_npz` (format 2, or 1: plain bins, no
+        oversampling); a malformed file raises CalibrationError."""
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
         except (OSError, ValueError) as exc:
             raise CalibrationError(f"histogram file {path}: cannot read it as npz: {exc}") from exc
-        required = ("format_version", "names", "amax_range", "amax", "num_values", "num_zeros")
+        required = ["format_version", "names", "amax_range", "amax", "num_values", "num_zeros"]
+        version = int(arrays["format_version"][0]) if "format_version" in arrays else None
+        if version == 2:
+            required.append("oversampling")
         missing = [key for key in required if key not in arrays]
         if missing:
             raise CalibrationError(f"histogram file {path}: missing arrays {missing}")
-        version = int(arrays["format_version"][0])
-        if version != NPZ_FORMAT_VERSION:
+        if version not in (1, NPZ_FORMAT_VERSION):
             raise CalibrationError(f"histogram file {path}: format version {version},"
-                                   f" expected {NPZ_FORMAT_VERSION}")
+                                   f" expected 1 or {NPZ_FORMAT_VERSION}")
         names = [str(name) for name in arrays["names"]]
+        oversampling = arrays.get("oversampling", np.ones(len(names), dtype=np.int64))
         histograms = {}
         for index, name in enumerate(names):
             counts = arrays.get(f"counts_{index}")
             if counts is None:
                 raise CalibrationError(f"histogram file {path}: no counts for tensor {name!r}")
             histograms[name] = TensorHistogram(
-                name=name, counts=counts,
+                name=name, fine_counts=counts, oversampling=int(oversampling[index]),
                 amax_range=float(arrays["amax_range"][index]), amax=float(arrays["amax"][index]),
                 num_values=int(arrays["num_values"][index]),
                 num_zeros=int(arrays["num_zeros"][index]))
         bins = {h.num_bins for h in histograms.values()}
-        collector = cls(num_bins=bins.pop() if len(bins) == 1 else DEFAULT_NUM_BINS)
+        factors = {h.oversampling for h in histograms.values()}
+        collector = cls(num_bins=bins.pop() if len(bins) == 1 else DEFAULT_NUM_BINS,
+                        oversampling=factors.pop() if len(factors) == 1 else DEFAULT_OVERSAMPLING)
         collector.histograms = histograms
         return collector

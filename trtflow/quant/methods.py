@@ -2,11 +2,15 @@
 
 The histogram is collected once (``histogram.py``); max, percentile, MSE and
 entropy are derived from it without touching the data again, so methods can be
-compared on one pass. Symmetric int8 throughout: ``scale = amax / 127``.
+compared on one pass. Every method reads ``hist.finalized()``: ``num_bins`` bins
+over ``[0, amax]`` (for 2048 bins, TensorRT's EntropyCalibration2 grid), whatever
+range the streaming collector ended with. Symmetric int8 throughout:
+``scale = amax / 127``.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -27,6 +31,8 @@ AMAX_FLOOR = 2.0**-24
 METHODS = ("max", "percentile", "mse", "entropy")
 # MSE candidates are evaluated this many at a time (bounded temporaries).
 _MSE_CHUNK = 32
+# max |F(y) - y/12| of the rounding-error integral F (see _MseTerms.lower_bounds).
+_ROUNDING_WOBBLE = 1.0 / (36.0 * math.sqrt(3.0))
 
 
 def _checked(hist: TensorHistogram) -> TensorHistogram:
@@ -34,6 +40,11 @@ def _checked(hist: TensorHistogram) -> TensorHistogram:
         raise CalibrationError(
             f"tensor {hist.name!r}: empty histogram, no values were collected for it")
     return hist
+
+
+def _grid(hist: TensorHistogram) -> TensorHistogram:
+    """The non-empty histogram re-gridded to ``num_bins`` bins over ``[0, amax]``."""
+    return _checked(hist).finalized()
 
 
 def _floored(hist: TensorHistogram, amax: float) -> float:
@@ -48,7 +59,7 @@ def amax_max(hist: TensorHistogram) -> float:
 
 def amax_percentile(hist: TensorHistogram, percentile: float = 99.99) -> float:
     """The |x| below which ``percentile`` % of the values lie (linear within a bin)."""
-    _checked(hist)
+    hist = _grid(hist)
     if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real) \
             or not 0.0 < float(percentile) <= 100.0:
         raise CalibrationError(
@@ -63,73 +74,119 @@ def amax_percentile(hist: TensorHistogram, percentile: float = 99.99) -> float:
     return _floored(hist, (b + fraction) * hist.bin_width)
 
 
-def _rounding_error_integral(y: np.ndarray) -> np.ndarray:
-    """``F(y) = integral_0^y (u - round(u))**2 du``: the rounding error in units of the step."""
-    whole = np.floor(y)
-    r = y - whole
-    # Over one step the integral is u**3/3 up to the midpoint and 1/12 - u**3/3 after
-    # it, u being the distance to the nearest integer.
-    u = 0.5 - np.abs(r - 0.5)
-    cube = u * u * u / 3.0
-    return whole / 12.0 + np.where(r > 0.5, 1.0 / 12.0 - cube, cube)
-
-
 def mse_curve(hist: TensorHistogram) -> tuple[np.ndarray, np.ndarray]:
-    """Expected squared int8 error for each candidate amax (bin edges up to the max).
+    """Expected squared int8 error for each candidate amax (the bin edges of the final grid).
 
     Values are taken as uniform within each bin, exact zeros as a point mass with
     no error. For a threshold ``t = k * w`` with step ``s = t / 127``, a bin below
-    ``t`` contributes its exact mean rounding error (via the integral ``F``), a bin
-    above it the mean of ``(x - t)**2`` (clipped to ``t``); the clipped part is a
-    cubic in ``t`` summed with suffix sums. Returns ``(candidates, mse)``.
+    ``t`` contributes its exact mean rounding error, a bin above it the mean of
+    ``(x - t)**2`` (clipped to ``t``); the clipped part is a cubic in ``t`` summed
+    with suffix sums. Returns ``(candidates, mse)``.
     """
-    _checked(hist)
-    width = hist.bin_width
-    n_bins = hist.num_bins
-    last = max(1, min(n_bins, math.ceil(hist.amax / width)))
-    candidate_edges = np.arange(1, last + 1)
-    candidates = candidate_edges * width
-    mass = hist.counts.astype(np.float64)
-    mass[0] -= hist.num_zeros
-    edges = hist.edges
-    lo, hi = edges[:-1], edges[1:]
+    terms = _MseTerms(_grid(hist))
+    k = terms.candidate_edges
+    return k * terms.width, (terms.clipped + terms.rounding(k)) / terms.num_values
 
-    # Clipped: sum_{j >= k} m_j ((hi_j - t)^3 - (lo_j - t)^3) / 3w, a cubic in t.
-    def suffix(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.cumsum(a[::-1])[::-1], [0.0]])
 
-    s1, s2, s3 = (suffix(mass * (hi**p - lo**p)) for p in (1, 2, 3))
-    k = candidate_edges
-    t = candidates
-    clipped = (s3[k] - 3.0 * t * s2[k] + 3.0 * t**2 * s1[k]) / (3.0 * width)
+def _wobble(y: np.ndarray) -> np.ndarray:
+    """``P(y) = F(y) - y/12``, with ``F(y) = integral_0^y (u - round(u))**2 du``.
 
-    # Rounding: sum_{j < k} m_j s^3 (F(hi_j/s) - F(lo_j/s)) / w; F at the edges once,
-    # each chunk of candidates only up to its largest edge (a triangle, not a square).
-    rounding = np.empty(candidates.size)
-    for start in range(0, candidates.size, _MSE_CHUNK):
-        stop = min(start + _MSE_CHUNK, candidates.size)
-        top = int(candidate_edges[stop - 1])
-        step = candidates[start:stop, None] / INT8_MAX
-        per_bin = np.diff(_rounding_error_integral(edges[None, :top + 1] / step), axis=1)
-        below = np.arange(top)[None, :] < candidate_edges[start:stop, None]
-        rounding[start:stop] = (step[:, 0] ** 3 / width) * (
-            np.where(below, per_bin, 0.0) @ mass[:top])
-    return candidates, (rounding + clipped) / hist.num_values
+    ``P`` is periodic, zero at integers and half-integers: with ``v = y - round(y)``,
+    ``P = v**3/3 - v/12``, so ``|P| <= 1/(36 sqrt 3)`` (at ``|v| = 1/sqrt 12``).
+    """
+    v = y - np.rint(y)
+    return v * (v * v - 0.25) / 3.0
+
+
+class _MseTerms:
+    """The parts of :func:`mse_curve` on one final grid, summed over values (not means).
+
+    Rounding error of the bins below ``k``: ``s^3/w * sum_{j<k} m_j (F(y_{j+1}) -
+    F(y_j))`` with ``y_j = j w / s = 127 j / k``. Splitting ``F = y/12 + P`` and
+    summing by parts, that is ``s^2/12`` times their mass (uniform rounding error)
+    plus ``s^3/w * (sum_{0<j<k} P(y_j) (m_{j-1} - m_j) + m_{k-1} P(127))``: a
+    correction bounded by ``max|P|`` times the total variation of the masses.
+    """
+
+    def __init__(self, grid: TensorHistogram) -> None:
+        self.width = width = grid.bin_width
+        self.num_values = grid.num_values
+        last = max(1, min(grid.num_bins, math.ceil(grid.amax / width)))
+        self.candidate_edges = k = np.arange(1, last + 1)
+        self.mass = mass = grid.counts.astype(np.float64)
+        mass[0] -= grid.num_zeros
+        edges = grid.edges
+        lo, hi = edges[:-1], edges[1:]
+
+        # Clipped: sum_{j >= k} m_j ((hi_j - t)^3 - (lo_j - t)^3) / 3w, a cubic in t.
+        def suffix(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([np.cumsum(a[::-1])[::-1], [0.0]])
+
+        s1, s2, s3 = (suffix(mass * (hi**p - lo**p)) for p in (1, 2, 3))
+        t = k * width
+        self.clipped = (s3[k] - 3.0 * t * s2[k] + 3.0 * t**2 * s1[k]) / (3.0 * width)
+        self.step = t / INT8_MAX
+        self.below_mass = np.concatenate([[0.0], np.cumsum(mass)])[k]
+        self.mass_steps = -np.diff(mass)  # m_{j-1} - m_j at j = 1 .. num_bins - 1
+
+    def rounding(self, candidate_edges: np.ndarray) -> np.ndarray:
+        """Exact rounding error of the bins below each candidate edge (any order).
+
+        Each chunk of candidates evaluates ``P`` only up to its largest edge (a
+        triangle, not a square).
+        """
+        out = np.empty(candidate_edges.size)
+        for start in range(0, candidate_edges.size, _MSE_CHUNK):
+            k = candidate_edges[start:start + _MSE_CHUNK]
+            step = self.step[k - 1]
+            j = np.arange(1, int(k.max()) + 1)
+            wobble = _wobble(j[None, :] * (INT8_MAX / k)[:, None])  # P(y_j), j = 1 .. max k
+            inside = j[None, :-1] < k[:, None]
+            correction = np.where(inside, wobble[:, :-1], 0.0) @ self.mass_steps[:j.size - 1]
+            correction += self.mass[k - 1] * wobble[np.arange(k.size), k - 1]
+            out[start:start + k.size] = (step**2 / 12.0 * self.below_mass[k - 1]
+                                         + step**3 / self.width * correction)
+        return out
+
+    def lower_bounds(self) -> np.ndarray:
+        """A lower bound of each candidate's summed error, in O(1) a candidate."""
+        variation = np.concatenate([[0.0, 0.0], np.cumsum(np.abs(self.mass_steps))])
+        bound = self.step**3 / self.width * _ROUNDING_WOBBLE * variation[self.candidate_edges]
+        return self.clipped + self.step**2 / 12.0 * self.below_mass - bound
 
 
 def amax_mse(hist: TensorHistogram) -> float:
-    """The bin edge minimising the expected squared error of int8 quantisation with clipping."""
+    """The bin edge minimising the expected squared error of int8 quantisation with clipping.
+
+    The argmin of :func:`mse_curve`, found without evaluating the whole curve (each
+    exact point costs O(num_bins)): candidates are evaluated exactly in order of a
+    cheap lower bound, until the next bound exceeds the best exact error. Ties go to
+    the smaller candidate, as ``argmin`` over the curve.
+    """
     if _checked(hist).amax == 0.0:
         return AMAX_FLOOR
-    candidates, errors = mse_curve(hist)
-    return _floored(hist, candidates[int(np.argmin(errors))])
+    terms = _MseTerms(_grid(hist))
+    lower = terms.lower_bounds()
+    order = np.argsort(lower, kind="stable")
+    best_error, best_edge = math.inf, 0
+    for start in range(0, order.size, _MSE_CHUNK):
+        batch = order[start:start + _MSE_CHUNK]
+        # The margin covers rounding differences between the bound and the exact sum.
+        if lower[batch[0]] > best_error + 1e-9 * abs(best_error):
+            break
+        errors = terms.clipped[batch] + terms.rounding(terms.candidate_edges[batch])
+        for index, error in zip(batch.tolist(), errors.tolist(), strict=True):
+            if error < best_error or (error == best_error and index < best_edge - 1):
+                best_error, best_edge = error, index + 1
+    return _floored(hist, best_edge * terms.width)
 
 
 def entropy_divergences(hist: TensorHistogram,
                         num_quantized_bins: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """KL(P||Q) of TensorRT's EntropyCalibration2 search, for every candidate bin count.
 
-    Candidate ``i`` (``num_quantized_bins <= i <= num_bins``) keeps bins ``[0, i)``:
+    On the final grid (``hist.finalized()``), candidate ``i``
+    (``num_quantized_bins <= i <= num_bins``) keeps bins ``[0, i)``:
     P is those counts with the outliers (all counts from bin ``i`` on) added to the
     last kept bin; Q merges the kept counts into ``num_quantized_bins`` groups
     (group of bin ``j`` is ``floor(j * nq / i)``, as NVIDIA's ``linspace``/``digitize``)
@@ -140,9 +197,13 @@ def entropy_divergences(hist: TensorHistogram,
     ``sum_j P_j log(P_j/Q_j)`` splits per group into ``sum c log c - S log(S/n)``
     (S the group's total, n its non-empty bins), plus a correction for the last bin.
     A candidate whose Q is zero where P is not (outliers poured into an empty bin)
-    has infinite divergence; empty bins of P contribute 0 (0 log 0 = 0).
-    Returns ``(bin_counts, kl)``.
+    has infinite divergence; empty bins of P contribute 0 (0 log 0 = 0). On a
+    re-gridded histogram "empty" means "not surely occupied"
+    (:meth:`TensorHistogram.surely_occupied`), so the search never picks a threshold
+    that TensorRT's, on the exact grid, could reject. Returns ``(bin_counts, kl)``.
     """
+    surely_occupied = hist.surely_occupied()
+    hist = hist.finalized()
     nq = num_quantized_bins
     if not (isinstance(nq, int) and 2 <= nq <= hist.num_bins):
         raise CalibrationError(
@@ -150,43 +211,67 @@ def entropy_divergences(hist: TensorHistogram,
             f" [2, num_bins={hist.num_bins}], got {nq!r}")
     counts = hist.counts.astype(np.float64)
     counts[0] = counts[1]
-    n_bins = counts.size
-    kept_bins = np.arange(nq, n_bins + 1)
+    prefix_count = np.concatenate([[0.0], np.cumsum(counts)])
+    total = prefix_count[-1]
+    all_kept_bins = np.arange(nq, counts.size + 1)
+    kl = np.full(all_kept_bins.size, np.inf)
+    # Outliers poured into a bin that may be empty: Q is 0 where P is not, kl = inf.
+    # Those candidates (and any keeping nothing) are left out of the computation.
+    finite = (prefix_count[all_kept_bins] > 0) & (
+        (prefix_count[all_kept_bins] == total) | surely_occupied[all_kept_bins - 1])
+    kept_bins = all_kept_bins[finite]
     occupied = counts > 0
     x_log_x = np.where(occupied, counts * np.log(np.where(occupied, counts, 1.0)), 0.0)
-    prefix_count = np.concatenate([[0.0], np.cumsum(counts)])
-    prefix_occupied = np.concatenate([[0], np.cumsum(occupied)])
+    prefix_occupied = np.concatenate([[0.0], np.cumsum(occupied, dtype=np.float64)])
     prefix_x_log_x = np.concatenate([[0.0], np.cumsum(x_log_x)])
 
-    # starts[c, g] = first bin of group g for candidate c = ceil(g * i / nq).
-    starts = (np.arange(nq + 1)[None, :] * kept_bins[:, None] + nq - 1) // nq
-    lo, hi = starts[:, :-1], starts[:, 1:]
-    group_total = prefix_count[hi] - prefix_count[lo]
-    group_occupied = prefix_occupied[hi] - prefix_occupied[lo]
-    level = np.where(group_occupied > 0, group_total / np.maximum(group_occupied, 1), 1.0)
-    per_group = (prefix_x_log_x[hi] - prefix_x_log_x[lo]) - group_total * np.log(level)
-    weighted = np.where(group_occupied > 0, per_group, 0.0).sum(axis=1)
+    starts = _group_starts(nq, counts.size)
+    if not finite.all():
+        starts = starts[finite]
+    group_total = np.diff(prefix_count[starts], axis=1)
+    group_occupied = np.diff(prefix_occupied[starts], axis=1)
+    per_group = np.diff(prefix_x_log_x[starts], axis=1)
+    level = group_total / np.maximum(group_occupied, 1.0)
+    last_level = level[:, -1].copy()
+    # sum c log c - S log(S/n) per group; an empty group has S = 0: its level is raised
+    # from 0 to the smallest normal float so that it adds 0 * log(tiny) = 0.
+    np.maximum(level, np.finfo(np.float64).tiny, out=level)
+    np.log(level, out=level)
+    level *= group_total
+    per_group -= level
+    weighted = per_group.sum(axis=1)
 
-    total = prefix_count[-1]
     kept = prefix_count[kept_bins]
     outliers = total - kept
     last = counts[kept_bins - 1]
-    last_level = level[:, -1]
     spill = (outliers > 0) & (last > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         grown = last + outliers
         weighted += np.where(
             spill, grown * np.log(grown / last_level) - last * np.log(last / last_level), 0.0)
-        kl = weighted / total + np.log(kept / total)
-    kl[((outliers > 0) & (last == 0)) | (kept == 0)] = np.inf
-    return kept_bins, kl
+    kl[finite] = weighted / total + np.log(kept / total)
+    return all_kept_bins, kl
+
+
+@functools.lru_cache(maxsize=4)
+def _group_starts(num_quantized_bins: int, num_bins: int) -> np.ndarray:
+    """``starts[c, g] = ceil(g * i / nq)``: first bin of group ``g`` for candidate ``i = nq + c``.
+
+    The same table for every tensor of a grid (1921 x 129 for TensorRT's), so it is
+    built once; read-only.
+    """
+    nq = num_quantized_bins
+    kept_bins = np.arange(nq, num_bins + 1)
+    starts = (np.arange(nq + 1)[None, :] * kept_bins[:, None] + nq - 1) // nq
+    starts.setflags(write=False)
+    return starts
 
 
 def amax_entropy(hist: TensorHistogram, num_quantized_bins: int = 128) -> float:
     """TensorRT EntropyCalibration2: the threshold whose int8 version loses least information.
 
-    amax is the upper edge of the last kept bin, ``edges[i]`` (``i * bin_width``): P
-    covers exactly ``[0, i * w]``, so that is the range the 128 levels represent.
+    amax is the upper edge of the last kept bin of the final grid, ``i * amax / num_bins``:
+    P covers exactly ``[0, i * w]``, so that is the range the 128 levels represent.
     NVIDIA's pytorch-quantization (``calib_bin_edges[i]``) and ONNX Runtime
     (``hist_edges[stop]``) use the same edge; the 2017 GTC slides write
     ``(m + 0.5) * w``, half a bin (at most 0.4 %) higher. Ties go to the larger ``i``,
@@ -198,7 +283,7 @@ def amax_entropy(hist: TensorHistogram, num_quantized_bins: int = 128) -> float:
     if not np.isfinite(kl).any():
         return _floored(hist, hist.amax)
     best = kl.size - 1 - int(np.argmin(kl[::-1]))
-    return _floored(hist, kept_bins[best] * hist.bin_width)
+    return _floored(hist, kept_bins[best] * (hist.amax / hist.num_bins))
 
 
 _DISPATCH: dict[str, Callable[..., float]] = {
