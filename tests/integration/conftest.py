@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ def write_params(root: Path, name: str = "digits", **overrides: dict) -> Path:
             params.setdefault(section, {}).update(values)
         else:
             params[section] = values
-    path = root / f"{name}-{abs(hash(repr(sorted(overrides.items())))) % 10**8}.yaml"
+    tag = hashlib.sha256(repr(sorted(overrides.items())).encode()).hexdigest()[:8]
+    path = root / f"{name}-{tag}.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
 

@@ -18,6 +18,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's own project dir: its first compile must find an empty store."""
+    from trtflow.sources.builtin import write_demo_data
+
+    root = tmp_path_factory.mktemp("flow")
+    write_demo_data(root)
+    return root
+
+
+@pytest.fixture(scope="module")
 def first_run(digits_root: Path) -> dict:
     return compile_flow(str(write_params(digits_root)), str(digits_root))
 
