@@ -285,9 +285,10 @@ def init(
         if path.exists() and not force:
             raise ParamsError(f"{path} exists; pass --force to overwrite it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(params_skeleton(info))
-        tmp.replace(path)
+        from trtflow.atomic import atomic_file
+
+        with atomic_file(path, "w") as f:
+            f.write(params_skeleton(info))
     except TrtflowError as exc:
         _fail(exc)
         return

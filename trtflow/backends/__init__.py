@@ -50,7 +50,7 @@ def build_engine(model_path: Path, target: Target, out_dir: Path,
                      "available in this build of trtflow yet (see the README's feature table)")
 
 
-def load_engine(engine_dir: Path, threads: int | None = None) -> Engine:
+def load_engine(engine_dir: Path, threads: int | None = None, spinning: bool = True) -> Engine:
     from trtflow.backends import onnxruntime_backend
 
-    return onnxruntime_backend.OrtEngine.load(engine_dir, threads=threads)
+    return onnxruntime_backend.OrtEngine.load(engine_dir, threads=threads, spinning=spinning)

@@ -108,6 +108,15 @@ def build(model_path: Path, target: Target, out_dir: Path,
             "engine_bytes": (out_dir / ENGINE_FILE).stat().st_size}
 
 
+def _options(spinning: bool) -> ort.SessionOptions:
+    """Session options; `spinning=False` when several sessions share the cores in turn
+    (idle ORT workers otherwise busy-wait and slow whichever session runs next)."""
+    opts = ort.SessionOptions()
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OrtEngine:
     """An ONNX Runtime session over a built engine directory."""
 
@@ -117,9 +126,10 @@ class OrtEngine:
         self.output_names = [o.name for o in session.get_outputs()]
 
     @classmethod
-    def load(cls, engine_dir: Path, threads: int | None = None) -> OrtEngine:
+    def load(cls, engine_dir: Path, threads: int | None = None, spinning: bool = True
+             ) -> OrtEngine:
         config = json.loads((engine_dir / CONFIG_FILE).read_text())
-        opts = ort.SessionOptions()
+        opts = _options(spinning)
         opts.graph_optimization_level = _LEVELS[config["optimization"]]
         opts.intra_op_num_threads = threads or config["intra_op_threads"] or default_threads()
         opts.log_severity_level = 3
@@ -129,9 +139,10 @@ class OrtEngine:
                                         providers=config["providers"]))
 
     @classmethod
-    def from_model(cls, model_path: Path, threads: int | None = None) -> OrtEngine:
+    def from_model(cls, model_path: Path, threads: int | None = None, spinning: bool = True
+                   ) -> OrtEngine:
         """A plain FP32 session with all optimizations: the CPU baseline and reference."""
-        opts = ort.SessionOptions()
+        opts = _options(spinning)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or default_threads()
         opts.log_severity_level = 3

@@ -15,14 +15,13 @@ at its last colon.
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from trtflow.atomic import atomic_file
 from trtflow.errors import CalibrationError
 
 # TensorRT 10.3.0. TensorRT >= 10 encodes its version as major*10000 + minor*100 +
@@ -98,16 +97,8 @@ def write_calibration_cache(path: str | Path, scales: Mapping[str, float],
                                    " must be positive and finite as a float32")
         lines.append(f"{name}: {scale_to_hex(scale32)}")
     data = ("\n".join(lines) + "\n").encode("utf-8")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(data)
     return path
 
 

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from trtflow.atomic import atomic_file
 from trtflow.errors import CalibrationError
 
 DEFAULT_NUM_BINS = 2048
@@ -416,16 +416,8 @@ class HistogramCollector:
         }
         for index, hist in enumerate(hists):
             arrays[f"counts_{index}"] = hist.fine_counts
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)  # type: ignore[arg-type]
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
         return path
 
     @classmethod

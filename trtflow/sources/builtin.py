@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from trtflow.atomic import atomic_file
 from trtflow.params import TensorSpec
 from trtflow.sources.models import DigitsCNN, MiniLMEncoder, minilm_model_path, resnet18_shaped
 from trtflow.store import ArtifactStore, make_key
@@ -151,8 +152,6 @@ def write_demo_data(root: Path) -> list[Path]:
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
-    tmp.replace(path)
     return path
