@@ -48,6 +48,9 @@ class ModelSource(_Strict):
     weights: str | None = Field(default=None, description="weights for `factory`")
     mlflow: str | None = Field(default=None,
                                description="models:/NAME/VERSION or models:/NAME@ALIAS")
+    allow_pickle: bool = Field(default=False, description="mlflow only: load a model MLflow "
+                               "saved with pickle (runs code from the file); recorded in the "
+                               "run's tags. The default refuses it; pt2 needs no pickle")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -60,6 +63,8 @@ class ModelSource(_Strict):
             )
         if self.weights is not None and self.factory is None:
             raise ValueError("'weights' is only valid together with 'factory'")
+        if self.allow_pickle and self.mlflow is None:
+            raise ValueError("'allow_pickle' is only valid together with 'mlflow'")
         return self
 
     @property

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pytest
 
-import mlflow
 from flows.compile import compile_flow
 from trtflow.errors import GateError, ParityError
 from trtflow.params import load_params

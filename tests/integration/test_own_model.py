@@ -147,3 +147,55 @@ def test_factory_not_importable(own: dict) -> None:
     with pytest.raises(ModelError, match="'no_such_pkg.models:build' is not importable"):
         run_step(EXPORT, Context.create(params, root))
     assert sorted((root / ".trtflow" / "store").glob("export/*")) == before
+
+
+def _log_to_registry(name: str, serialization: str) -> None:
+    import mlflow
+
+    from trtflow.track.mlflow_log import experiment_id
+
+    model = _trained()
+    example = np.random.default_rng(0).standard_normal((2, 2, 32)).astype(np.float32)
+    with mlflow.start_run(experiment_id=experiment_id(f"{name}-training")):
+        mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                 serialization_format=serialization,
+                                 registered_model_name=name)
+    client = mlflow.MlflowClient()
+    version = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    client.set_registered_model_alias(name, "candidate", version)
+
+
+def test_registered_model_compiles_from_an_alias(own: dict) -> None:
+    root = own["root"]
+    _log_to_registry("sensor-registered", "pt2")
+    path = _params(root, "sensor-mlflow", {"mlflow": "models:/sensor-registered@candidate"},
+                   outputs=["logits"])
+    summary = compile_flow(str(path), str(root))
+    report = summary["stages"]["fp32"][-1].report
+    assert report["quality"]["accuracy"] == 1.0 and report["quality"]["agreement"] == 1.0
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(summary["run_ids"]["parent"])
+    assert run.data.tags["trtflow.source.mlflow"] == "models:/sensor-registered@candidate"
+    assert run.data.tags["trtflow.source.pickle_allowed"] == "false"
+
+
+def test_pickled_registered_model_is_refused_unless_allowed(own: dict) -> None:
+    root = own["root"]
+    _log_to_registry("sensor-pickled", "pickle")
+    params = load_params(_params(root, "sensor-pickled", {"mlflow": "models:/sensor-pickled/1"},
+                                 inputs=INPUTS))
+    with pytest.raises(ModelError, match="saved with pickle.*refused"):
+        load_model(params.model, root, Context.create(params, root).store)
+    allowed = load_params(_params(root, "sensor-pickled-ok",
+                                  {"mlflow": "models:/sensor-pickled/1", "allow_pickle": True},
+                                  inputs=INPUTS))
+    loaded = load_model(allowed.model, root, Context.create(allowed, root).store)
+    assert loaded.module is not None
+
+
+def test_unknown_registry_model_is_a_clear_error(own: dict) -> None:
+    root = own["root"]
+    params = load_params(_params(root, "ghost", {"mlflow": "models:/ghost@production"}))
+    with pytest.raises(ModelError, match="'models:/ghost@production' is not in the registry"):
+        load_model(params.model, root, Context.create(params, root).store)

@@ -57,7 +57,9 @@ def source_digest(cfg: ModelConfig, root: Path) -> str:
     if src.factory:
         parts.append(src.factory)
     if src.mlflow:
-        parts.append(src.mlflow)
+        from trtflow.sources import mlflow_model
+
+        parts += [*mlflow_model.resolve(src.mlflow), str(src.allow_pickle)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -94,6 +96,8 @@ def load_model(cfg: ModelConfig, root: Path, store: ArtifactStore) -> LoadedMode
         return LoadedModel(module, None, cfg.inputs, cfg.outputs or ["output"])
     if src.exported_program:
         return load_exported_program(_resolve(src.exported_program, root), cfg)
+    if src.mlflow:
+        return _load_mlflow(src.mlflow, src.allow_pickle, cfg, store)
     raise ModelError(f"model.source.{src.kind} is not supported yet (see the README's "
                      "feature table)")
 
@@ -136,6 +140,24 @@ def onnx_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
         ]
         specs.append(TensorSpec(name=value.name, dtype=dtype, shape=shape))  # type: ignore[arg-type]
     return specs
+
+
+def _load_mlflow(uri: str, allow_pickle: bool, cfg: ModelConfig, store: ArtifactStore
+                 ) -> LoadedModel:
+    from trtflow.sources import mlflow_model
+
+    model_dir = mlflow_model.download(uri, store)
+    pt2, _ = mlflow_model.pytorch_flavor(model_dir)
+    if pt2 is not None:
+        return load_exported_program(pt2, cfg)
+    if not allow_pickle:
+        raise ModelError(f"model.source.mlflow '{uri}' was saved with pickle, which runs code "
+                         "when loaded; refused. Re-log it with serialization_format='pt2', or "
+                         "set model.source.allow_pickle: true if you trust it")
+    if not cfg.inputs:
+        raise ModelError(f"model.inputs is required for the pickled MLflow model '{uri}'")
+    module = mlflow_model.load_pickled(model_dir, uri)
+    return LoadedModel(module.eval(), None, cfg.inputs, cfg.outputs or ["output"])
 
 
 _TORCH_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64",

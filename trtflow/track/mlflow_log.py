@@ -67,6 +67,9 @@ def log_compile(params: Params, params_path: str, root: Path,
     tags = {"trtflow.git_commit": git_commit(root), "trtflow.params_digest": params.digest(),
             "trtflow.params_file": params_path, "trtflow.model": params.model.name,
             "trtflow.source": params.model.source.kind}
+    if params.model.source.mlflow:
+        tags["trtflow.source.mlflow"] = params.model.source.mlflow
+        tags["trtflow.source.pickle_allowed"] = str(params.model.source.allow_pickle).lower()
     run_ids: dict[str, str] = {}
     with mlflow.start_run(experiment_id=exp, run_name=f"compile {params.model.name}",
                           tags=tags) as parent:
@@ -107,6 +110,7 @@ def _log_calibration(cal: StageResult) -> None:
     import tempfile
 
     import mlflow
+
     from trtflow.quant.plots import plot_thresholds, sensitive_tensors
 
     rep = cal.report
