@@ -18,6 +18,8 @@ demo: $(STAMP)
 	$(BIN)/trtflow run params/minilm.yaml
 
 test: $(STAMP)
+	$(BIN)/ruff check -q trtflow flows tasks tests bench
+	$(BIN)/mypy trtflow flows tasks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
