@@ -118,7 +118,9 @@ class MiniLMEncoder(nn.Module):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # trtflow shows its own progress per stage
         self.encoder = AutoModel.from_pretrained(path or minilm_model_path())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
