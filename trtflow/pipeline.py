@@ -130,8 +130,7 @@ def step_key(step: Step, ctx: Context, *inputs: StageResult) -> str:
                     libraries=LIBRARIES, **step.key_parts(ctx, *inputs))
 
 
-def run_step(step: Step, ctx: Context, *inputs: StageResult,
-             on_start: Callable[[str], None] | None = None) -> StageResult:
+def run_step(step: Step, ctx: Context, *inputs: StageResult) -> StageResult:
     key = step_key(step, ctx, *inputs)
     art = ctx.store.get(step.name, key)
     if art is not None:
@@ -139,8 +138,6 @@ def run_step(step: Step, ctx: Context, *inputs: StageResult,
         return StageResult(stage=step.name, version=step.version, key=key, path=str(art.path),
                            digest=art.digest, report=stored["report"],
                            seconds=stored["seconds"], cached=True)
-    if on_start:
-        on_start(step.name)
     start = time.perf_counter()
     meta: dict[str, Any] = {"version": step.version}
     with ctx.store.writer(step.name, key, meta) as tmp:  # meta is written when complete
