@@ -58,6 +58,8 @@ def test_digits_compiles_and_logs_to_mlflow(first_run: dict) -> None:
 
     parent = client.get_run(first_run["run_ids"]["parent"])
     assert parent.data.tags["trtflow.params_digest"]
+    assert len(parent.data.tags["trtflow.data.evaluation.sha256"]) == 64
+    assert parent.data.tags["trtflow.data.evaluation.dvc_md5"] == "not DVC-tracked"  # tmp dir
     assert parent.data.tags["trtflow.stage.export.version"] == "export-1"
     assert "stage_seconds.cleanup" in parent.data.metrics
     assert "cleanup_report.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -28,6 +28,37 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+def dvc_digest(root: Path, data_path: str) -> str | None:
+    """The md5 DVC recorded for the .dvc file covering `data_path` (file or its folder)."""
+    import yaml
+
+    path = Path(data_path)
+    path = path if path.is_absolute() else root / path
+    for candidate in (path, *path.parents):
+        dvc_file = candidate.with_name(candidate.name + ".dvc")
+        if dvc_file.is_file():
+            outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+            return str(outs[0].get("md5"))
+        if candidate == root:
+            break
+    return None
+
+
+def _lineage_tags(params: Params, root: Path) -> dict[str, str]:
+    """Data lineage: each data source's DVC md5 (when DVC-tracked) and content digest."""
+    from trtflow.pipeline import data_digest
+
+    tags = {}
+    for split in ("calibration", "evaluation"):
+        source = getattr(params.data, split)
+        if source is None:
+            continue
+        tags[f"trtflow.data.{split}.sha256"] = data_digest(root, source)[:64]
+        md5 = dvc_digest(root, source.path) if source.path else None
+        tags[f"trtflow.data.{split}.dvc_md5"] = md5 or "not DVC-tracked"
+    return tags
+
+
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
@@ -67,6 +98,7 @@ def log_compile(params: Params, params_path: str, root: Path,
     tags = {"trtflow.git_commit": git_commit(root), "trtflow.params_digest": params.digest(),
             "trtflow.params_file": params_path, "trtflow.model": params.model.name,
             "trtflow.source": params.model.source.kind}
+    tags.update(_lineage_tags(params, root))
     if params.model.source.mlflow:
         tags["trtflow.source.mlflow"] = params.model.source.mlflow
         tags["trtflow.source.pickle_allowed"] = str(params.model.source.allow_pickle).lower()
