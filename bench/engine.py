@@ -91,12 +91,10 @@ def ort_quantize_static(clean: Path, ctx, activation: str, out: Path) -> Path:
 
 
 def inputs_for(ctx, bs: int) -> dict[str, np.ndarray]:
-    from trtflow.datasets import open_data
+    from trtflow.datasets import open_data, tile_batch
 
     stream = open_data(ctx.params.data.evaluation, ctx.input_specs(), ctx.root, 64)
-    pool = next(iter(stream)).inputs
-    return {k: np.ascontiguousarray(np.concatenate([v] * (-(-bs // len(v))))[:bs])
-            for k, v in pool.items()}
+    return tile_batch(next(iter(stream)).inputs, bs)
 
 
 def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:

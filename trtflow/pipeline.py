@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from trtflow import sources
 from trtflow.backends import build_engine, load_engine
 from trtflow.backends.onnxruntime_backend import OrtEngine, default_threads
-from trtflow.datasets import open_data
+from trtflow.datasets import open_data, tile_batch
 from trtflow.errors import DataError, ParamsError
 from trtflow.graph import cleanup as cleanup_mod
 from trtflow.graph.parity import compare, ort_run
@@ -307,9 +307,7 @@ def validate_step(target: str) -> Step:
         pool = next(iter(batches)).inputs
 
         def make_inputs(bs: int) -> dict[str, np.ndarray]:
-            reps = -(-bs // len(next(iter(pool.values()))))
-            return {k: np.ascontiguousarray(np.concatenate([v] * reps)[:bs])
-                    for k, v in pool.items()}
+            return tile_batch(pool, bs)
 
         cfg = ctx.params.validate_
         gates = ctx.target(target).gates

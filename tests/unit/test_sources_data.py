@@ -97,3 +97,12 @@ def test_initializer_inputs_are_not_model_inputs() -> None:
     model.graph.input.append(onnx.helper.make_tensor_value_info("w", 1, [4, 3, 3, 3]))
     assert [s.name for s in onnx_inputs(model)] == ["x"]
     assert numpy_helper.to_array(model.graph.initializer[0]).shape == (4, 3, 3, 3)
+
+
+def test_tile_batch_repeats_samples_to_the_batch_size() -> None:
+    from trtflow.datasets import tile_batch
+
+    pool = {"x": np.arange(3, dtype=np.float32)[:, None], "ids": np.arange(3)[:, None]}
+    tiled = tile_batch(pool, 7)
+    assert tiled["x"][:, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert tiled["ids"].shape == (7, 1) and tile_batch(pool, 2)["x"].shape == (2, 1)

@@ -66,6 +66,15 @@ class DataStream:
                 )
 
 
+def tile_batch(inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """A batch of exactly `batch_size` samples, repeating `inputs` along axis 0 as needed
+    (latency is measured at batch sizes the data set may not fill)."""
+    n = len(next(iter(inputs.values())))
+    reps = -(-batch_size // n)
+    return {k: np.ascontiguousarray(np.concatenate([v] * reps)[:batch_size])
+            for k, v in inputs.items()}
+
+
 def _as_dtype(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.dtype(spec.dtype))
 
