@@ -295,6 +295,11 @@ def init(
     out.print(f"wrote {path}: edit data paths and targets, then `trtflow run {path}`")
 
 
+# Command groups kept in their own modules; each registers on `app` when imported.
+# One line per module, so parallel work on different command groups does not collide.
+from trtflow import cli_registry  # noqa: E402,F401  (promote, history)
+
+
 def main() -> None:
     try:
         app()
