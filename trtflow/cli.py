@@ -8,8 +8,10 @@ Prefect is imported only by commands that run a flow.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +33,24 @@ out = Console(width=None if sys.stdout.isatty() else 150)
 ROOT_OPTION = typer.Option("--root", help="project directory (store, MLflow, data paths)")
 
 
+DEBUG_ENV = "TRTFLOW_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="on an error, also print the Python traceback")] = False) -> None:
+    """trtflow: compile a model into a validated, versioned engine."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
 def _fail(exc: TrtflowError) -> None:
+    if _debug():
+        traceback.print_exception(exc)
     console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
@@ -297,6 +316,7 @@ def init(
 
 # Command groups kept in their own modules; each registers on `app` when imported.
 # One line per module, so parallel work on different command groups does not collide.
+import trtflow.cli_store  # noqa: E402,F401  (store verify, store gc)
 from trtflow import cli_registry  # noqa: E402,F401  (promote, history)
 
 
@@ -304,8 +324,18 @@ def main() -> None:
     try:
         app()
     except TrtflowError as exc:  # raised outside a command body (e.g. in a callback)
-        console.print(f"[bold red]error:[/] {exc}")
+        if _debug():
+            traceback.print_exception(exc)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug, or a failure no check caught: one line, not a traceback
+        if _debug():
+            traceback.print_exception(exc)
+        where = "" if _debug() else " (run `trtflow --debug ...` for the traceback)"
+        console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:500]}{where}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,20 @@ versions of the libraries that write it. A stage writes into a fresh temporary
 directory inside the store and renames it into place only when complete, so a
 crash never leaves a half artifact and two writers of one key never mix files
 (the first rename wins; the loser's copy is discarded).
+
+`artifact.json` (written last, inside the temp dir) records the tree digest and
+the sha256 of every file, so `verify` can re-hash an artifact long after it was
+written. Temp dirs carry the writer's PID in their name: one left by a killed
+writer is recognised (its PID is gone) and swept by the next writer of that stage
+or by `gc`. Every process that uses a store holds a shared lock on `<store>/.lock`
+for as long as it lives; `gc` deletes only under the exclusive lock, so it never
+removes an artifact that a running compile may still read.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -18,13 +28,20 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trtflow.errors import StoreError
 
 META_FILE = "artifact.json"
+LOCK_FILE = ".lock"
+TMP_PREFIX = ".tmp-"
+STALE_PREFIX = ".stale-"
+# Errors that mean "the store's disk cannot take this write", not a bug in a stage.
+# store path -> (fd holding its shared lock, owning pid): one per process and store
+_PROCESS_LOCKS: dict[str, tuple[int, int]] = {}
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -35,16 +52,24 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def hash_tree(root: Path) -> tuple[str, dict[str, str]]:
+    """Tree digest of a directory and the sha256 of each file (relative posix path)."""
+    h = hashlib.sha256()
+    files: dict[str, str] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != META_FILE:
+            rel = p.relative_to(root).as_posix()
+            files[rel] = file_digest(p)
+            h.update(rel.encode() + b"\0")
+            h.update(files[rel].encode() + b"\n")
+    return h.hexdigest(), files
+
+
 def tree_digest(root: Path) -> str:
     """Digest of a file or directory: its relative paths and file digests, sorted."""
     if root.is_file():
         return file_digest(root)
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != META_FILE:
-            h.update(p.relative_to(root).as_posix().encode() + b"\0")
-            h.update(file_digest(p).encode() + b"\n")
-    return h.hexdigest()
+    return hash_tree(root)[0]
 
 
 def make_key(stage: str, version: str, **parts: Any) -> str:
@@ -69,45 +94,111 @@ class Artifact:
         return json.loads((self.path / META_FILE).read_text())
 
 
+def writer_pid(tmp_name: str) -> int | None:
+    """The PID encoded in a temp dir name `.tmp-<key12>-<pid>-<random>`, if any."""
+    parts = tmp_name.split("-")
+    return int(parts[2]) if len(parts) >= 4 and parts[2].isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_abandoned(tmp: Path) -> bool:
+    """A temp dir whose writer is gone (killed, crashed): never to be completed."""
+    pid = writer_pid(tmp.name)
+    return pid is None or not pid_alive(pid)
+
+
+def disk_error(exc: BaseException) -> OSError | None:
+    """The OSError (in `exc` or its causes) that says the disk refused a write."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class ArtifactStore:
     """`root/<stage>/<key>/` directories, each with an `artifact.json` written last."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, hold_lock: bool = True) -> None:
         self.root = Path(root)
+        self.hold_lock = hold_lock
+
+    def _shared_lock(self) -> None:
+        """Hold a shared lock on the store for this process's life (gc waits for it).
+
+        One lock per process and store, however many `ArtifactStore`s point at it,
+        so a long-lived process (a Prefect worker) does not collect descriptors.
+        """
+        if not self.hold_lock or not self.root.is_dir():
+            return
+        name = str(self.root.resolve())
+        if _PROCESS_LOCKS.get(name, (None, -1))[1] == os.getpid():
+            return
+        fd = _open_lock(self.root)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # blocks only while a gc is deleting
+            _PROCESS_LOCKS[name] = (fd, os.getpid())
 
     def path_for(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
     def get(self, stage: str, key: str) -> Artifact | None:
+        self._shared_lock()
         path = self.path_for(stage, key)
         meta_path = path / META_FILE
         if not meta_path.is_file():
             return None
         try:
             meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StoreError(f"store entry {path} has an unreadable {META_FILE}: {exc}") from None
-        return Artifact(stage, key, path, meta["digest"])
+            digest = meta["digest"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise StoreError(f"store entry {path} has an unreadable {META_FILE} ({exc}); "
+                             "run `trtflow store verify`, then `trtflow store gc` to "
+                             "remove it") from None
+        return Artifact(stage, key, path, digest)
 
     @contextmanager
     def writer(self, stage: str, key: str, meta: dict[str, Any] | None = None
                ) -> Iterator[Path]:
         """Yield a temp dir to fill; on success it becomes the artifact for `key`.
 
-        On any exception the temp dir is removed and nothing appears in the store.
+        On any exception the temp dir is removed and nothing appears in the store;
+        a full or read-only disk becomes a `StoreError` naming the store.
         """
         stage_dir = self.root / stage
         try:
             stage_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=stage_dir))
+            self._shared_lock()
+            sweep_abandoned(stage_dir)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key[:12]}-{os.getpid()}-",
+                                        dir=stage_dir))
         except OSError as exc:
             raise StoreError(f"cannot write to the artifact store {self.root}: {exc}") from None
         try:
             yield tmp
-            digest = tree_digest(tmp)
-            body = {"stage": stage, "key": key, "digest": digest, **(meta or {})}
+            digest, files = hash_tree(tmp)
+            body = {"stage": stage, "key": key, "digest": digest, **(meta or {}),
+                    "files": files}
             (tmp / META_FILE).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
             self._publish(tmp, self.path_for(stage, key))
+        except Exception as exc:
+            disk = disk_error(exc)
+            if disk is None and not _nearly_full(stage_dir):
+                raise
+            why = f"{os.strerror(disk.errno or 0)}: {disk}" if disk else f"disk full: {exc}"
+            raise StoreError(f"cannot write the {stage} artifact into the store {self.root} "
+                             f"({why}); nothing was stored; free space or point --root at "
+                             "a writable disk") from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -116,10 +207,182 @@ class ArtifactStore:
     def _publish(tmp: Path, final: Path) -> None:
         if (final / META_FILE).is_file():
             return  # another writer completed the same key first; same inputs, same bytes
-        if final.exists():  # a stale directory without metadata: move it aside, then replace
-            shutil.rmtree(final.rename(final.with_name(f".stale-{uuid.uuid4().hex}")))
         try:
             os.rename(tmp, final)
-        except OSError:
-            if not (final / META_FILE).is_file():
+            return
+        except OSError as exc:
+            if (final / META_FILE).is_file():
+                return
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
+        # a damaged directory without metadata (never a complete write): move it aside
+        aside = final.with_name(f"{STALE_PREFIX}{uuid.uuid4().hex}")
+        try:
+            final.rename(aside)
+        except FileNotFoundError:
+            pass
+        os.rename(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _nearly_full(path: Path, margin: int = 64 * 1024) -> bool:
+    """A write error on a disk this full is the disk's fault, whatever the library said."""
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
+
+
+def _open_lock(root: Path) -> int | None:
+    """An fd on `<store>/.lock` to flock, or None where it cannot exist (read-only store)."""
+    path = root / LOCK_FILE
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        try:
+            return os.open(path, flags, 0o644)
+        except OSError:
+            continue
+    return None
+
+
+def sweep_abandoned(stage_dir: Path) -> list[Path]:
+    """Remove temp dirs of writers that no longer run (and leftovers moved aside)."""
+    removed = []
+    for entry in stage_dir.iterdir():
+        if (entry.name.startswith(TMP_PREFIX) and is_abandoned(entry)) or \
+                entry.name.startswith(STALE_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+# --- verify and gc ---------------------------------------------------------------
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found: complete artifacts checked, and every problem by path."""
+
+    checked: int = 0
+    corrupt: list[tuple[Path, str]] = field(default_factory=list)  # path, what is wrong
+    in_progress: list[Path] = field(default_factory=list)  # temp dirs of live writers
+    abandoned: list[Path] = field(default_factory=list)  # temp dirs of dead writers
+    legacy: int = 0  # artifacts without per-file digests (checked by tree digest)
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt
+
+
+def iter_entries(root: Path) -> Iterator[tuple[str, Path]]:
+    """(stage, path) of every directory under `<store>/<stage>/`, sorted."""
+    if not root.is_dir():
+        return
+    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for entry in sorted(stage_dir.iterdir()):
+            yield stage_dir.name, entry
+
+
+def verify_artifact(path: Path) -> str | None:
+    """Re-hash one artifact against its `artifact.json`; None if intact, else what is wrong."""
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        return "not a directory"
+    if not meta_path.is_file():
+        return f"no {META_FILE} (not a complete artifact)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        recorded = meta["digest"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        return f"unreadable {META_FILE}: {exc}"
+    if meta.get("key") not in (None, path.name):
+        return f"{META_FILE} says key {meta.get('key')}, but the directory is {path.name}"
+    digest, files = hash_tree(path)
+    expected = meta.get("files")
+    if isinstance(expected, dict):
+        problems = []
+        for rel in sorted(set(expected) | set(files)):
+            if rel not in files:
+                problems.append(f"{rel} is missing")
+            elif rel not in expected:
+                problems.append(f"{rel} was not in the artifact when written")
+            elif files[rel] != expected[rel]:
+                problems.append(f"{rel} has sha256 {files[rel][:16]}…, recorded "
+                                f"{expected[rel][:16]}…")
+        if problems:
+            return "; ".join(problems)
+    if digest != recorded:
+        return f"tree digest {digest[:16]}… differs from the recorded {recorded[:16]}…"
+    return None
+
+
+def verify_store(root: Path) -> VerifyReport:
+    report = VerifyReport()
+    for _, entry in iter_entries(root):
+        if entry.name.startswith(TMP_PREFIX):
+            (report.abandoned if is_abandoned(entry) else report.in_progress).append(entry)
+            continue
+        if entry.name.startswith(STALE_PREFIX):
+            report.abandoned.append(entry)
+            continue
+        problem = verify_artifact(entry)
+        report.checked += 1
+        if problem is not None:
+            report.corrupt.append((entry, problem))
+        elif "files" not in json.loads((entry / META_FILE).read_text()):
+            report.legacy += 1
+    return report
+
+
+@contextmanager
+def exclusive(root: Path) -> Iterator[None]:
+    """The store's exclusive lock, or StoreError when another process uses the store."""
+    fd = _open_lock(root)
+    if fd is None:
+        raise StoreError(f"cannot lock the artifact store {root} (read-only or missing)")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"the artifact store {root} is in use by a running trtflow "
+                             "process (a compile, a stage or a flow); nothing was removed: "
+                             "run gc again when it has finished") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class GcReport:
+    removed: list[Path] = field(default_factory=list)
+    kept: int = 0
+    freed_bytes: int = 0
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def collect_garbage(root: Path, keep: set[tuple[str, str]], keep_stages: set[str],
+                    dry_run: bool = False) -> GcReport:
+    """Remove artifacts not in `keep` ((stage, key) pairs; whole `keep_stages` stay),
+    damaged entries, and temp dirs of dead writers. Runs under the exclusive lock, so
+    no trtflow process is using the store meanwhile; `dry_run` only lists."""
+    report = GcReport()
+    with exclusive(root):
+        for stage, entry in iter_entries(root):
+            if entry.name.startswith(TMP_PREFIX) and not is_abandoned(entry):
+                report.kept += 1  # cannot happen under the lock; never touch a live writer
+                continue
+            temp = entry.name.startswith((TMP_PREFIX, STALE_PREFIX))
+            complete = (entry / META_FILE).is_file()
+            if not temp and complete and (stage in keep_stages or (stage, entry.name) in keep):
+                report.kept += 1
+                continue
+            report.removed.append(entry)
+            report.freed_bytes += _size(entry)
+            if not dry_run:
+                # rename first: a reader never sees a half-deleted artifact under its key
+                doomed = entry if temp else entry.rename(
+                    entry.with_name(f"{STALE_PREFIX}{uuid.uuid4().hex}"))
+                shutil.rmtree(doomed, ignore_errors=True)
+    return report

@@ -1,0 +1,188 @@
+"""`trtflow store verify` and `trtflow store gc`: the artifact store's health and size.
+
+verify re-hashes every artifact against the digests recorded when it was written.
+gc keeps what something still refers to and removes the rest:
+- every artifact whose key an MLflow run records (`trtflow.stage.<stage>.key` tags),
+  so each logged or registered engine stays reproducible from its own stages;
+- every artifact the params files reach (default: `params/*.yaml`; `--keep FILE`),
+  resolved stage by stage through the same keys a run would compute;
+- stages the compile pipeline does not own (`train`: the demo weights; downloads).
+Temp dirs of killed writers and damaged entries always go. gc deletes only under
+the store's exclusive lock, which no running trtflow process lets it take.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trtflow.cli import ROOT_OPTION, _fail, app, console, out
+from trtflow.errors import StoreError, TrtflowError
+
+store_app = typer.Typer(help="Check and clean the artifact store (.trtflow/store).",
+                        no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+PIPELINE_STAGES = ("export", "cleanup", "calibrate", "build", "validate")
+
+
+def _store_dir(root: Path) -> Path:
+    return root.resolve() / ".trtflow" / "store"
+
+
+@store_app.command()
+def verify(root: Annotated[Path, ROOT_OPTION] = Path(".")) -> None:
+    """Re-hash every artifact against its recorded sha256 digests; exit 2 on any corruption."""
+    from trtflow.store import verify_store
+
+    store = _store_dir(root)
+    try:
+        report = verify_store(store)
+        for path in report.in_progress:
+            console.print(f"  [dim]being written by a running process: {path}[/]")
+        for path in report.abandoned:
+            console.print(f"  [yellow]left by an interrupted write (not an artifact; "
+                          f"`trtflow store gc` removes it): {path}[/]")
+        for path, problem in report.corrupt:
+            console.print(f"  [red]corrupt[/] {path}: {problem}", highlight=False)
+        if not report.ok:
+            raise StoreError(f"{len(report.corrupt)} of {report.checked} artifacts in {store} "
+                             "fail verification; a cached run would reuse them: remove them "
+                             "with `trtflow store gc` (damaged entries always go) and re-run")
+    except TrtflowError as exc:
+        _fail(exc)
+        return
+    legacy = f" ({report.legacy} written before per-file digests: tree digest checked)" \
+        if report.legacy else ""
+    out.print(f"verified {report.checked} artifacts in {store}: all intact{legacy}")
+
+
+@store_app.command()
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be removed, "
+                                          "remove nothing")] = False,
+    keep: Annotated[list[Path] | None, typer.Option(
+        "--keep", help="params file whose stages stay (repeatable); default params/*.yaml")
+    ] = None,
+    mlflow: Annotated[bool, typer.Option(help="keep what MLflow runs reference (reads the "
+                                         "tracking store; fails if it cannot)")] = True,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Remove artifacts no MLflow run and no params file refers to, and interrupted writes."""
+    from trtflow.project import configure_environment
+    from trtflow.store import collect_garbage
+
+    root = root.resolve()
+    configure_environment(root)
+    store = _store_dir(root)
+    try:
+        if not store.is_dir():
+            raise StoreError(f"no artifact store at {store} (nothing was ever compiled here)")
+        referenced: set[tuple[str, str]] = set()
+        if mlflow:
+            referenced |= mlflow_references()
+        for params in keep if keep is not None else sorted((root / "params").glob("*.yaml")):
+            referenced |= params_references(params, root, store)
+        others = {p.name for p in store.iterdir() if p.is_dir()} - set(PIPELINE_STAGES)
+        report = collect_garbage(store, referenced, others, dry_run=dry_run)
+    except TrtflowError as exc:
+        _fail(exc)
+        return
+    verb = "would remove" if dry_run else "removed"
+    for path in report.removed:
+        out.print(f"  {verb} {path.relative_to(store)}")
+    out.print(f"{verb} {len(report.removed)} entries ({report.freed_bytes / 1e6:.1f} MB), "
+              f"kept {report.kept}")
+
+
+def mlflow_references() -> set[tuple[str, str]]:
+    """(stage, key) of every artifact an MLflow run in the tracking store records."""
+    import logging
+    import os
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return set()  # no tracking database yet: no run refers to anything
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        from mlflow.entities import ViewType
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        found: set[tuple[str, str]] = set()
+        experiments = client.search_experiments(view_type=ViewType.ALL)
+        ids = [e.experiment_id for e in experiments]
+        for start in range(0, len(ids), 50):
+            token = None
+            while True:
+                runs = client.search_runs(ids[start:start + 50], run_view_type=ViewType.ALL,
+                                          max_results=1000, page_token=token)
+                for run in runs:
+                    for tag, value in run.data.tags.items():
+                        parts = tag.split(".")
+                        if len(parts) == 4 and parts[:2] == ["trtflow", "stage"] \
+                                and parts[3] == "key":
+                            found.add((parts[2], value))
+                token = runs.token
+                if not token:
+                    break
+    except Exception as exc:  # any failure to read runs: removing blind would be unsafe
+        raise StoreError(f"cannot read MLflow runs at {uri} "
+                         f"to learn which artifacts they reference ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); nothing was "
+                         "removed (pass --no-mlflow to ignore MLflow)") from None
+    return found
+
+
+def params_references(params_path: Path, root: Path, store_dir: Path
+                      ) -> set[tuple[str, str]]:
+    """Keys a run of `params_path` would look up, as far as its stages exist in the store."""
+    from trtflow.params import load_params
+    from trtflow.pipeline import (
+        CALIBRATE,
+        CLEANUP,
+        EXPORT,
+        Context,
+        StageResult,
+        Step,
+        build_step,
+        step_key,
+        validate_step,
+    )
+    from trtflow.store import ArtifactStore
+
+    found: set[tuple[str, str]] = set()
+    try:
+        params = load_params(params_path)
+        ctx = Context(params, root, ArtifactStore(store_dir, hold_lock=False))
+
+        def look(step: Step, *inputs: StageResult) -> StageResult | None:
+            key = step_key(step, ctx, *inputs)
+            art = ctx.store.get(step.name, key)
+            if art is None:
+                return None
+            found.add((step.name, key))
+            return StageResult(stage=step.name, version=step.version, key=key,
+                               path=str(art.path), digest=art.digest, report={}, seconds=0)
+
+        exported = look(EXPORT)
+        cleaned = look(CLEANUP, exported) if exported else None
+        if cleaned is None:
+            return found
+        for name, target in params.targets.items():
+            upstream = [cleaned]
+            if target.precision == "int8":
+                calibrated = look(CALIBRATE, cleaned)
+                if calibrated is None:
+                    continue
+                upstream.append(calibrated)
+            built = look(build_step(name), *upstream)
+            if built is not None:
+                look(validate_step(name), built, cleaned)
+    except TrtflowError as exc:
+        print(f"warning: {params_path}: cannot resolve its artifacts ({exc}); "
+              "they count as unreferenced", file=sys.stderr)
+    return found
