@@ -48,10 +48,33 @@ def _options(debug: Annotated[bool, typer.Option(
         os.environ[DEBUG_ENV] = "1"
 
 
+def check_tracking_server(timeout: float = 10.0) -> None:
+    """Fail now when MLFLOW_TRACKING_URI names a server that does not answer: MLflow's
+    client would retry for minutes, and only after the whole compile."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from trtflow.errors import TrackingError
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is "
+                            f"unreachable: {reason}; nothing was compiled. Start the server, "
+                            "or unset MLFLOW_TRACKING_URI to log to the project's sqlite "
+                            "file") from None
+
+
 def _fail(exc: TrtflowError) -> None:
     if _debug():
         traceback.print_exception(exc)
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -99,9 +122,12 @@ def run(
     configure_environment(root)
     try:
         from trtflow.params import load_params
+
+        loaded = load_params(params)  # bad params fail before the heavy imports below
+        check_tracking_server()
         from trtflow.pipeline import Context, preflight
 
-        preflight(Context.create(load_params(params), root))  # fail fast, before Prefect
+        preflight(Context.create(loaded, root))  # fail fast, before Prefect
         console.print(f"[bold]trtflow run[/] {params}  (starting Prefect…)")
         start = time.perf_counter()
         from flows.compile import compile_flow, set_reporter
@@ -326,14 +352,15 @@ def main() -> None:
     except TrtflowError as exc:  # raised outside a command body (e.g. in a callback)
         if _debug():
             traceback.print_exception(exc)
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                      soft_wrap=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug, or a failure no check caught: one line, not a traceback
         if _debug():
             traceback.print_exception(exc)
         where = "" if _debug() else " (run `trtflow --debug ...` for the traceback)"
         console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: "
-                      f"{' '.join(str(exc).split())[:500]}{where}", highlight=False,
+                      f"{escape(' '.join(str(exc).split())[:500])}{where}", highlight=False,
                       soft_wrap=True)
         sys.exit(1)
 

@@ -83,6 +83,9 @@ def gc(
             raise StoreError(f"no artifact store at {store} (nothing was ever compiled here)")
         referenced: set[tuple[str, str]] = set()
         if mlflow:
+            from trtflow.cli import check_tracking_server
+
+            check_tracking_server()
             referenced |= mlflow_references()
         for params in keep if keep is not None else sorted((root / "params").glob("*.yaml")):
             referenced |= params_references(params, root, store)
@@ -186,3 +189,25 @@ def params_references(params_path: Path, root: Path, store_dir: Path
         print(f"warning: {params_path}: cannot resolve its artifacts ({exc}); "
               "they count as unreferenced", file=sys.stderr)
     return found
+
+
+@app.command("check-cache")
+def check_cache(
+    cache: Annotated[Path, typer.Argument(help="TensorRT calibration cache (text format)")],
+    model: Annotated[Path, typer.Argument(help="the ONNX graph it is meant for")],
+) -> None:
+    """Check a calibration cache (e.g. from TensorRT) against an ONNX graph, before use."""
+    try:
+        from trtflow.quant.cache import check_cache_matches, read_calibration_cache
+        from trtflow.sources import check_onnx_file
+
+        graph = check_onnx_file(model)
+        names = {v.name for v in graph.graph.input} | {
+            o for node in graph.graph.node for o in node.output}
+        scales = check_cache_matches(cache, names, model)
+        header, _ = read_calibration_cache(cache)
+    except TrtflowError as exc:
+        _fail(exc)
+        return
+    out.print(f"{cache} ({header}) fits {model}: {len(scales)} tensor scales, all positive "
+              "and finite")

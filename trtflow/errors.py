@@ -45,3 +45,7 @@ class GateError(TrtflowError):
 
 class StoreError(TrtflowError):
     """The artifact store is unusable (read-only, corrupt entry)."""
+
+
+class TrackingError(TrtflowError):
+    """The MLflow tracking server cannot be reached."""

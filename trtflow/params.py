@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -280,6 +281,24 @@ def parse_params(data: Any, source: str = "<params>") -> Params:
     except ValidationError as exc:
         problems = "; ".join(_describe_error(e) for e in exc.errors())  # type: ignore[arg-type]
         raise ParamsError(f"{source}: invalid params: {problems}") from None
+
+
+def project_path(value: str, root: Path, field: str) -> Path:
+    """A path from params, relative to the project root (or absolute inside it).
+
+    Params may come from someone else (a shared repo, a retrain trigger), so a
+    path that leaves the project (`../`, or absolute elsewhere) is refused rather
+    than read. The check is lexical: symlinks inside the project (DVC's cache
+    links) stay allowed.
+    """
+    project = Path(os.path.normpath(Path(root).absolute()))
+    given = Path(value)
+    full = Path(os.path.normpath(given if given.is_absolute() else project / given))
+    if full != project and project not in full.parents:
+        raise ParamsError(f"{field}: path {value!r} leaves the project directory {project}; "
+                          "expected a path inside it (relative to the project root, or "
+                          "absolute under it): copy or link the file into the project")
+    return full
 
 
 def load_params(path: str | Path) -> Params:

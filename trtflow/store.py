@@ -183,7 +183,9 @@ class ArtifactStore:
             tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key[:12]}-{os.getpid()}-",
                                         dir=stage_dir))
         except OSError as exc:
-            raise StoreError(f"cannot write to the artifact store {self.root}: {exc}") from None
+            raise StoreError(f"cannot write to the artifact store {self.root} ({exc}); it must "
+                             "be a writable directory: check its disk or mount, or point "
+                             "--root at another project directory") from None
         try:
             yield tmp
             digest, files = hash_tree(tmp)
@@ -195,7 +197,7 @@ class ArtifactStore:
             disk = disk_error(exc)
             if disk is None and not _nearly_full(stage_dir):
                 raise
-            why = f"{os.strerror(disk.errno or 0)}: {disk}" if disk else f"disk full: {exc}"
+            why = str(disk) if disk else f"disk full: {exc}"
             raise StoreError(f"cannot write the {stage} artifact into the store {self.root} "
                              f"({why}); nothing was stored; free space or point --root at "
                              "a writable disk") from None

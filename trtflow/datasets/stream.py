@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.errors import DataError
-from trtflow.params import DataSource, TensorSpec
+from trtflow.params import DataSource, TensorSpec, project_path
 from trtflow.store import file_digest
 
 _FLOAT = ("float32", "float16")
@@ -87,9 +87,8 @@ def open_data(source: DataSource, inputs: list[TensorSpec], root: Path, batch_si
     if source.function:
         return sources.FunctionStream(source.function, source, inputs, batch_size)
     assert source.path is not None  # the schema guarantees one source kind
-    path = Path(source.path)
-    if not path.is_absolute():
-        path = root / path
+    kind = "npz" if source.npz else "images" if source.images else "text"
+    path = project_path(source.path, root, f"data source '{kind}'")
     if source.images:
         stream: Any = sources.ImageFolderStream(path, source, inputs, batch_size)
         if num_classes is not None and stream.classes and len(stream.classes) > num_classes:
@@ -121,6 +120,10 @@ def _open_npz(path: Path, source: DataSource, inputs: list[TensorSpec], batch_si
                             + (f" (keys matching no model input: {extra})" if extra else ""))
         lengths = set()
         for spec in inputs:
+            if f[spec.name].ndim == 0 or len(f[spec.name]) == 0:
+                raise DataError(f"data file {path}: array '{spec.name}' holds no samples "
+                                f"(shape {list(f[spec.name].shape)}); expected at least one "
+                                f"sample shaped {spec.shape}")
             arr = f[spec.name]
             check_array(path, spec, arr)
             lengths.add(len(arr))
@@ -151,6 +154,13 @@ def check_array(path: Path | str, spec: TensorSpec, arr: np.ndarray) -> None:
             raise DataError(f"data file {path}: array '{spec.name}' has shape "
                             f"{list(arr.shape)}, model input expects {spec.shape} "
                             f"(axis {axis}: {got} != {want_dim})")
+    if kind == "float":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = int(np.argwhere(bad)[0][0])
+            raise DataError(f"data file {path}: array '{spec.name}' holds {int(bad.sum())} "
+                            f"NaN/Inf value(s) (first in sample {first}); calibration and "
+                            "evaluation data must be finite numbers")
 
 
 def _check_labels(path: Path, key: str, labels: np.ndarray, num_classes: int | None) -> None:

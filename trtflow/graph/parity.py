@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from trtflow.errors import ParityError
+from trtflow.errors import ModelError, ParityError
 
 
 @dataclass
@@ -33,10 +33,23 @@ def ort_run(model_path: Path, inputs: dict[str, np.ndarray], threads: int | None
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
-    return dict(zip(names, sess.run(names, feed), strict=True))
+    try:
+        sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
+        run_opts = ort.RunOptions()
+        run_opts.log_severity_level = 4  # a failure is raised below, without ORT's own log
+        return dict(zip(names, sess.run(names, feed, run_opts), strict=True))
+    except (ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.RuntimeException) as exc:
+        shapes = {k: list(v.shape) for k, v in inputs.items()}
+        declared = {i.name: i.shape for i in sess.get_inputs()} if "sess" in locals() else {}
+        raise ModelError(f"ONNX Runtime cannot run {model_path} on sample inputs {shapes} "
+                         f"(declared {declared}): {' '.join(str(exc).split())[:300]}. Dynamic "
+                         "dims other than the batch are filled with 16: if the model needs "
+                         "other sizes, give model.inputs with those dims fixed in params"
+                         ) from None
 
 
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],

@@ -145,13 +145,16 @@ def read_calibration_cache(path: str | Path) -> tuple[CalibrationCacheHeader, di
     return header, scales
 
 
-def check_cache_matches(path: str | Path, tensor_names: set[str]) -> dict[str, float]:
+def check_cache_matches(path: str | Path, tensor_names: set[str],
+                        model: str | Path = "the model") -> dict[str, float]:
     """Read a cache meant for a graph; every entry must name one of its tensors."""
     _, scales = read_calibration_cache(path)
     unknown = sorted(set(scales) - tensor_names)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5
                                           else "")
-        raise CalibrationError(f"calibration cache {path}: {len(unknown)} tensor(s) are not "
-                               f"in the model: {shown}; was it written for another graph?")
+        raise CalibrationError(f"calibration cache {path}: {len(unknown)} of its "
+                               f"{len(scales)} tensor(s) are not in {model}: {shown}; "
+                               "expected the tensor names of this graph (was the cache "
+                               "written for another model?)")
     return scales

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import onnx
 import torch
 
 from trtflow.errors import ModelError
-from trtflow.params import ModelConfig, TensorSpec
+from trtflow.params import ModelConfig, TensorSpec, project_path
 from trtflow.sources import builtin
 from trtflow.store import ArtifactStore, file_digest
 
@@ -34,9 +36,8 @@ class LoadedModel:
     outputs: list[str]
 
 
-def _resolve(path: str, root: Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else root / p
+def _resolve(path: str, root: Path, field: str = "model.source") -> Path:
+    return project_path(path, root, field)
 
 
 def source_digest(cfg: ModelConfig, root: Path) -> str:
@@ -48,7 +49,7 @@ def source_digest(cfg: ModelConfig, root: Path) -> str:
     for field in ("onnx", "exported_program", "weights"):
         value = getattr(src, field)
         if value:
-            path = _resolve(value, root)
+            path = _resolve(value, root, f"model.source.{field}")
             if not path.is_file():
                 raise ModelError(f"model.source.{field}: file {path} does not exist")
             parts.append(file_digest(path))
@@ -84,18 +85,20 @@ def load_model(cfg: ModelConfig, root: Path, store: ArtifactStore) -> LoadedMode
         return LoadedModel(module, None, builtin.BUILTIN_INPUTS[src.builtin],
                            builtin.BUILTIN_OUTPUTS[src.builtin])
     if src.onnx:
-        path = _resolve(src.onnx, root)
+        path = _resolve(src.onnx, root, "model.source.onnx")
         model = check_onnx_file(path)
         return LoadedModel(None, path, cfg.inputs or onnx_inputs(model),
                            [o.name for o in model.graph.output])
     if src.factory:
-        module = _load_factory(src.factory, _resolve(src.weights, root) if src.weights else None)
+        weights = _resolve(src.weights, root, "model.source.weights") if src.weights else None
+        module = _load_factory(src.factory, weights)
         if not cfg.inputs:
             raise ModelError("model.inputs is required for a 'factory' source: a Python "
                              "function does not say its input names, dtypes or shapes")
         return LoadedModel(module, None, cfg.inputs, cfg.outputs or ["output"])
     if src.exported_program:
-        return load_exported_program(_resolve(src.exported_program, root), cfg)
+        return load_exported_program(
+            _resolve(src.exported_program, root, "model.source.exported_program"), cfg)
     if src.mlflow:
         return _load_mlflow(src.mlflow, src.allow_pickle, cfg, store)
     raise ModelError(f"model.source.{src.kind} is not supported yet (see the README's "
@@ -112,11 +115,48 @@ def check_onnx_file(path: Path) -> onnx.ModelProto:
                              f"is missing (expected next to the model, at {data_file})")
     try:
         model = onnx.load(str(path))
-        onnx.checker.check_model(model, full_check=False)
-    except Exception as exc:  # protobuf DecodeError, ValidationError, OSError...
+    except Exception as exc:  # protobuf DecodeError, OSError...
         raise ModelError(f"ONNX file {path} is corrupt or truncated: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    _check_inputs_have_rank(model, path)
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as exc:  # ValidationError
+        raise ModelError(f"ONNX file {path} is not a valid ONNX model: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    _check_ops_supported(model, path)
     return model
+
+
+# Op domains ONNX Runtime's CPU provider implements besides the standard ones.
+_RUNTIME_DOMAINS = ("com.microsoft", "com.microsoft.nchwc", "ai.onnx.ml")
+
+
+def _check_inputs_have_rank(model: onnx.ModelProto, path: Path) -> None:
+    """Every graph input needs a known rank: trtflow makes sample and calibration
+    batches from it (its dims may be symbolic)."""
+    inits = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in inits and not value.type.tensor_type.HasField("shape"):
+            raise ModelError(f"ONNX file {path}: input '{value.name}' has no shape (unknown "
+                             "rank); trtflow needs each input's rank, with named dims where "
+                             "they are dynamic: re-export with input shapes (e.g. [batch, 3, "
+                             "224, 224])")
+
+
+def _check_ops_supported(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse ops no backend runs (custom domains) before any stage starts."""
+    local = {(f.domain, f.name) for f in model.functions}
+    for node in model.graph.node:
+        domain = node.domain or ""
+        if (domain, node.op_type) in local or domain in _RUNTIME_DOMAINS:
+            continue
+        if domain in ("", "ai.onnx") and onnx.defs.has(node.op_type, domain):
+            continue
+        raise ModelError(f"ONNX file {path}: node '{node.name or node.output[0]}' uses op "
+                         f"{domain + ':' if domain else ''}{node.op_type}, which ONNX Runtime "
+                         "does not implement (supported: the standard ONNX ops and "
+                         f"{', '.join(_RUNTIME_DOMAINS)}); export the model without custom ops")
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
@@ -168,6 +208,9 @@ def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
     """A `torch.export.save` archive: inputs (names, dtypes, symbolic dims) from its graph."""
     if not path.is_file():
         raise ModelError(f"model.source.exported_program: file {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch would log its own traceback before raising
+        raise ModelError(f"model.source.exported_program: {path} is not a torch.export "
+                         "archive (expected a .pt2 zip written by torch.export.save)")
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
@@ -230,9 +273,12 @@ def load_state_dict(path: Path, factory: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"model.source.weights: {path} is not a plain state dict "
-                         f"(refused without unpickling code): {str(exc).splitlines()[0]}"
-                         ) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = (f"it pickles the Python object {found.group(1)}, which would run code when "
+                "loaded" if found else re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0]))
+        raise ModelError(f"model.source.weights: {path} is not a plain state dict of tensors "
+                         f"and was refused without unpickling code ({what}); save "
+                         "model.state_dict() with torch.save, or use .safetensors") from None
     if not isinstance(state, dict):
         raise ModelError(f"model.source.weights: {path} holds {type(state).__name__}, "
                          "expected a state dict")
