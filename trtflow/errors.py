@@ -47,5 +47,9 @@ class StoreError(TrtflowError):
     """The artifact store is unusable (read-only, corrupt entry)."""
 
 
+class RegistryError(TrtflowError):
+    """The model registry refused an operation (unknown model/version, no such alias)."""
+
+
 class TrackingError(TrtflowError):
     """The MLflow tracking server cannot be reached."""

@@ -203,11 +203,14 @@ class Gates(_Strict):
 
 
 class Target(_Strict):
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    backend: Literal["onnxruntime", "tensorrt", "onnxruntime-tensorrt"] = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "int8", "best"] = "fp32"
     threads: int | None = Field(default=None, gt=0, description="intra-op threads; default: cores")
     optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    int8_source: Literal["qdq", "calibration_cache"] = Field(
+        default="qdq", description="tensorrt int8: build from the calibrate stage's Q/DQ graph, "
+        "or (TensorRT <= 10 only) from the clean graph plus calibration.cache")
     int8_activations: Literal["auto", "int8", "uint8"] = Field(
         default="auto", description="activation encoding of an ORT CPU int8 engine; auto: "
         "uint8 (zero point 128), the form ORT's x86 kernels fuse and run fastest")
@@ -229,6 +232,36 @@ class ValidateConfig(_Strict):
     gates: Gates = Field(default_factory=Gates)
 
 
+class RegistryConfig(_Strict):
+    """MLflow model registry: one registered model per model and target (`digits-int8`).
+
+    An engine that passed validation is registered and gets the `candidate`
+    alias; `production` moves to it only through the promotion gate below.
+    """
+
+    enabled: bool = Field(default=True, description="register engines that pass validation")
+    promote: Literal["auto", "manual"] = Field(
+        default="auto", description="auto: try the promotion gate after each registration; "
+        "manual: only `trtflow promote` does")
+    max_drop_vs_fp32: float = Field(
+        default=0.01, ge=0, description="quality drop allowed vs the FP32 reference (accuracy "
+        "points as a fraction, or 1 - cosine agreement without labels)")
+    max_drop_vs_production: float = Field(
+        default=0.005, ge=0, description="quality drop allowed vs the current production")
+    max_latency_regression_pct: float = Field(
+        default=20.0, ge=0, description="p50 slow-down allowed vs production, geometric mean "
+        "over the batch sizes both measured (same host only)")
+
+
+class PublishConfig(_Strict):
+    """Publish each registered engine to S3 (boto3; credentials from the AWS environment)."""
+
+    bucket: str | None = Field(default=None, description="S3 bucket; unset: do not publish")
+    prefix: str = "trtflow"
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint; default: the AWS environment/config")
+
+
 class Params(_Strict):
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
@@ -237,6 +270,8 @@ class Params(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     targets: dict[str, Target] = Field(default_factory=lambda: {"fp32": Target()})
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -22,6 +22,7 @@ def configure_environment(root: Path) -> None:
         "PREFECT_HOME": str(state / "prefect"),
         "PREFECT_LOCAL_STORAGE_PATH": str(state / "prefect" / "results"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # 20 s is tight on 2 cores
         "PREFECT_LOGGING_LEVEL": "CRITICAL",  # the CLI reports stages and errors itself
         "PREFECT_LOGGING_TO_API_ENABLED": "true",
         "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow.db'}",

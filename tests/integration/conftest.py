@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ..conftest import REPO
+from .s3_server import TEST_ENV, UNSET_ENV, MotoServer
 
 
 def write_params(root: Path, name: str = "digits", **overrides: dict) -> Path:
@@ -27,3 +29,23 @@ def write_params(root: Path, name: str = "digits", **overrides: dict) -> Path:
 @pytest.fixture(scope="session")
 def digits_root(demo_root: Path) -> Path:
     return demo_root
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto server for this module, with the AWS environment pointing at it."""
+    tmp = tmp_path_factory.mktemp("moto")
+    server = MotoServer(tmp / "moto.log").start()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            for name in UNSET_ENV:
+                env.delenv(name, raising=False)
+            for name, value in TEST_ENV.items():
+                env.setenv(name, value)
+            # no ~/.aws files: nothing but this environment shapes the client
+            env.setenv("AWS_CONFIG_FILE", str(tmp / "absent-config"))
+            env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "absent-credentials"))
+            env.setenv("AWS_ENDPOINT_URL_S3", server.endpoint)
+            yield server.endpoint
+    finally:
+        server.stop()

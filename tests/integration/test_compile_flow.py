@@ -52,9 +52,10 @@ def test_digits_compiles_and_logs_to_mlflow(first_run: dict) -> None:
     assert child.data.tags["trtflow.stage.build.key"] == first_run["stages"]["fp32"][0].key
     assert child.data.tags["trtflow.gates_passed"] == "true"
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert {"engine", "validation.json", "latency.png"} <= artifacts
-    engine_files = {a.path for a in client.list_artifacts(child.info.run_id, "engine")}
-    assert "engine/engine.onnx" in engine_files and "engine/session.json" in engine_files
+    assert {"validation.json", "latency.png"} <= artifacts
+    model = Path(mlflow.artifacts.download_artifacts(child.data.tags["trtflow.engine_model_uri"]))
+    engine_files = {p.name for p in model.rglob("*")}  # the engine as a runnable pyfunc
+    assert {"MLmodel", "engine_pyfunc.py", "engine.onnx", "session.json"} <= engine_files
 
     parent = client.get_run(first_run["run_ids"]["parent"])
     assert parent.data.tags["trtflow.params_digest"]
@@ -109,7 +110,10 @@ def test_gate_failure_fails_run_and_registers_nothing(first_run: dict,
     runs = mlflow.search_runs(experiment_names=["digits"], filter_string=
                               "tags.`trtflow.gate_failure` = 'min_speedup'", output_format="list")
     assert runs and all(r.info.status == "FAILED" for r in runs)
-    assert mlflow.MlflowClient().search_registered_models() == []
+    client = mlflow.MlflowClient()  # the only registered versions are the first run's
+    versions = [v for m in client.search_registered_models("name LIKE 'digits-%'")
+                for v in client.search_model_versions(f"name='{m.name}'")]
+    assert versions and {v.run_id for v in versions} <= set(first_run["run_ids"].values())
 
 
 def test_export_parity_failure_leaves_no_artifact(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +19,12 @@ from trtflow.errors import StoreError
 from trtflow.store import file_digest
 from trtflow.track.publish import fetch, publish, s3_client
 
-from .s3_server import TEST_ENV, UNSET_ENV, MotoServer, free_port
+from .s3_server import free_port
 
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
 META = {"params": {"precision": "int8", "opset": 17}, "lineage": {"git": "abc123-dirty"}}
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto server for this module, with the AWS environment pointing at it."""
-    tmp = tmp_path_factory.mktemp("moto")
-    server = MotoServer(tmp / "moto.log").start()
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            for name in UNSET_ENV:
-                env.delenv(name, raising=False)
-            for name, value in TEST_ENV.items():
-                env.setenv(name, value)
-            # no ~/.aws files: nothing but this environment shapes the client
-            env.setenv("AWS_CONFIG_FILE", str(tmp / "absent-config"))
-            env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "absent-credentials"))
-            env.setenv("AWS_ENDPOINT_URL_S3", server.endpoint)
-            yield server.endpoint
-    finally:
-        server.stop()
 
 
 @pytest.fixture

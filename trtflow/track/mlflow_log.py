@@ -44,7 +44,7 @@ def dvc_digest(root: Path, data_path: str) -> str | None:
     return None
 
 
-def _lineage_tags(params: Params, root: Path) -> dict[str, str]:
+def lineage_tags(params: Params, root: Path) -> dict[str, str]:
     """Data lineage: each data source's DVC md5 (when DVC-tracked) and content digest."""
     from trtflow.pipeline import data_digest
 
@@ -98,7 +98,7 @@ def log_compile(params: Params, params_path: str, root: Path,
     tags = {"trtflow.git_commit": git_commit(root), "trtflow.params_digest": params.digest(),
             "trtflow.params_file": params_path, "trtflow.model": params.model.name,
             "trtflow.source": params.model.source.kind}
-    tags.update(_lineage_tags(params, root))
+    tags.update(lineage_tags(params, root))
     if params.model.source.mlflow:
         tags["trtflow.source.mlflow"] = params.model.source.mlflow
         tags["trtflow.source.pickle_allowed"] = str(params.model.source.allow_pickle).lower()
@@ -163,6 +163,39 @@ def _log_calibration(cal: StageResult) -> None:
             mlflow.log_artifact(str(plot), artifact_path="calibration")
 
 
+ENGINE_MODEL_TAG = "trtflow.engine_model_uri"
+PYFUNC_FILE = Path(__file__).with_name("engine_pyfunc.py")
+
+
+def log_engine_pyfunc(engine_dir: Path) -> str:
+    """Log an ONNX Runtime engine directory as an MLflow pyfunc model named `engine` in
+    the active run (models from code: no pickle); returns its model URI."""
+    import mlflow
+    import numpy as np
+    import onnxruntime as ort
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    session = ort.InferenceSession(str(engine_dir / "engine.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    dtypes = {"tensor(float)": "float32", "tensor(float16)": "float16",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+    def specs(values: list[Any]) -> Schema:
+        return Schema([TensorSpec(np.dtype(dtypes.get(v.type, "float32")),
+                                  tuple(d if isinstance(d, int) else -1 for d in v.shape),
+                                  v.name) for v in values])
+
+    signature = ModelSignature(inputs=specs(session.get_inputs()),
+                               outputs=specs(session.get_outputs()))
+    info = mlflow.pyfunc.log_model(
+        name="engine", python_model=str(PYFUNC_FILE), artifacts={"engine": str(engine_dir)},
+        signature=signature,
+        pip_requirements=[f"onnxruntime=={ort.__version__}", f"numpy=={np.__version__}",
+                          f"mlflow=={mlflow.__version__}"])
+    return str(info.model_uri)
+
+
 def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
     import mlflow
 
@@ -174,7 +207,10 @@ def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
         _log_calibration(by_stage["calibrate"])
     build, validate = by_stage["build"], by_stage.get("validate")
     mlflow.log_metric("engine_bytes", build.report["engine_bytes"])
-    mlflow.log_artifacts(build.path, artifact_path="engine")
+    if target.backend == "onnxruntime":
+        mlflow.set_tag(ENGINE_MODEL_TAG, log_engine_pyfunc(Path(build.path)))
+    else:  # TensorRT plans are not runnable here: kept as plain artifacts
+        mlflow.log_artifacts(build.path, artifact_path="engine")
     if validate is None:
         return
     report = validate.report

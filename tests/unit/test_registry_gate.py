@@ -1,0 +1,83 @@
+"""The promotion gate on given numbers (no MLflow): which checks pass, fail or do not apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from trtflow.errors import RegistryError
+from trtflow.params import RegistryConfig
+from trtflow.track.registry import EngineFacts, decide
+
+POLICY = RegistryConfig(max_drop_vs_fp32=0.01, max_drop_vs_production=0.005,
+                        max_latency_regression_pct=20.0)
+
+
+def facts(quality: float = 0.99, drop: float = 0.0, p50: dict[str, float] | None = None,
+          host: str = "cpu-a", metric: str = "accuracy") -> EngineFacts:
+    return EngineFacts(quality, metric, drop, p50 or {"1": 1.0, "32": 10.0}, host)
+
+
+def outcome(decision, check: str) -> bool | None:
+    return next(c["passed"] for c in decision.checks if c["check"] == check)
+
+
+def test_first_version_is_promoted_when_within_the_fp32_budget() -> None:
+    d = decide(facts(drop=0.004), None, POLICY)
+    assert d.promote
+    assert outcome(d, "vs_production") is None
+    assert "no production version yet" in d.reason
+
+
+def test_too_large_a_drop_vs_fp32_is_refused_with_the_numbers() -> None:
+    d = decide(facts(drop=0.02), None, POLICY)
+    assert not d.promote
+    assert d.reason == "accuracy drop vs FP32 0.0200 (allowed 0.0100)"
+
+
+def test_drop_vs_production_and_latency_regression_each_refuse() -> None:
+    prod = facts(quality=0.99)
+    worse = decide(facts(quality=0.98), prod, POLICY, production_version="3")
+    assert not worse.promote and outcome(worse, "drop_vs_production") is False
+    assert "vs production v3 0.0100" in worse.reason
+    slower = decide(facts(p50={"1": 1.3, "32": 13.0}), prod, POLICY)
+    assert not slower.promote and outcome(slower, "latency") is False
+    assert "+30.0%" in slower.reason
+
+
+def test_latency_is_a_geometric_mean_over_common_batch_sizes() -> None:
+    prod = facts(p50={"1": 1.0, "32": 10.0, "64": 20.0})
+    # bs1 40% slower, bs32 20% faster: geometric mean +5.8%, within 20%
+    d = decide(facts(p50={"1": 1.4, "32": 8.0}), prod, POLICY)
+    assert d.promote and outcome(d, "latency") is True
+    assert "over batch sizes 1,32" in d.reason
+
+
+def test_latency_from_another_host_is_not_compared() -> None:
+    d = decide(facts(p50={"1": 9.0}), facts(host="cpu-b"), POLICY)
+    assert d.promote and outcome(d, "latency") is None
+    assert "another host" in d.reason
+
+
+def test_different_quality_metrics_are_not_compared() -> None:
+    d = decide(facts(quality=0.5, metric="cosine"), facts(quality=0.99), POLICY)
+    assert outcome(d, "drop_vs_production") is None
+
+
+def test_better_engine_is_promoted_over_production() -> None:
+    d = decide(facts(quality=0.995, p50={"1": 0.8, "32": 9.0}), facts(), POLICY)
+    assert d.promote and all(c["passed"] is not False for c in d.checks)
+
+
+def test_facts_round_trip_through_version_tags_and_missing_tags_are_named() -> None:
+    f = facts(quality=0.9944444444444445, drop=0.0027777777777777)
+    assert EngineFacts.from_tags(f.tags()) == f
+    with pytest.raises(RegistryError, match="trtflow.quality"):
+        EngineFacts.from_tags({})
+
+
+def test_facts_from_a_validate_report_without_labels_use_cosine() -> None:
+    report = {"quality": {"agreement": 0.9952, "labelled": False},
+              "latency": {"engine": [{"batch_size": 1, "p50_ms": 2.5}]}}
+    f = EngineFacts.from_report(report, "h")
+    assert (f.quality_metric, f.p50_ms) == ("cosine", {"1": 2.5})
+    assert f.drop_vs_fp32 == pytest.approx(0.0048)

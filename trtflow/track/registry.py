@@ -1,0 +1,271 @@
+"""The MLflow model registry: engines as model versions, aliases moved only by the gate.
+
+One registered model per model and target (`digits-int8`): versions of it are
+engines that passed validation. `candidate` points at the newest registered
+engine; `production` moves to a version only when the promotion gate passes:
+
+- quality drop vs the FP32 reference within `registry.max_drop_vs_fp32`
+  (accuracy points when the evaluation data has labels, else 1 - cosine);
+- quality drop vs the current production within `max_drop_vs_production`;
+- p50 latency not slower than production by more than
+  `max_latency_regression_pct` (geometric mean over the batch sizes both
+  measured). Latency is a property of the host: on another host the check is
+  skipped and the decision says so.
+
+Every decision is written to the version's tags (`trtflow.promotion`,
+`trtflow.promotion.reason`), so `trtflow history` shows why an engine is or is
+not in production. Identical engines (same build key) are one version: a
+registration with a known key returns the existing version. A file lock under
+`.trtflow/locks/` makes that check-then-create safe for concurrent compiles on
+one machine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtflow.errors import RegistryError
+from trtflow.params import RegistryConfig
+
+CANDIDATE = "candidate"
+PRODUCTION = "production"
+TAG = "trtflow."
+
+
+def registered_name(model: str, target: str) -> str:
+    return f"{model}-{target}"
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the gate compares, read from a validate report (and stored as version tags)."""
+
+    quality: float  # top-1 accuracy with labels, else cosine agreement with FP32
+    quality_metric: str  # "accuracy" | "cosine"
+    drop_vs_fp32: float
+    p50_ms: dict[str, float]  # batch size -> p50 latency
+    host: str
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any], host: str) -> EngineFacts:
+        q = report["quality"]
+        if q.get("labelled") and "accuracy" in q:
+            quality, metric = float(q["accuracy"]), "accuracy"
+            drop = float(q["reference_accuracy"]) - quality
+        else:
+            quality, metric = float(q["agreement"]), "cosine"
+            drop = 1.0 - quality
+        p50 = {str(r["batch_size"]): float(r["p50_ms"]) for r in report["latency"]["engine"]}
+        return cls(quality, metric, drop, p50, host)
+
+    def tags(self) -> dict[str, str]:
+        return {f"{TAG}quality": repr(self.quality), f"{TAG}quality_metric": self.quality_metric,
+                f"{TAG}drop_vs_fp32": repr(self.drop_vs_fp32),
+                f"{TAG}p50_ms": json.dumps(self.p50_ms, sort_keys=True), f"{TAG}host": self.host}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> EngineFacts:
+        try:
+            return cls(float(tags[f"{TAG}quality"]), tags[f"{TAG}quality_metric"],
+                       float(tags[f"{TAG}drop_vs_fp32"]), json.loads(tags[f"{TAG}p50_ms"]),
+                       tags[f"{TAG}host"])
+        except (KeyError, ValueError) as exc:
+            raise RegistryError(f"model version tags lack trtflow's gate facts ({exc}); was "
+                                "it registered by trtflow?") from None
+
+
+@dataclass
+class Decision:
+    promote: bool
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def check(self, name: str, passed: bool | None, detail: str) -> None:
+        """passed None: not applicable (skipped), with the reason in `detail`."""
+        self.checks.append({"check": name, "passed": passed, "detail": detail})
+        if passed is False:
+            self.promote = False
+
+    @property
+    def reason(self) -> str:
+        failed = [c["detail"] for c in self.checks if c["passed"] is False]
+        if failed:
+            return "; ".join(failed)
+        return "; ".join(c["detail"] for c in self.checks)
+
+
+def decide(candidate: EngineFacts, production: EngineFacts | None, policy: RegistryConfig,
+           production_version: str | None = None) -> Decision:
+    """The promotion gate on given numbers (pure: tested without MLflow)."""
+    d = Decision(promote=True)
+    d.check("drop_vs_fp32", candidate.drop_vs_fp32 <= policy.max_drop_vs_fp32,
+            f"{candidate.quality_metric} drop vs FP32 {candidate.drop_vs_fp32:.4f} "
+            f"(allowed {policy.max_drop_vs_fp32:.4f})")
+    if production is None:
+        d.check("vs_production", None, "no production version yet")
+        return d
+    who = f"production v{production_version}" if production_version else "production"
+    if production.quality_metric != candidate.quality_metric:
+        d.check("drop_vs_production", None, f"{who} measured {production.quality_metric}, "
+                f"this engine {candidate.quality_metric}: not comparable")
+    else:
+        drop = production.quality - candidate.quality
+        d.check("drop_vs_production", drop <= policy.max_drop_vs_production,
+                f"{candidate.quality_metric} drop vs {who} {drop:.4f} "
+                f"(allowed {policy.max_drop_vs_production:.4f})")
+    common = sorted(set(candidate.p50_ms) & set(production.p50_ms), key=int)
+    if production.host != candidate.host:
+        d.check("latency", None, f"latency not compared: {who} was measured on another host")
+    elif not common:
+        d.check("latency", None, f"latency not compared: no batch size in common with {who}")
+    else:
+        ratio = math.exp(sum(math.log(candidate.p50_ms[b] / production.p50_ms[b])
+                             for b in common) / len(common))
+        pct = (ratio - 1.0) * 100.0
+        d.check("latency", pct <= policy.max_latency_regression_pct,
+                f"p50 latency {pct:+.1f}% vs {who} over batch sizes {','.join(common)} "
+                f"(allowed +{policy.max_latency_regression_pct:.1f}%)")
+    return d
+
+
+@contextmanager
+def _lock(root: Path, name: str) -> Iterator[None]:
+    locks = root / ".trtflow" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"registry-{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _client() -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    return mlflow.MlflowClient()
+
+
+def _versions(client: Any, name: str) -> list[Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    except MlflowException:
+        return []
+
+
+def _alias_version(client: Any, name: str, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    created: bool  # False: an identical engine (same build key) was already registered
+    decision: dict[str, Any] | None  # the promotion gate's outcome, when it ran
+
+
+def register(root: Path, name: str, model_uri: str, run_id: str, engine_key: str,
+             facts: EngineFacts, tags: dict[str, str], policy: RegistryConfig) -> Registration:
+    """Register `model_uri` as a version of `name` (once per engine key); move `candidate`
+    to it; with `policy.promote == "auto"` run the promotion gate."""
+    client = _client()
+    with _lock(root, name):
+        existing = [v for v in _versions(client, name)
+                    if v.tags.get(f"{TAG}engine_key") == engine_key]
+        if existing:
+            return Registration(name, str(existing[0].version), False, None)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(name, tags={f"{TAG}kind": "engine"})
+        except MlflowException:
+            pass  # exists already
+        all_tags = {**tags, **facts.tags(), f"{TAG}engine_key": engine_key,
+                    f"{TAG}promotion": "pending"}
+        version = client.create_model_version(name, source=model_uri, run_id=run_id,
+                                              tags=all_tags).version
+        client.set_registered_model_alias(name, CANDIDATE, version)
+    decision = promote(name, version, policy) if policy.promote == "auto" else None
+    return Registration(name, str(version), True, decision)
+
+
+def promote(name: str, version: str, policy: RegistryConfig, force: bool = False
+            ) -> dict[str, Any]:
+    """Run the gate for `name` version `version`; move `production` only if it passes
+    (or `force`, recorded as such). The decision is tagged on the version either way."""
+    client = _client()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException:
+        raise RegistryError(f"registered model '{name}' has no version {version} (see "
+                            f"`trtflow history`)") from None
+    facts = EngineFacts.from_tags(mv.tags)
+    current = _alias_version(client, name, PRODUCTION)
+    if current is not None and str(current.version) == str(version):
+        return {"promoted": True, "reason": f"v{version} is already production", "checks": []}
+    prod_facts = EngineFacts.from_tags(current.tags) if current is not None else None
+    decision = decide(facts, prod_facts, policy, current.version if current else None)
+    promoted = decision.promote or force
+    reason = decision.reason + ("; forced by the user despite the gate"
+                                if force and not decision.promote else "")
+    if promoted:
+        client.set_registered_model_alias(name, PRODUCTION, str(version))
+    client.set_model_version_tag(name, str(version), f"{TAG}promotion",
+                                 "promoted" if promoted else "refused")
+    client.set_model_version_tag(name, str(version), f"{TAG}promotion.reason", reason[:4900])
+    client.set_model_version_tag(name, str(version), f"{TAG}promotion.checks",
+                                 json.dumps(decision.checks)[:4900])
+    return {"promoted": promoted, "reason": reason, "checks": decision.checks,
+            "previous_production": current.version if current else None}
+
+
+def candidate_version(name: str) -> str:
+    mv = _alias_version(_client(), name, CANDIDATE)
+    if mv is None:
+        raise RegistryError(f"registered model '{name}' has no '{CANDIDATE}' version (see "
+                            "`trtflow history`)")
+    return str(mv.version)
+
+
+def history(model: str) -> list[dict[str, Any]]:
+    """Every registered version of every target of `model`, oldest first."""
+    client = _client()
+    rows = []
+    for rm in client.search_registered_models(f"name LIKE '{model}-%'"):
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        for mv in _versions(client, rm.name):
+            t = mv.tags
+            rows.append({"name": rm.name, "version": str(mv.version),
+                         "aliases": sorted(aliases.get(str(mv.version), [])),
+                         "created": mv.creation_timestamp, "run_id": mv.run_id,
+                         "quality": t.get(f"{TAG}quality"),
+                         "quality_metric": t.get(f"{TAG}quality_metric"),
+                         "p50_ms": t.get(f"{TAG}p50_ms"),
+                         "promotion": t.get(f"{TAG}promotion"),
+                         "reason": t.get(f"{TAG}promotion.reason", ""),
+                         "published": t.get(f"{TAG}published_uri", ""),
+                         "data": t.get(f"{TAG}data.calibration.dvc_md5", "")})
+    if not rows:
+        raise RegistryError(f"no registered engines for model '{model}' (registered models "
+                            f"are named '{model}-<target>'; run `trtflow run` first)")
+    return sorted(rows, key=lambda r: (r["name"], int(r["version"])))

@@ -1,0 +1,123 @@
+"""After a compile: publish each validated engine, register it, try the promotion gate.
+
+Order matters. Publishing (when `publish.bucket` is set) comes first: if S3 is
+unreachable the compile fails after bounded retries and nothing is registered,
+so a registered version always has its published copy. Registration then
+records the published URI and the lineage on the model version, and the
+target's MLflow run gets a description (shown on its run page) linking the
+version, the data digests, the params digest, the git commit and every stage's
+cache key.
+
+The published version label is content-addressed (`<target>-<build key[:12]>`),
+so re-publishing the same engine is a verified no-op and two different engines
+never share a label.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from trtflow.params import Params
+from trtflow.pipeline import StageResult
+from trtflow.stages.validate import gate_error
+from trtflow.track import registry
+from trtflow.track.mlflow_log import ENGINE_MODEL_TAG, git_commit, lineage_tags
+
+
+def engine_version_label(target: str, build: StageResult) -> str:
+    return f"{target}-{build.key[:12]}"
+
+
+def publish_engine(params: Params, root: Path, target: str, stages: list[StageResult],
+                   bucket: str, prefix: str, endpoint_url: str | None,
+                   version: str | None = None) -> Any:
+    """Upload the target's engine with a manifest (params, lineage, stage keys)."""
+    from trtflow.track.publish import publish, s3_client
+
+    build = next(s for s in stages if s.stage == "build")
+    validated = [s for s in stages if s.stage == "validate"]
+    if validated and not validated[-1].report["gates"]["passed"]:
+        raise gate_error(validated[-1].report, target)  # never publish a failed engine
+    metadata = {"params": params.model_dump(mode="json", by_alias=True),
+                "params_digest": params.digest(), "target": target,
+                "git_commit": git_commit(root), "lineage": lineage_tags(params, root),
+                "stages": {s.stage: {"version": s.version, "key": s.key} for s in stages}}
+    return publish(Path(build.path), bucket, prefix, params.model.name,
+                   version or engine_version_label(target, build), metadata,
+                   client=s3_client(endpoint_url) if endpoint_url else None)
+
+
+def release(params: Params, root: Path, per_target: dict[str, list[StageResult]],
+            run_ids: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Publish + register + promote every target whose validation gates passed."""
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    client = mlflow.MlflowClient()
+    passed = {name: stages for name, stages in per_target.items()
+              if stages[-1].stage == "validate" and stages[-1].report["gates"]["passed"]}
+    published: dict[str, str] = {}
+    if params.publish.bucket:  # all uploads before any registration
+        for name, stages in passed.items():
+            result = publish_engine(params, root, name, stages, params.publish.bucket,
+                                    params.publish.prefix, params.publish.endpoint_url)
+            published[name] = result.uri
+    out: dict[str, dict[str, Any]] = {}
+    for name, stages in per_target.items():
+        run_id = run_ids[name]
+        info: dict[str, Any] = {"published": published.get(name)}
+        if name in passed and params.registry.enabled:
+            info.update(_register(params, root, name, stages, run_id, client, published))
+        client.set_tag(run_id, "mlflow.note.content",
+                       lineage_note(params, root, name, stages, info))
+        out[name] = info
+    return out
+
+
+def _register(params: Params, root: Path, name: str, stages: list[StageResult], run_id: str,
+              client: Any, published: dict[str, str]) -> dict[str, Any]:
+    from trtflow.latency import host_fingerprint
+
+    run = client.get_run(run_id)
+    model_uri = run.data.tags.get(ENGINE_MODEL_TAG) or f"runs:/{run_id}/engine"
+    build = next(s for s in stages if s.stage == "build")
+    host = host_fingerprint()
+    facts = registry.EngineFacts.from_report(stages[-1].report,
+                                             f"{host['cpu']} [{host['flags_digest']}]")
+    tags = {"trtflow.params_digest": params.digest(), "trtflow.git_commit": git_commit(root),
+            "trtflow.target": name, "trtflow.run_id": run_id,
+            **lineage_tags(params, root),
+            **{f"trtflow.stage.{s.stage}.key": s.key for s in stages}}
+    if name in published:
+        tags["trtflow.published_uri"] = published[name]
+    reg = registry.register(root, registry.registered_name(params.model.name, name), model_uri,
+                            run_id, build.key, facts, tags, params.registry)
+    client.set_tag(run_id, "trtflow.registered_version", f"{reg.name}/{reg.version}")
+    return {"registered": reg.name, "version": reg.version, "created": reg.created,
+            "decision": reg.decision}
+
+
+def lineage_note(params: Params, root: Path, target: str, stages: list[StageResult],
+                 info: dict[str, Any]) -> str:
+    """Markdown for the run page: what produced this engine and where it went."""
+    lines = [f"### {params.model.name} / {target}: lineage", "",
+             "| what | value |", "| --- | --- |",
+             f"| model source | `{params.model.source.kind}` |",
+             f"| params digest | `{params.digest()[:16]}` |",
+             f"| git commit | `{git_commit(root)}` |"]
+    for key, value in lineage_tags(params, root).items():
+        lines.append(f"| {key.removeprefix('trtflow.')} | `{value[:32]}` |")
+    for s in stages:
+        lines.append(f"| stage {s.stage} ({s.version}) | `{s.key[:16]}` |")
+    if info.get("registered"):
+        name, version = info["registered"], info["version"]
+        lines.append(f"| registered | [{name} v{version}](#/models/{name}/versions/{version}) |")
+        decision = info.get("decision")
+        if decision is not None:
+            state = "promoted to production" if decision["promoted"] else "not promoted"
+            lines.append(f"| promotion | {state}: {decision['reason']} |")
+    if info.get("published"):
+        lines.append(f"| published | `{info['published']}` |")
+    return "\n".join(lines)
