@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test reliability lint typecheck bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(BIN)/ruff check -q trtflow flows tasks tests bench
 	$(BIN)/mypy trtflow flows tasks
 	$(BIN)/python -m pytest -q
+
+# Every bad input, all 20 crash trials, concurrency and storage faults (make test runs a subset).
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -q tests/reliability -m "slow or not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check trtflow flows tasks tests bench

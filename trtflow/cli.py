@@ -221,8 +221,7 @@ def publish(
     params: Annotated[Path, typer.Argument(help="params YAML of the compiled model")],
     target: Annotated[str, typer.Option("--target", "-t", help="which target's engine")],
     bucket: Annotated[str, BUCKET],
-    version: Annotated[str | None, typer.Option(
-        help="version label; default <target>-<engine key[:12]> (content-addressed)")] = None,
+    version: Annotated[str, typer.Option(help="version label, e.g. a registry version")],
     prefix: Annotated[str, PREFIX] = "trtflow",
     endpoint_url: Annotated[str | None, ENDPOINT] = None,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
@@ -235,11 +234,19 @@ def publish(
     try:
         from trtflow.params import load_params
         from trtflow.stage_cli import resolve_stages
-        from trtflow.track.release import publish_engine
+        from trtflow.track.mlflow_log import git_commit
+        from trtflow.track.publish import publish as publish_engine
+        from trtflow.track.publish import s3_client
 
-        stages = resolve_stages("validate", params, target, root)
-        result = publish_engine(load_params(params), root, target, stages, bucket, prefix,
-                                endpoint_url, version)
+        stages = resolve_stages("build", params, target, root)
+        loaded = load_params(params)
+        metadata = {"params": loaded.model_dump(mode="json", by_alias=True),
+                    "params_digest": loaded.digest(), "target": target,
+                    "git_commit": git_commit(root),
+                    "stages": {s.stage: {"version": s.version, "key": s.key} for s in stages}}
+        result = publish_engine(Path(stages[-1].path), bucket, prefix, loaded.model.name,
+                                version, metadata,
+                                client=s3_client(endpoint_url) if endpoint_url else None)
     except TrtflowError as exc:
         _fail(exc)
         return
@@ -364,7 +371,5 @@ def main() -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":  # `python -m trtflow.cli`: run the imported module's app, the one
-    from trtflow.cli import main as _main  # the command-group modules registered on
-
-    _main()
+if __name__ == "__main__":
+    main()

@@ -54,7 +54,10 @@ def source_digest(cfg: ModelConfig, root: Path) -> str:
                 raise ModelError(f"model.source.{field}: file {path} does not exist")
             parts.append(file_digest(path))
             if field == "onnx":
-                parts += [file_digest(p) for p in sorted(_external_files(path))]
+                for data_file in sorted(_external_files(path)):
+                    if not data_file.is_file():
+                        raise ModelError(_missing_external(path, data_file))
+                    parts.append(file_digest(data_file))
     if src.factory:
         parts.append(src.factory)
     if src.mlflow:
@@ -62,6 +65,11 @@ def source_digest(cfg: ModelConfig, root: Path) -> str:
 
         parts += [*mlflow_model.resolve(src.mlflow), str(src.allow_pickle)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _missing_external(path: Path, data_file: Path) -> str:
+    return (f"ONNX file {path} keeps its weights in {data_file.name}, which is missing "
+            f"(expected next to the model, at {data_file})")
 
 
 def _external_files(onnx_path: Path) -> set[Path]:
@@ -111,8 +119,7 @@ def check_onnx_file(path: Path) -> onnx.ModelProto:
         raise ModelError(f"ONNX file {path} does not exist")
     for data_file in _external_files(path):
         if not data_file.is_file():
-            raise ModelError(f"ONNX file {path} keeps its weights in {data_file.name}, which "
-                             f"is missing (expected next to the model, at {data_file})")
+            raise ModelError(_missing_external(path, data_file))
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, OSError...

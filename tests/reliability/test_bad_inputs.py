@@ -1,0 +1,108 @@
+"""Every bad input of the catalogue, through the real CLI in a subprocess.
+
+Each must give one clear message (the excerpt), a non-zero exit code, no
+traceback, and leave nothing half-written in the project or its store.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from trtflow.store import verify_store
+
+from ..conftest import REPO
+from .catalogue import ALSO, CASES, Call, Case, render_table
+from .conftest import new_project, project_env, trtflow
+
+Result = tuple[Path, Call, subprocess.CompletedProcess[str] | None]
+
+
+@pytest.fixture(scope="module")
+def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            digits_data: Path) -> Iterator[dict[str, Result]]:
+    """Set the selected cases up (serially), run their CLI calls in parallel, undo mounts."""
+    selected = {item.callspec.params["case"].id for item in request.session.items
+                if hasattr(item, "callspec") and "case" in item.callspec.params}
+    parent = tmp_path_factory.mktemp("bad-inputs")
+    calls: dict[str, tuple[Path, Call]] = {}
+    for case in CASES:
+        if case.id not in selected:
+            continue
+        root = new_project(parent, digits_data, case.id)
+        calls[case.id] = (root, case.setup(root))
+
+    def run(item: tuple[str, tuple[Path, Call]]) -> tuple[str, Result]:
+        case_id, (root, call) = item
+        if call.skip:
+            return case_id, (root, call, None)
+        start = time.perf_counter()
+        res = trtflow(*call.args, cwd=root, env=project_env(**call.env), timeout=300)
+        (root / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
+        return case_id, (root, call, res)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+            yield dict(pool.map(run, calls.items()))
+    finally:
+        for _, call in calls.values():
+            if call.teardown:
+                call.teardown()
+
+
+def half_written(root: Path) -> list[str]:
+    """Temp files of atomic writers, and store entries that are not complete artifacts."""
+    problems = [str(p.relative_to(root)) for p in root.rglob("*")
+                if p.name.startswith((".tmp-", ".stale-"))
+                or (p.name.startswith(".") and p.name.endswith(".tmp"))
+                or ".fetch-" in p.name]
+    store = root / ".trtflow" / "store"
+    if store.is_dir() and os.access(store, os.W_OK):
+        report = verify_store(store)
+        problems += [f"{p}: {why}" for p, why in report.corrupt]
+    return problems
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow
+                                                else []) for c in CASES])
+def test_bad_input_fails_cleanly(case: Case, results: dict[str, Result]) -> None:
+    root, call, res = results[case.id]
+    if res is None:
+        pytest.skip(call.skip or "not run")
+    assert " ".join(call.args).startswith(case.command), "the table names another command"
+    assert res.returncode == case.exit_code, res.stderr
+    message = " ".join(res.stderr.split())  # rich wraps long lines
+    assert case.expect in message, res.stderr
+    if case.id in ALSO:
+        assert ALSO[case.id] in message, res.stderr
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    assert res.stderr.count("error:") == 1, res.stderr
+    if case.id != "env-tampered-store":  # that case's store is corrupt on purpose
+        assert half_written(root) == []
+
+
+def test_bad_input_count() -> None:
+    assert len(CASES) >= 30
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_docs_table_is_the_catalogue() -> None:
+    doc = REPO / "docs" / "bad_inputs.md"
+    assert doc.read_text() == render_table(), \
+        "regenerate: python -m tests.reliability.catalogue > docs/bad_inputs.md"
+
+
+def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("model: {name: x, source: {onnx: m.onnx}}\n")
+    plain = trtflow("run", "p.yaml", cwd=tmp_path, env=project_env())
+    debug = trtflow("--debug", "run", "p.yaml", cwd=tmp_path, env=project_env())
+    assert plain.returncode == debug.returncode == 2
+    assert "Traceback" not in plain.stderr
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "model.source.onnx: file" in debug.stderr
