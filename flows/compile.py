@@ -83,7 +83,7 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
     run_ids = log_compile(params, params_path, Path(root), [exported, cleaned], per_target, wall)
     from trtflow.track.release import release
 
-    released = release(params, Path(root), per_target, run_ids)
+    released = release(params, Path(root), per_target, run_ids, [exported, cleaned])
     failed = [n for n, stages in per_target.items() if not stages[-1].report["gates"]["passed"]]
     summary = {"model": params.model.name, "run_ids": run_ids, "wall_seconds": wall,
                "stages": {"model": [exported, cleaned], **per_target}, "released": released}

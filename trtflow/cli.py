@@ -181,6 +181,24 @@ def _print_summary(summary: dict[str, Any], wall: float) -> None:
               f"when built: {100 * this_run / max(when_built, 1e-9):.1f}%); wall time {wall:.2f} s "
               f"(Prefect/MLflow start-up included); MLflow parent run "
               f"{summary['run_ids']['parent']}")
+    for name, info in (summary.get("released") or {}).items():
+        _print_release(name, info)
+
+
+def _print_release(target: str, info: dict[str, Any]) -> None:
+    """One line per target: registered version, the promotion decision, the published copy."""
+    parts = []
+    if info.get("registered"):
+        reg = f"{info['registered']} v{info['version']}"
+        parts.append(f"registered {reg}" if info["created"] else f"same engine as {reg}")
+        decision = info.get("decision")
+        if decision is not None:
+            verdict = "[green]production[/]" if decision["promoted"] else "[red]not promoted[/]"
+            parts.append(f"{verdict} ({escape(decision['reason'])})")
+    if info.get("published"):
+        parts.append(f"published {info['published']}")
+    if parts:
+        out.print(f"  {escape(target)}: " + "; ".join(parts))
 
 
 @app.command()
@@ -221,7 +239,8 @@ def publish(
     params: Annotated[Path, typer.Argument(help="params YAML of the compiled model")],
     target: Annotated[str, typer.Option("--target", "-t", help="which target's engine")],
     bucket: Annotated[str, BUCKET],
-    version: Annotated[str, typer.Option(help="version label, e.g. a registry version")],
+    version: Annotated[str | None, typer.Option(
+        help="version label; default <target>-<engine key[:12]> (content-addressed)")] = None,
     prefix: Annotated[str, PREFIX] = "trtflow",
     endpoint_url: Annotated[str | None, ENDPOINT] = None,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
@@ -234,19 +253,11 @@ def publish(
     try:
         from trtflow.params import load_params
         from trtflow.stage_cli import resolve_stages
-        from trtflow.track.mlflow_log import git_commit
-        from trtflow.track.publish import publish as publish_engine
-        from trtflow.track.publish import s3_client
+        from trtflow.track.release import publish_engine
 
-        stages = resolve_stages("build", params, target, root)
-        loaded = load_params(params)
-        metadata = {"params": loaded.model_dump(mode="json", by_alias=True),
-                    "params_digest": loaded.digest(), "target": target,
-                    "git_commit": git_commit(root),
-                    "stages": {s.stage: {"version": s.version, "key": s.key} for s in stages}}
-        result = publish_engine(Path(stages[-1].path), bucket, prefix, loaded.model.name,
-                                version, metadata,
-                                client=s3_client(endpoint_url) if endpoint_url else None)
+        stages = resolve_stages("validate", params, target, root)
+        result = publish_engine(load_params(params), root, target, stages, bucket, prefix,
+                                endpoint_url, version)
     except TrtflowError as exc:
         _fail(exc)
         return
@@ -371,5 +382,7 @@ def main() -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m trtflow.cli`: run the imported module's app, the one
+    from trtflow.cli import main as _main  # the command-group modules registered on
+
+    _main()

@@ -31,6 +31,8 @@ def configure_environment(root: Path) -> None:
         "TRANSFORMERS_OFFLINE": "1",
         "DVC_SITE_CACHE_DIR": str(state / "dvc-site"),
         "GIT_PYTHON_REFRESH": "quiet",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",  # the CLI prints what was logged itself
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

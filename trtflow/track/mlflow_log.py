@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +189,13 @@ def log_engine_pyfunc(engine_dir: Path) -> str:
 
     signature = ModelSignature(inputs=specs(session.get_inputs()),
                                outputs=specs(session.get_outputs()))
-    info = mlflow.pyfunc.log_model(
-        name="engine", python_model=str(PYFUNC_FILE), artifacts={"engine": str(engine_dir)},
-        signature=signature,
-        pip_requirements=[f"onnxruntime=={ort.__version__}", f"numpy=={np.__version__}",
-                          f"mlflow=={mlflow.__version__}"])
+    with warnings.catch_warnings():  # MLflow's advice on type hints / input examples: the
+        warnings.simplefilter("ignore", UserWarning)  # tensor signature covers both
+        info = mlflow.pyfunc.log_model(
+            name="engine", python_model=str(PYFUNC_FILE), artifacts={"engine": str(engine_dir)},
+            signature=signature,
+            pip_requirements=[f"onnxruntime=={ort.__version__}", f"numpy=={np.__version__}",
+                              f"mlflow=={mlflow.__version__}"])
     return str(info.model_uri)
 
 

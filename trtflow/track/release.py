@@ -50,8 +50,10 @@ def publish_engine(params: Params, root: Path, target: str, stages: list[StageRe
 
 
 def release(params: Params, root: Path, per_target: dict[str, list[StageResult]],
-            run_ids: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Publish + register + promote every target whose validation gates passed."""
+            run_ids: dict[str, str], model_stages: list[StageResult] | None = None
+            ) -> dict[str, dict[str, Any]]:
+    """Publish + register + promote every target whose validation gates passed.
+    `model_stages` (export, cleanup) are listed in the lineage with the target's."""
     import mlflow
 
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
@@ -71,7 +73,7 @@ def release(params: Params, root: Path, per_target: dict[str, list[StageResult]]
         if name in passed and params.registry.enabled:
             info.update(_register(params, root, name, stages, run_id, client, published))
         client.set_tag(run_id, "mlflow.note.content",
-                       lineage_note(params, root, name, stages, info))
+                       lineage_note(params, root, name, [*(model_stages or []), *stages], info))
         out[name] = info
     return out
 
