@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from trtflow import sources
-from trtflow.backends import build_engine, load_engine
+from trtflow.backends import build_engine, gpu_fingerprint, load_engine
 from trtflow.backends.onnxruntime_backend import OrtEngine, default_threads
 from trtflow.datasets import open_data, tile_batch
 from trtflow.errors import DataError, ParamsError
@@ -195,6 +195,7 @@ def _build_key(ctx: Context, *inputs: StageResult, target: str) -> dict[str, Any
     parts: dict[str, Any] = {"target": ctx.target(target).model_dump(mode="json")}
     if ctx.target(target).precision == "int8":  # the int8 encoding follows the CPU's flags
         parts["simd"] = host_fingerprint()["simd"]
+    parts.update(gpu_fingerprint(ctx.target(target)))
     return parts
 
 
@@ -206,7 +207,8 @@ def build_step(target: str) -> Step:
         scales = read_scales(calibrated[0].file(SCALES_FILE)) if calibrated else None
         skip = read_float_layers(Path(calibrated[0].path)) if calibrated else []
         return build_engine(cleaned.file(CLEAN_FILE), ctx.target(target), out, scales,
-                            host_fingerprint()["simd"].split(), skip)
+                            host_fingerprint()["simd"].split(), skip,
+                            Path(calibrated[0].path) if calibrated else None)
 
     return Step("build", BUILD_VERSION,
                 functools.partial(_build_key, target=target), produce)
@@ -265,6 +267,7 @@ def _validate_key(ctx: Context, engine: StageResult, cleaned: StageResult, *, ta
         "target": target,
         "host": host_fingerprint(),
         "threads": default_threads(),
+        **gpu_fingerprint(ctx.target(target)),
     }
     if ev is not None:
         parts["evaluation_data"] = data_digest(ctx.root, ev)
@@ -295,7 +298,7 @@ def validate_step(target: str) -> Step:
         threads = ctx.target(target).threads or default_threads()
         torch.set_num_threads(threads)
         engine = load_engine(Path(engine_art.path), threads=threads)
-        reference, label = reference_runner(ctx, threads)
+        reference, label = reference_runner(ctx, threads, ctx.target(target).device)
         specs = ctx.input_specs()
         ev = ctx.params.data.evaluation
         num_classes = _num_classes(reference, ctx)
@@ -332,10 +335,16 @@ def _num_classes(reference: Callable, ctx: Context) -> int:
     return int(first.reshape(1, -1).shape[1])
 
 
-def reference_runner(ctx: Context, threads: int
+def reference_runner(ctx: Context, threads: int, device: str = "cpu"
                      ) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], str]:
-    """FP32 reference and latency baseline: PyTorch eager, or ORT FP32 on an ONNX source."""
+    """FP32 reference and latency baseline: PyTorch eager, or ORT FP32 on an ONNX source.
+    A cuda target is compared with PyTorch eager FP32 on the same GPU."""
     model = ctx.model()
+    if model.module is not None and device == "cuda":
+        from trtflow.backends.gpu_reference import torch_cuda_runner
+
+        return torch_cuda_runner(model.module, model.inputs, model.outputs), \
+            "PyTorch eager FP32 on the GPU"
     if model.module is not None:
         module, specs, names = model.module, model.inputs, model.outputs
 
