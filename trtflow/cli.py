@@ -135,6 +135,9 @@ def run(
 
         preflight(Context.create(loaded, root))  # fail fast, before Prefect
         console.print(f"[bold]trtflow run[/] {params}  (starting Prefect…)")
+        from trtflow.project import initialize_databases
+
+        initialize_databases(root)  # once per project; safe for concurrent first runs
         start = time.perf_counter()
         from flows.compile import compile_flow, set_reporter
 
