@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test reliability lint typecheck bench clean
+.PHONY: demo test reliability lint typecheck bench clean ui chromium-installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/trtflow run params/digits.yaml
 	$(BIN)/trtflow run params/minilm.yaml
 
-test: $(STAMP)
+test: $(STAMP) chromium-installed
 	$(BIN)/ruff check -q trtflow flows tasks tests bench
 	$(BIN)/mypy trtflow flows tasks
 	$(BIN)/python -m pytest -q
@@ -31,6 +31,14 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy trtflow flows tasks
+
+# The browser checks of the UIs (tests/integration/test_ui.py) drive Debian's chromium.
+chromium-installed:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# The MLflow UI over the project's runs (sqlite + artifacts under .trtflow/): compare runs there.
+ui: $(STAMP)
+	bash mlflow/serve.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/compile_cpu.py
