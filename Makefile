@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test reliability lint typecheck bench clean ui chromium-installed
+.PHONY: demo test reliability lint typecheck bench clean ui chromium-installed serve
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -42,6 +42,11 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/compile_cpu.py
+
+# A local Prefect server (data in .trtflow/prefect), the MLflow UI, and the retrain (nightly)
+# and compile-on-new-version (event) deployments; `trtflow trigger digits` compiles now.
+serve: $(STAMP)
+	$(BIN)/trtflow serve
 
 clean:
 	rm -rf .trtflow build

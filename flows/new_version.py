@@ -1,0 +1,181 @@
+"""`compile-on-new-version`: compile a model version that just appeared, one compile per model
+at a time, with a failed state that names the stage and the reason.
+
+A version is a registered MLflow model version (`models:/<model>-model/<N>`,
+what retrain registers, or any `models:/NAME/VERSION`). The flow writes a
+params file for it (the model's params with the source swapped for that
+version) under `.trtflow/params/`, then runs the compile flow as a subflow.
+No version: the newest registered `<model>-model` version, or, when nothing is
+registered yet, the params file as it is.
+
+Failures end the run as Failed with `<model>: compile failed at stage <stage>:
+<Error>: <reason>`. trtflow's own errors (bad params, data, a failed gate) fail
+at once; anything else (a server that went away) compiles again after 30 s and
+120 s first (stage tasks also retry OS-level errors themselves, 2 s and 4 s).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger
+from prefect.runtime import deployment, flow_run
+from prefect.states import Failed, State
+
+from flows.limits import failed_stage, failure_message, is_bad_input, model_slot, resolve
+from trtflow.atomic import atomic_file
+from trtflow.errors import ParamsError
+
+COMPILE_RETRY_DELAYS = (30, 120)  # seconds before the 2nd and 3rd try of a transient failure
+
+
+def trained_name(model: str) -> str:
+    """Registered MLflow name of the trained PyTorch model (engines are `<model>-<target>`)."""
+    return f"{model}-model"
+
+
+def latest_version(registered: str) -> str:
+    """Newest version of a registered model, or '' when it is not registered."""
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{registered}'")
+    return str(max(int(v.version) for v in versions)) if versions else ""
+
+
+def model_uri(model: str, version: str) -> str:
+    return version if version.startswith("models:/") else \
+        f"models:/{trained_name(model)}/{version}"
+
+
+def params_for_version(root: Path, params_file: Path, model: str, uri: str) -> Path:
+    """A copy of the model's params whose source is the registered version `uri`."""
+    from trtflow.params import TensorSpec, parse_params
+    from trtflow.sources.builtin import BUILTIN_INPUTS, BUILTIN_OUTPUTS
+
+    if not params_file.is_file():
+        raise ParamsError(f"params file {params_file} does not exist (the event's params_path, "
+                          f"default params/{model}.yaml)")
+    doc = yaml.safe_load(params_file.read_text())
+    params = parse_params(doc, str(params_file))
+    if params.model.name != model:
+        raise ParamsError(f"{params_file}: model.name is '{params.model.name}', but the event "
+                          f"is for model '{model}'")
+    source = params.model.source
+    doc["model"]["source"] = {"mlflow": uri}
+    if source.builtin:  # a builtin's names and ranges are in code, not in its params
+        specs: list[TensorSpec] = BUILTIN_INPUTS[source.builtin]
+        doc["model"].setdefault("inputs", [s.model_dump(mode="json") for s in specs])
+        doc["model"].setdefault("outputs", BUILTIN_OUTPUTS[source.builtin])
+    parse_params(doc, f"{params_file} with source {uri}")
+    slug = uri.removeprefix("models:/").replace("/", "-v").replace("@", "-")
+    out = root / ".trtflow" / "params" / f"{params_file.stem}-{slug}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    return out
+
+
+def compile_locked(model: str, params_file: Path, root: Path, targets: list[str] | None,
+                   reason: str) -> dict[str, Any] | State:
+    """The compile flow as a subflow under the model's concurrency slot: a summary, or a
+    Failed state naming the stage and the reason.
+
+    Retries happen here, not as flow retries: Prefect's server retries a flow run on any
+    Failed state, which would re-run bad params three times. A transient failure (not a
+    TrtflowError) runs the compile again after a backoff (cached stages are not redone);
+    trtflow's own errors fail at once."""
+    from flows.compile import compile_flow
+
+    logger = get_run_logger()
+    with model_slot(model):
+        for attempt, delay in enumerate([*COMPILE_RETRY_DELAYS, None], start=1):
+            logger.info("compiling %s from %s (%s, attempt %d)", model, params_file, reason,
+                        attempt)
+            state = compile_flow(str(params_file), str(root), targets or None,
+                                 return_state=True)
+            if state.is_completed():
+                break
+            exc = state.result(raise_on_failure=False)
+            if not isinstance(exc, BaseException):
+                exc = RuntimeError(state.message or state.name)
+            message = failure_message(model, exc,
+                                      failed_stage(state.state_details.flow_run_id, exc))
+            if is_bad_input(exc) or delay is None:
+                logger.error(message)
+                return Failed(message=message)
+            logger.warning("%s; transient, compiling again in %d s", message, delay)
+            time.sleep(delay)
+    summary = state.result()
+    out = {"model": summary["model"], "params": str(params_file), "run_ids": summary["run_ids"],
+           "released": summary["released"], "flow_run_id": str(flow_run.get_id())}
+    _tag_runs(summary["run_ids"], reason)
+    _emit_engines(model, summary["released"])
+    return out
+
+
+def _tag_runs(run_ids: dict[str, str], reason: str) -> None:
+    """Link the MLflow runs back to the Prefect flow run (and deployment) that made them."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    tags = {"trtflow.prefect.flow_run_id": str(flow_run.get_id()),
+            "trtflow.prefect.flow_run_name": str(flow_run.get_name()),
+            "trtflow.prefect.deployment": str(deployment.name or ""),
+            "trtflow.prefect.reason": reason}
+    for run_id in run_ids.values():
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+
+
+def _emit_engines(model: str, released: dict[str, dict[str, Any]]) -> None:
+    """`trtflow.engine.registered` per engine the compile registered (informational)."""
+    from prefect.events import emit_event
+
+    from flows.events import ENGINE_REGISTERED, RESOURCE_PREFIX
+
+    for target, info in released.items():
+        if not info.get("registered"):
+            continue
+        decision = info.get("decision") or {}
+        emit_event(event=ENGINE_REGISTERED,
+                   resource={"prefect.resource.id":
+                             f"mlflow.model-version.{info['registered']}.{info['version']}",
+                             "trtflow.model": model, "trtflow.target": target},
+                   related=[{"prefect.resource.id": f"{RESOURCE_PREFIX}{model}",
+                             "prefect.resource.role": "model"}],
+                   payload={"registered": info["registered"], "version": str(info["version"]),
+                            "promoted": bool(decision.get("promoted")),
+                            "reason": decision.get("reason", ""),
+                            "published": info.get("published") or ""})
+
+
+def _run_name() -> str:
+    params = flow_run.get_parameters()
+    version = str(params.get("version") or "").strip()
+    return f"compile {params['model']}" + (f" {version}" if version else " (newest)")
+
+
+@flow(name="compile-on-new-version", flow_run_name=_run_name)
+def compile_new_version(model: str, version: str = "", params_path: str = "", root: str = ".",
+                        targets: str = "", reason: str = "manual") -> dict[str, Any] | State:
+    """Compile `model` at registry `version` (number or models:/ URI; '' = newest, or the
+    params' own source when none is registered) for `targets` (comma-separated; '' = the
+    params' CPU targets)."""
+    project = Path(root).resolve()
+    params_file = resolve(project, params_path.strip() or f"params/{model}.yaml")
+    version = version.strip() or latest_version(trained_name(model))
+    try:
+        if version:
+            params_file = params_for_version(project, params_file, model,
+                                             model_uri(model, version))
+    except ParamsError as exc:
+        message = failure_message(model, exc, "setup (params for the new version)")
+        get_run_logger().error(message)
+        return Failed(message=message)
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    return compile_locked(model, params_file, project, names, reason.strip() or "manual")
