@@ -343,3 +343,19 @@ def test_report_refuses_a_run_trtflow_did_not_log(compiled: dict[str, Any],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert f"run id '{run.info.run_id}' is not a trtflow compile run" in done.stderr
+
+
+def test_report_away_from_the_store_shows_the_logged_thresholds_plot(
+        compiled: dict[str, Any], tmp_path: Path) -> None:
+    """histograms.npz is not an MLflow artifact: from another project directory the page
+    says so and falls back to the thresholds plot the run logged."""
+    int8 = compiled["first"]["run_ids"]["int8"]
+    out = tmp_path / "report.html"
+    done = subprocess.run([*TRTFLOW, "report", int8, "-o", str(out),
+                           "--root", str(tmp_path / "elsewhere")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = out.read_text()
+    assert "1 engine(s) from 1 compile run(s)" in done.stdout
+    assert "histograms.npz is not logged to MLflow" in page
+    assert re.search(r'<img alt="thresholds [^"]*" src="data:image/png;base64,', page)
