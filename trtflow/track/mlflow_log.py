@@ -153,7 +153,8 @@ def _log_calibration(cal: StageResult) -> None:
     for key in ("collect_seconds", "peak_rss_mb", "samples", "tensors", "float_fraction"):
         if isinstance(rep.get(key), int | float):
             mlflow.log_metric(f"calibration.{key}", rep[key])
-    for name in ("scales.json", "calibration.cache", "accuracy.json", "model.qdq.onnx"):
+    for name in ("scales.json", "calibration.cache", "accuracy.json", "model.qdq.onnx",
+                 "histograms.npz"):  # histograms: for `trtflow report` (a few MB at most)
         if cal.file(name).is_file():
             mlflow.log_artifact(str(cal.file(name)), artifact_path="calibration")
     if cal.file("histograms.npz").is_file():
