@@ -362,10 +362,10 @@ def init(
 
 # Command groups kept in their own modules; each registers on `app` when imported.
 # One line per module, so parallel work on different command groups does not collide.
-import trtflow.cli_store  # noqa: E402,F401  (store verify, store gc)
+from trtflow import cli_ops  # noqa: E402,F401,I001  (serve, trigger, matrix)
 from trtflow import cli_registry  # noqa: E402,F401  (promote, history)
-from trtflow import cli_ops  # noqa: E402,F401  (serve, trigger, matrix)
 from trtflow import cli_report  # noqa: E402,F401  (report)
+from trtflow import cli_store  # noqa: E402,F401  (store verify, store gc)
 
 
 def main() -> None:
