@@ -81,3 +81,21 @@ def test_facts_from_a_validate_report_without_labels_use_cosine() -> None:
     f = EngineFacts.from_report(report, "h")
     assert (f.quality_metric, f.p50_ms) == ("cosine", {"1": 2.5})
     assert f.drop_vs_fp32 == pytest.approx(0.0048)
+
+
+def test_latency_relative_to_the_same_run_baseline_cancels_host_load() -> None:
+    """A busy host doubles both engine and baseline: relative p50 shows no regression."""
+    prod = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.2})
+    busy = EngineFacts(0.99, "accuracy", 0.0, {"1": 2.0}, "h", {"1": 0.2})
+    d = decide(busy, prod, POLICY)
+    assert d.promote and "relative to each run's baseline) +0.0%" in d.reason
+    slower = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.3})
+    assert not decide(slower, prod, POLICY).promote
+
+
+def test_relative_p50_comes_from_the_report_baseline() -> None:
+    report = {"quality": {"agreement": 1.0, "labelled": True, "accuracy": 0.99,
+                          "reference_accuracy": 0.99},
+              "latency": {"engine": [{"batch_size": 1, "p50_ms": 0.5}],
+                          "baseline": [{"batch_size": 1, "p50_ms": 2.0}]}}
+    assert EngineFacts.from_report(report, "h").relative_p50 == {"1": 0.25}

@@ -9,8 +9,10 @@ engine; `production` moves to a version only when the promotion gate passes:
 - quality drop vs the current production within `max_drop_vs_production`;
 - p50 latency not slower than production by more than
   `max_latency_regression_pct` (geometric mean over the batch sizes both
-  measured). Latency is a property of the host: on another host the check is
-  skipped and the decision says so.
+  measured). Each engine's p50 is taken relative to the baseline measured side
+  by side in the same validation, so a busy host slowing both does not read as
+  a regression. Latency is a property of the host: on another host the check
+  is skipped and the decision says so.
 
 Every decision is written to the version's tags (`trtflow.promotion`,
 `trtflow.promotion.reason`), so `trtflow history` shows why an engine is or is
@@ -53,6 +55,7 @@ class EngineFacts:
     drop_vs_fp32: float
     p50_ms: dict[str, float]  # batch size -> p50 latency
     host: str
+    relative_p50: dict[str, float] = field(default_factory=dict)  # engine / same-run baseline
 
     @classmethod
     def from_report(cls, report: dict[str, Any], host: str) -> EngineFacts:
@@ -64,19 +67,23 @@ class EngineFacts:
             quality, metric = float(q["agreement"]), "cosine"
             drop = 1.0 - quality
         p50 = {str(r["batch_size"]): float(r["p50_ms"]) for r in report["latency"]["engine"]}
-        return cls(quality, metric, drop, p50, host)
+        base = {str(r["batch_size"]): float(r["p50_ms"])
+                for r in report["latency"].get("baseline", [])}
+        relative = {b: p50[b] / base[b] for b in p50 if base.get(b)}
+        return cls(quality, metric, drop, p50, host, relative)
 
     def tags(self) -> dict[str, str]:
         return {f"{TAG}quality": repr(self.quality), f"{TAG}quality_metric": self.quality_metric,
                 f"{TAG}drop_vs_fp32": repr(self.drop_vs_fp32),
-                f"{TAG}p50_ms": json.dumps(self.p50_ms, sort_keys=True), f"{TAG}host": self.host}
+                f"{TAG}p50_ms": json.dumps(self.p50_ms, sort_keys=True), f"{TAG}host": self.host,
+                f"{TAG}relative_p50": json.dumps(self.relative_p50, sort_keys=True)}
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> EngineFacts:
         try:
             return cls(float(tags[f"{TAG}quality"]), tags[f"{TAG}quality_metric"],
                        float(tags[f"{TAG}drop_vs_fp32"]), json.loads(tags[f"{TAG}p50_ms"]),
-                       tags[f"{TAG}host"])
+                       tags[f"{TAG}host"], json.loads(tags.get(f"{TAG}relative_p50", "{}")))
         except (KeyError, ValueError) as exc:
             raise RegistryError(f"model version tags lack trtflow's gate facts ({exc}); was "
                                 "it registered by trtflow?") from None
@@ -120,17 +127,20 @@ def decide(candidate: EngineFacts, production: EngineFacts | None, policy: Regis
         d.check("drop_vs_production", drop <= policy.max_drop_vs_production,
                 f"{candidate.quality_metric} drop vs {who} {drop:.4f} "
                 f"(allowed {policy.max_drop_vs_production:.4f})")
-    common = sorted(set(candidate.p50_ms) & set(production.p50_ms), key=int)
+    relative = bool(candidate.relative_p50 and production.relative_p50)
+    cand, prod = ((candidate.relative_p50, production.relative_p50) if relative
+                  else (candidate.p50_ms, production.p50_ms))
+    common = sorted(set(cand) & set(prod), key=int)
     if production.host != candidate.host:
         d.check("latency", None, f"latency not compared: {who} was measured on another host")
     elif not common:
         d.check("latency", None, f"latency not compared: no batch size in common with {who}")
     else:
-        ratio = math.exp(sum(math.log(candidate.p50_ms[b] / production.p50_ms[b])
-                             for b in common) / len(common))
+        ratio = math.exp(sum(math.log(cand[b] / prod[b]) for b in common) / len(common))
         pct = (ratio - 1.0) * 100.0
+        what = "p50 latency (relative to each run's baseline)" if relative else "p50 latency"
         d.check("latency", pct <= policy.max_latency_regression_pct,
-                f"p50 latency {pct:+.1f}% vs {who} over batch sizes {','.join(common)} "
+                f"{what} {pct:+.1f}% vs {who} over batch sizes {','.join(common)} "
                 f"(allowed +{policy.max_latency_regression_pct:.1f}%)")
     return d
 
