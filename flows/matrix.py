@@ -6,13 +6,20 @@ gets the same stage caching, MLflow runs, gates and registry entry as
 `trtflow run`. A target that is not int8 reads no calibration, so it is one cell
 whatever the methods.
 
-Task runners:
-- default: Prefect's ThreadPoolTaskRunner (cells run side by side in this process);
+Task runners (both run cells in separate processes, which must reach a real
+Prefect server, PREFECT_API_URL: without one each starts its own ephemeral
+server and times out):
+- default: Prefect's ProcessPoolTaskRunner, `workers` processes on this machine.
+  Not the ThreadPoolTaskRunner: two cells in one process break each other
+  (torch.export and matplotlib's mathtext parser are not thread-safe; tried:
+  "always_classified is unsupported", pyparsing "ParseException");
 - `dask`: prefect-dask's DaskTaskRunner, on a LocalCluster of `workers` processes
   (127.0.0.1, no dashboard, scratch space under `.trtflow/dask/`), or on the
-  scheduler at `address` (`TRTFLOW_DASK_ADDRESS`) for a real cluster. Dask
-  workers must reach a real Prefect server (PREFECT_API_URL): without one each
-  worker starts its own ephemeral server and times out.
+  scheduler at `address` (`TRTFLOW_DASK_ADDRESS`) for a real cluster.
+
+Latency is measured in every cell while the other cells run: cells that share
+a machine share its cores, so compare latencies from one cell at a time
+(`workers=1`) or from workers on separate machines.
 
 Cells share work: every cell of a model needs the same export and cleanup, and
 int8 cells with one method the same calibration. Concurrent cells may compute
@@ -47,6 +54,7 @@ class Cell:
     target: str
     method: str  # calibration method; "-" for a target that does not calibrate
     params: str  # params file for this cell (the method applied)
+    origin: str  # the model's own params file (export and cleanup read only this part)
 
     @property
     def name(self) -> str:
@@ -70,10 +78,10 @@ def plan(params_files: list[str], targets: list[str], methods: list[str], root: 
                               f"params.targets (defined: {sorted(params.targets)})")
         float_targets = [n for n in names if params.targets[n].precision != "int8"]
         int8_targets = [n for n in names if params.targets[n].precision == "int8"]
-        cells += [Cell(params.model.name, n, "-", str(path)) for n in float_targets]
+        cells += [Cell(params.model.name, n, "-", str(path), str(path)) for n in float_targets]
         for method in methods or [params.calibration.method]:
             method_params = with_method(path, method, root)
-            cells += [Cell(params.model.name, n, method, str(method_params))
+            cells += [Cell(params.model.name, n, method, str(method_params), str(path))
                       for n in int8_targets]
     if not cells:
         raise ParamsError("the compile matrix has no cells: give at least one params file "
@@ -112,40 +120,70 @@ def compile_cell(params_path: str, root: str, target: str, cell_name: str) -> di
             "engine_key": build.key, "host": socket.gethostname(), "pid": os.getpid()}
 
 
+@task(task_run_name="prepare {model}", retries=1, retry_delay_seconds=10,
+      retry_condition_fn=transient_failure)
+def prepare_model(params_path: str, root: str, model: str) -> str:
+    """Export and clean up one model before its cells fan out. Its cells share these two
+    artifacts, and torch.export is not thread-safe: two exports at once in one process
+    fail ('always_classified is unsupported'), as cells on the thread runner would."""
+    from trtflow.params import load_params
+    from trtflow.pipeline import CLEANUP, EXPORT, Context, run_step
+
+    ctx = Context.create(load_params(params_path), Path(root))
+    return run_step(CLEANUP, ctx, run_step(EXPORT, ctx)).key
+
+
+def _outcome(future: Any) -> tuple[Any, str | None]:
+    """(result, None) for a completed future, (None, 'Error: reason') otherwise."""
+    future.wait()
+    state = future.state
+    if state.is_completed():
+        return future.result(), None
+    exc = state.result(raise_on_failure=False)
+    return None, f"{type(exc).__name__}: {exc}"
+
+
 @flow(name="compile-matrix", validate_parameters=False)
 def compile_matrix(cells: list[dict[str, str]], root: str) -> dict[str, Any] | State:
-    """Submit every cell at once; the task runner decides how many run together."""
+    """Prepare each model once, then submit every cell of the models that prepared; the
+    task runner decides how many cells run together."""
     logger = get_run_logger()
-    futures = [compile_cell.submit(c["params"], root, c["target"], Cell(**c).name)
-               for c in cells]
+    grid = [Cell(**c) for c in cells]
+    models = {c.origin: c.model for c in grid}
+    prepared = {origin: prepare_model.submit(origin, root, model)
+                for origin, model in models.items()}
+    broken = {origin: error for origin, (_, error) in
+              ((o, _outcome(f)) for o, f in prepared.items()) if error}
+    futures = {c.name: compile_cell.submit(c.params, root, c.target, c.name)
+               for c in grid if c.origin not in broken}
     results: dict[str, Any] = {}
     failures: list[str] = []
-    for cell, future in zip(cells, futures, strict=True):
-        name = Cell(**cell).name
-        future.wait()
-        state = future.state
-        if state.is_completed():
-            results[name] = future.result()
-            logger.info("cell %s: engine %s", name, results[name]["engine_key"][:12])
+    for cell in grid:
+        result: Any = None
+        error: str | None = f"export/cleanup failed: {broken.get(cell.origin)}"
+        if cell.origin not in broken:
+            result, error = _outcome(futures[cell.name])
+        if error:
+            failures.append(f"{cell.name}: {error}")
+            results[cell.name] = {"failed": failures[-1]}
         else:
-            exc = state.result(raise_on_failure=False)
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
-            results[name] = {"failed": failures[-1]}
+            results[cell.name] = result
+            logger.info("cell %s: engine %s", cell.name, result["engine_key"][:12])
     if failures:
-        return Failed(message=f"{len(failures)} of {len(cells)} matrix cells failed: "
+        return Failed(message=f"{len(failures)} of {len(grid)} matrix cells failed: "
                       + "; ".join(failures))
     return results
 
 
 def task_runner(kind: str, root: Path, workers: int = 2, address: str | None = None) -> Any:
-    """'threads' (Prefect's local concurrency) or 'dask' (a LocalCluster of `workers`
+    """'processes' (Prefect's local process pool) or 'dask' (a LocalCluster of `workers`
     processes, or the scheduler at `address` / TRTFLOW_DASK_ADDRESS)."""
-    if kind == "threads":
-        from prefect.task_runners import ThreadPoolTaskRunner
+    if kind == "processes":
+        from prefect.task_runners import ProcessPoolTaskRunner
 
-        return ThreadPoolTaskRunner(max_workers=workers)
+        return ProcessPoolTaskRunner(max_workers=workers)
     if kind != "dask":
-        raise ParamsError(f"task runner '{kind}' is not one of: threads, dask")
+        raise ParamsError(f"task runner '{kind}' is not one of: processes, dask")
     from prefect_dask import DaskTaskRunner
 
     address = address or os.environ.get(DASK_ADDRESS_ENV) or None
@@ -172,7 +210,7 @@ class MatrixError(TrtflowError):
 
 
 def run_matrix(params_files: list[str], root: Path, targets: list[str] | None = None,
-               methods: list[str] | None = None, runner: str = "threads", workers: int = 2,
+               methods: list[str] | None = None, runner: str = "processes", workers: int = 2,
                address: str | None = None) -> dict[str, Any]:
     """Plan the cells and run the matrix flow on the chosen task runner; {cell: result}."""
     cells = plan(params_files, targets or [], methods or [], root)

@@ -4,7 +4,7 @@
 the MLflow UI, then serves the `retrain` and `compile-on-new-version`
 deployments until interrupted. `trigger` emits the event that makes the served
 deployment compile a model. `matrix` fans a models × targets × methods compile
-out over Prefect's threads or a Dask cluster.
+out over Prefect's local process pool or a Dask cluster.
 """
 
 from __future__ import annotations
@@ -249,10 +249,10 @@ def matrix(
         "--method", "-m", help="calibration method for int8 targets (repeatable); default: "
         "each params' own")] = None,
     dask: Annotated[bool, typer.Option(help="run cells on Dask (LocalCluster, or "
-                                       "--address / $TRTFLOW_DASK_ADDRESS)")] = False,
+                                       "--address / $TRTFLOW_DASK_ADDRESS); default: "
+                                       "Prefect's local process pool")] = False,
     address: Annotated[str | None, typer.Option(help="Dask scheduler address")] = None,
-    workers: Annotated[int, typer.Option(help="concurrent cells (threads, or LocalCluster "
-                                         "worker processes)")] = 2,
+    workers: Annotated[int, typer.Option(help="concurrent cells (worker processes)")] = 2,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
     """Compile models × targets × calibration methods, cells side by side."""
@@ -262,18 +262,18 @@ def matrix(
     configure_environment(root)
     server = None
     try:
-        if dask and not os.environ.get("PREFECT_API_URL"):
+        if not os.environ.get("PREFECT_API_URL"):
             from flows.server import free_port, recorded, start_server
 
-            server = recorded(_prefect_home())  # Dask workers need a real Prefect server
+            server = recorded(_prefect_home())  # worker processes need a real Prefect server
             if server is None:
-                console.print("starting a Prefect server for the Dask workers…")
+                console.print("starting a Prefect server for the worker processes…")
                 server = start_server(_prefect_home(), free_port())
             os.environ["PREFECT_API_URL"] = server.api_url
         from flows.matrix import run_matrix
 
         results = run_matrix([str(p) for p in params], root, target, method,
-                             "dask" if dask else "threads", workers, address)
+                             "dask" if dask else "processes", workers, address)
     except TrtflowError as exc:
         _fail(exc)
         return

@@ -277,3 +277,22 @@ def test_dask_matrix_compiles_every_cell(prefect_server: PrefectServer,
         same = [v for v in versions if v.tags.get("trtflow.engine_key") == cell["engine_key"]]
         assert len(same) == 1, (name, [v.version for v in same])
         assert cell["released"]["version"] == str(same[0].version)
+
+
+@pytest.mark.slow
+def test_matrix_cli_on_the_process_pool(prefect_server: PrefectServer, tmp_path: Path,
+                                        demo_root: Path) -> None:
+    """`trtflow matrix` with Prefect's process pool (the default): fp32 + int8 × 2 methods."""
+    root = tmp_path / "pool"
+    shutil.copytree(demo_root / "data" / "digits", root / "data" / "digits")
+    params = write_params(root, validate={"gates": {"max_accuracy_drop": 0.05},
+                                          "batch_sizes": [1]})
+    res = subprocess.run([TRTFLOW, "matrix", str(params), "-t", "fp32", "-t", "int8", "-m",
+                          "max", "-m", "entropy", "--root", str(root)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for cell in ("digits/fp32/-", "digits/int8/max", "digits/int8/entropy"):
+        assert cell in res.stdout
+    store = root / ".trtflow" / "store"
+    assert len([p for p in (store / "export").iterdir() if not p.name.startswith(".")]) == 1
+    assert len([p for p in (store / "build").iterdir() if not p.name.startswith(".")]) == 3
