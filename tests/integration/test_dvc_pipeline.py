@@ -119,6 +119,7 @@ def test_dvc_repro_builds_the_same_artifacts_as_the_prefect_flow(repo: Path,
             assert dvc_artifact.digest == result.digest, f"{out}: different bytes"
 
 
+@pytest.mark.slow  # CI budget: `make test-all` runs it
 def test_exp_run_sets_the_calibration_method_and_metrics_diff_shows_it(repo: Path) -> None:
     try:
         log = run([*DVC, "exp", "run", "-S", PERCENTILE], repo)
@@ -134,6 +135,7 @@ def test_exp_run_sets_the_calibration_method_and_metrics_diff_shows_it(repo: Pat
         restore(repo)
 
 
+@pytest.mark.slow  # CI budget: `make test-all` runs it
 def test_new_calibration_samples_rerun_only_the_int8_stages(repo: Path) -> None:
     calibration = repo / "data" / "digits" / "calibration.npz"
     before = {out: tree_digest(repo / BUILD / out) for out in ("export", "cleanup", "calibrate")}

@@ -163,6 +163,7 @@ def finished(c: Any, run_id: Any) -> Any:
     return run if run.state is not None and run.state.is_final() else None
 
 
+@pytest.mark.slow  # CI budget: `make test-all` runs it
 def test_schedule_retrains_registers_and_compiles(served: Path) -> None:
     import mlflow
 
@@ -225,6 +226,7 @@ def test_events_trigger_compiles_that_wait_for_the_model_slot(served: Path) -> N
         assert engines[0].data.tags["trtflow.registered_version"] == "digits-fp32/1"
 
 
+@pytest.mark.slow  # CI budget: `make test-all` runs it
 def test_failed_compile_names_the_stage_and_is_not_retried(served: Path) -> None:
     broken = yaml.safe_load((served / "params" / "digits.yaml").read_text())
     broken["data"]["calibration"]["npz"] = "data/digits/missing.npz"
@@ -241,6 +243,7 @@ def test_failed_compile_names_the_stage_and_is_not_retried(served: Path) -> None
     assert "missing.npz" in run.state.message
 
 
+@pytest.mark.slow  # CI budget: `make test-all` runs it
 def test_dask_matrix_compiles_every_cell(prefect_server: PrefectServer,
                                          tmp_path: Path, demo_root: Path) -> None:
     import mlflow

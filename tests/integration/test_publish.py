@@ -229,4 +229,4 @@ def test_cli_publishes_a_compiled_engine_and_fetches_it_back(
     assert (tmp_path / "engine" / "engine.onnx").is_file()
     manifest = json.loads((tmp_path / "engine" / "manifest.json").read_text())
     assert manifest["metadata"]["target"] == "fp32"
-    assert set(manifest["metadata"]["stages"]) == {"export", "cleanup", "build"}
+    assert set(manifest["metadata"]["stages"]) == {"export", "cleanup", "build", "validate"}

@@ -345,10 +345,9 @@ def test_report_refuses_a_run_trtflow_did_not_log(compiled: dict[str, Any],
     assert f"run id '{run.info.run_id}' is not a trtflow compile run" in done.stderr
 
 
-def test_report_away_from_the_store_shows_the_logged_thresholds_plot(
+def test_report_away_from_the_store_draws_histograms_from_mlflow(
         compiled: dict[str, Any], tmp_path: Path) -> None:
-    """histograms.npz is not an MLflow artifact: from another project directory the page
-    says so and falls back to the thresholds plot the run logged."""
+    """From another project directory (no store) the histograms come from MLflow."""
     int8 = compiled["first"]["run_ids"]["int8"]
     out = tmp_path / "report.html"
     done = subprocess.run([*TRTFLOW, "report", int8, "-o", str(out),
@@ -357,5 +356,5 @@ def test_report_away_from_the_store_shows_the_logged_thresholds_plot(
     assert done.returncode == 0, done.stderr[-3000:]
     page = out.read_text()
     assert "1 engine(s) from 1 compile run(s)" in done.stdout
-    assert "histograms.npz is not logged to MLflow" in page
+    assert "is not in this project's store" not in page
     assert re.search(r'<img alt="thresholds [^"]*" src="data:image/png;base64,', page)

@@ -25,7 +25,7 @@ import pytest
 from .conftest import TRTFLOW, fast_params, new_project, project_env, trtflow
 
 TRIALS = 20
-DEFAULT_TRIALS = sorted(random.Random(8).sample([i for i in range(TRIALS) if i % 4 != 3], 3))
+DEFAULT_TRIALS = sorted(random.Random(8).sample([i for i in range(TRIALS) if i % 4 != 3], 1))
 STAGE_CMD = ["stage", "validate", "--params", "p.yaml", "-t", "int8"]
 RUN_CMD = ["run", "p.yaml", "-t", "int8"]
 
