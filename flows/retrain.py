@@ -14,10 +14,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from flows.limits import failure_message, is_bad_input, resolve
 from flows.new_version import compile_locked, params_for_version, trained_name
 from tasks.stages import transient_failure
 from trtflow.errors import DataError, ParamsError
+from trtflow.project import project_lock
 
 RETRAIN_VERSION = "retrain-1"
 TRAINING_DATA = {"digits": "data/digits/train.npz"}
@@ -90,19 +88,6 @@ def tracked_training_data(model: str, root: Path) -> dict[str, str]:
             "dvc_md5": dvc_digest(root, rel) or "", "sha256": file_digest(path)}
 
 
-@contextmanager
-def _retrain_lock(root: Path, model: str) -> Iterator[None]:
-    """Check-then-register under a file lock: two retrains never register one model twice."""
-    locks = root / ".trtflow" / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"retrain-{model}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _existing_version(registered: str, train_key: str) -> str | None:
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -134,7 +119,7 @@ def train_and_register(model: str, root: Path, data: dict[str, str], epochs: int
     registered = trained_name(model)
     train_key = make_key("retrain", RETRAIN_VERSION, trainer=DIGITS_TRAIN_VERSION,
                          data=data["sha256"], epochs=epochs, seed=0, torch=torch.__version__)
-    with _retrain_lock(root, model):
+    with project_lock(root, f"retrain-{model}"):
         existing = _existing_version(registered, train_key)
         if existing:
             logger.info("%s v%s was trained from these inputs (key %s): reused", registered,

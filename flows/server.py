@@ -25,6 +25,7 @@ from pathlib import Path
 
 from trtflow.atomic import atomic_file
 from trtflow.errors import TrtflowError
+from trtflow.store import pid_alive
 
 SERVER_FILE = "server.json"
 
@@ -57,7 +58,7 @@ class PrefectServer:
                 if os.waitpid(self.pid, os.WNOHANG)[0]:
                     return
             except ChildProcessError:  # not our child (recorded by another process)
-                if not _alive(self.pid):
+                if not pid_alive(self.pid):
                     return
             time.sleep(0.2)
         try:
@@ -134,11 +135,4 @@ def recorded(home: Path) -> PrefectServer | None:
     return server if healthy(server.api_url) else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

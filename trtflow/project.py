@@ -7,8 +7,10 @@ database with its artifacts. Variables the user already set win.
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -40,6 +42,20 @@ def configure_environment(root: Path) -> None:
     state.mkdir(parents=True, exist_ok=True)
 
 
+@contextmanager
+def project_lock(root: Path, name: str) -> Iterator[None]:
+    """An exclusive file lock under `.trtflow/locks/` (one machine): check-then-act steps
+    such as registering a version or creating a schema run one process at a time."""
+    locks = state_dir(root) / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def initialize_databases(root: Path) -> None:
     """Create the embedded Prefect and MLflow schemas once, under a file lock.
 
@@ -49,12 +65,8 @@ def initialize_databases(root: Path) -> None:
     runs skip this. A Prefect server (`PREFECT_API_URL`) or a non-sqlite MLflow
     manages its own schema and is left alone.
     """
-    import fcntl
-
     locks = state_dir(root) / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / "init-databases.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with project_lock(root, "init-databases"):
         if not os.environ.get("PREFECT_API_URL"):
             _once(locks, "prefect", _create_prefect_db)
         if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("sqlite:"):

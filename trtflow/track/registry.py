@@ -24,18 +24,16 @@ one machine.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trtflow.errors import RegistryError
 from trtflow.params import RegistryConfig
+from trtflow.project import project_lock
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
@@ -145,18 +143,6 @@ def decide(candidate: EngineFacts, production: EngineFacts | None, policy: Regis
     return d
 
 
-@contextmanager
-def _lock(root: Path, name: str) -> Iterator[None]:
-    locks = root / ".trtflow" / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"registry-{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _client() -> Any:
     import mlflow
 
@@ -195,7 +181,7 @@ def register(root: Path, name: str, model_uri: str, run_id: str, engine_key: str
     """Register `model_uri` as a version of `name` (once per engine key); move `candidate`
     to it; with `policy.promote == "auto"` run the promotion gate."""
     client = _client()
-    with _lock(root, name):
+    with project_lock(root, f"registry-{name}"):
         existing = [v for v in _versions(client, name)
                     if v.tags.get(f"{TAG}engine_key") == engine_key]
         if existing:
