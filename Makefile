@@ -20,13 +20,13 @@ demo: $(STAMP)
 test: $(STAMP) chromium-installed
 	$(BIN)/ruff check -q trtflow flows tasks tests bench
 	$(BIN)/mypy trtflow flows tasks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Every bad input, all 20 crash trials, concurrency and storage faults (make test runs a subset).
 # Everything, the slow tier included (long DVC experiments, Prefect schedules, Dask,
 # all crash trials): over CI's 15-minute budget, so `make test` leaves it out.
 test-all: $(STAMP) chromium-installed
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "slow or not slow"
 
 reliability: $(STAMP)
 	$(BIN)/python -m pytest -q tests/reliability -m "slow or not slow"
