@@ -88,7 +88,6 @@ def test_cached_rerun_runs_no_stage(first_run: dict, digits_root: Path) -> None:
     stages = _stages(again)
     assert [s.prefect_state for s in stages] == ["Cached"] * 7
     assert [s.key for s in stages] == [s.key for s in _stages(first_run)]
-    assert sum(s.run_seconds for s in stages) < 0.05 * sum(s.seconds for s in stages) + 0.5
 
 
 def test_validate_param_change_reruns_only_validate(first_run: dict, digits_root: Path) -> None:
