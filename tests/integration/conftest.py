@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ..conftest import REPO
-from .s3_server import TEST_ENV, UNSET_ENV, MotoServer
+from .s3_server import MotoServer, isolate_aws_env
 
 
 def write_params(root: Path, name: str = "digits", **overrides: dict) -> Path:
@@ -38,13 +38,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = MotoServer(tmp / "moto.log").start()
     try:
         with pytest.MonkeyPatch.context() as env:
-            for name in UNSET_ENV:
-                env.delenv(name, raising=False)
-            for name, value in TEST_ENV.items():
-                env.setenv(name, value)
-            # no ~/.aws files: nothing but this environment shapes the client
-            env.setenv("AWS_CONFIG_FILE", str(tmp / "absent-config"))
-            env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "absent-credentials"))
+            isolate_aws_env(env, tmp)
             env.setenv("AWS_ENDPOINT_URL_S3", server.endpoint)
             yield server.endpoint
     finally:

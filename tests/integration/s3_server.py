@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -76,3 +77,14 @@ class MotoServer:
                 os.kill(self.pid, signal.SIGKILL)
                 self._proc.wait(timeout=5)
         self._proc = None
+
+
+def isolate_aws_env(env: Any, tmp: Path) -> None:
+    """Point boto3 at nothing but the test credentials (`env`: a pytest MonkeyPatch): the
+    AWS variables that could steer it are unset and no ~/.aws files are read."""
+    for name in UNSET_ENV:
+        env.delenv(name, raising=False)
+    for name, value in TEST_ENV.items():
+        env.setenv(name, value)
+    env.setenv("AWS_CONFIG_FILE", str(tmp / "absent-config"))
+    env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "absent-credentials"))

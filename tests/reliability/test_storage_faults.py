@@ -21,7 +21,7 @@ import pytest
 from trtflow.errors import StoreError
 from trtflow.track.publish import fetch, publish, s3_client
 
-from ..integration.s3_server import TEST_ENV, UNSET_ENV, MotoServer
+from ..integration.s3_server import TEST_ENV, MotoServer, isolate_aws_env
 from .conftest import project_env, trtflow
 
 MiB = 1024 * 1024
@@ -30,12 +30,7 @@ MiB = 1024 * 1024
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[MotoServer]:
     with pytest.MonkeyPatch.context() as env:
-        for name in UNSET_ENV:
-            env.delenv(name, raising=False)
-        for name, value in TEST_ENV.items():
-            env.setenv(name, value)
-        env.setenv("AWS_CONFIG_FILE", str(tmp_path / "absent"))
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "absent"))
+        isolate_aws_env(env, tmp_path)
         moto = MotoServer(tmp_path / "moto.log").start()
         try:
             yield moto
