@@ -77,13 +77,15 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
         validated = _run(ctx, "validate", name, [built, cleaned])
         per_target[name] = [*upstream[1:], built, validated]
 
-    from trtflow.track.mlflow_log import log_compile
-
-    wall = time.perf_counter() - start
-    run_ids = log_compile(params, params_path, Path(root), [exported, cleaned], per_target, wall)
+    from trtflow.track.mlflow_log import log_compile, tracking_server_guard
     from trtflow.track.release import release
 
-    released = release(params, Path(root), per_target, run_ids, [exported, cleaned])
+    wall = time.perf_counter() - start
+    with tracking_server_guard("logging the compile"):
+        run_ids = log_compile(params, params_path, Path(root), [exported, cleaned], per_target,
+                              wall)
+    with tracking_server_guard("registering the engines"):
+        released = release(params, Path(root), per_target, run_ids, [exported, cleaned])
     failed = [n for n, stages in per_target.items() if not stages[-1].report["gates"]["passed"]]
     summary = {"model": params.model.name, "run_ids": run_ids, "wall_seconds": wall,
                "stages": {"model": [exported, cleaned], **per_target}, "released": released}

@@ -54,21 +54,15 @@ def check_tracking_server(timeout: float = 10.0) -> None:
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
-
     from trtflow.errors import TrackingError
+    from trtflow.project import unreachable
 
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # it answered
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+    reason = unreachable(uri, timeout)
+    if reason is not None:
         raise TrackingError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is "
                             f"unreachable: {reason}; nothing was compiled. Start the server, "
                             "or unset MLFLOW_TRACKING_URI to log to the project's sqlite "
-                            "file") from None
+                            "file")
 
 
 def _fail(exc: TrtflowError) -> None:

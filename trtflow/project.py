@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,10 +38,26 @@ def configure_environment(root: Path) -> None:
         "GIT_PYTHON_REFRESH": "quiet",
         "MLFLOW_LOGGING_LEVEL": "WARNING",  # the CLI prints what was logged itself
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # a tracking server that dies mid-run: ~7 s of retries per request, not MLflow's ~4 min
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     state.mkdir(parents=True, exist_ok=True)
+
+
+def unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why an HTTP server (an MLflow tracking server) at `uri` does not answer `/health`,
+    or None when it answers at all."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered, if not with 200
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
 
 
 @contextmanager

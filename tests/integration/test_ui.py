@@ -17,12 +17,8 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +31,7 @@ from flows.compile import compile_flow
 
 from ..conftest import REPO
 from .conftest import write_params
-from .s3_server import free_port
+from .mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.integration
 TRTFLOW = [sys.executable, "-m", "trtflow.cli"]
@@ -66,46 +62,10 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "model": model, "first": first, "second": second, "runs": runs}
 
 
-class MlflowUi:
-    """`mlflow/serve.sh` (the `make ui` command) on a free port over the session's store;
-    started in its own process group and stopped by that group's id (its PID)."""
-
-    def __init__(self, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MLFLOW_PORT": str(self.port), "PYTHON": sys.executable}
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(["bash", str(REPO / "mlflow" / "serve.sh")], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-
-    def wait(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=2).close()
-                return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.5)
-        raise RuntimeError(f"mlflow server did not answer on {self.url} within {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(compiled: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
               ) -> Iterator[str]:
-    server = MlflowUi(tmp_path_factory.mktemp("mlflow-ui") / "server.log")
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-ui") / "server.log")
     try:
         server.wait()
         yield server.url

@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import subprocess
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from trtflow.errors import TrackingError
 from trtflow.params import Params
 from trtflow.pipeline import StageResult
+from trtflow.project import unreachable
 
 
 def git_commit(root: Path) -> str:
@@ -58,6 +62,30 @@ def lineage_tags(params: Params, root: Path) -> dict[str, str]:
         md5 = dvc_digest(root, source.path) if source.path else None
         tags[f"trtflow.data.{split}.dvc_md5"] = md5 or "not DVC-tracked"
     return tags
+
+
+@contextmanager
+def tracking_server_guard(what: str) -> Iterator[None]:
+    """Turn "the tracking server went away during `what`" into one TrackingError.
+
+    MLflow's client retries a dead server for minutes by default (7 retries, factor 2:
+    ~4 min per request); `configure_environment` lowers that to 3 retries, factor 1, so a
+    server that stops mid-run fails the run in seconds. The error says what is safe: the
+    stages are complete in the store, and a re-run logs them without recomputing.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as exc:
+        if not uri.startswith(("http://", "https://")) or not unreachable(uri):
+            raise  # not an outage: the original error
+        reason = " ".join(str(exc).split())[:300]
+        raise TrackingError(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) stopped answering while "
+            f"{what}: {reason}. The compiled stages are complete in the store: run the same "
+            "command again once the server is back (every stage will be cached)") from exc
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -194,8 +194,12 @@ def register(root: Path, name: str, model_uri: str, run_id: str, engine_key: str
             pass  # exists already
         all_tags = {**tags, **facts.tags(), f"{TAG}engine_key": engine_key,
                     f"{TAG}promotion": "pending"}
+        # a logged model (`models:/m-<id>`) is named by its id too: a tracking server
+        # refuses the source without it (a sqlite store does not check)
+        logged = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") \
+            else None
         version = client.create_model_version(name, source=model_uri, run_id=run_id,
-                                              tags=all_tags).version
+                                              tags=all_tags, model_id=logged).version
         client.set_registered_model_alias(name, CANDIDATE, version)
     decision = promote(name, version, policy) if policy.promote == "auto" else None
     return Registration(name, str(version), True, decision)
