@@ -191,8 +191,6 @@ def test_schedule_retrains_registers_and_compiles(served: Path) -> None:
                for r in compiled)
 
 
-@pytest.mark.slow  # passes alone; after other modules in one process the served compile
-# cannot find models:/digits-model/1 in the session MLflow db (open: see issue #6 note)
 def test_events_trigger_compiles_that_wait_for_the_model_slot(served: Path) -> None:
     """Two `trtflow trigger`s while a compile of digits holds the slot: both flow runs
     start and wait; released, they compile one after the other, each logged to MLflow."""
@@ -224,11 +222,15 @@ def test_events_trigger_compiles_that_wait_for_the_model_slot(served: Path) -> N
         first, second = sorted((subflows_of(c, r)[0] for r in done),
                                key=lambda r: r.start_time)
         assert first.end_time <= second.start_time  # never two compiles of digits at once
+    registered = set()
     for run in done:  # each triggered run logged its compile to MLflow
         engines = [r for r in mlflow_runs_of(run.id) if r.data.tags.get("trtflow.target")]
         assert [r.data.tags["trtflow.target"] for r in engines] == ["fp32"]
         assert engines[0].data.tags["trtflow.source.mlflow"] == "models:/digits-model/1"
-        assert engines[0].data.tags["trtflow.registered_version"] == "digits-fp32/1"
+        registered.add(engines[0].data.tags["trtflow.registered_version"])
+    # one model version compiled twice is one engine: one registry version (other test
+    # modules of the session may have registered digits-fp32 versions before)
+    assert len(registered) == 1 and registered.pop().startswith("digits-fp32/")
 
 
 @pytest.mark.slow  # CI budget: `make test-all` runs it
