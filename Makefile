@@ -18,21 +18,21 @@ demo: $(STAMP)
 	$(BIN)/trtflow run params/minilm.yaml
 
 test: $(STAMP) chromium-installed
-	$(BIN)/ruff check -q trtflow flows tasks tests bench
+	$(BIN)/ruff check -q trtflow flows tasks tests bench scripts
 	$(BIN)/mypy trtflow flows tasks
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# Every bad input, all 20 crash trials, concurrency and storage faults (make test runs a subset).
 # Everything, the slow tier included (long DVC experiments, Prefect schedules, Dask,
 # all crash trials): over CI's 15-minute budget, so `make test` leaves it out.
 test-all: $(STAMP) chromium-installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "slow or not slow"
 
+# Every bad input, all 20 crash trials, concurrency and storage faults (make test runs a subset).
 reliability: $(STAMP)
 	$(BIN)/python -m pytest -q tests/reliability -m "slow or not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check trtflow flows tasks tests bench
+	$(BIN)/ruff check trtflow flows tasks tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy trtflow flows tasks
@@ -51,6 +51,7 @@ bench: $(STAMP)
 # A local Prefect server (data in .trtflow/prefect), the MLflow UI, and the retrain (nightly)
 # and compile-on-new-version (event) deployments; `trtflow trigger digits` compiles now.
 serve: $(STAMP)
+	test -f data/digits/calibration.npz || $(BIN)/trtflow prepare
 	$(BIN)/trtflow serve
 
 clean:

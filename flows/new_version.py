@@ -17,6 +17,7 @@ at once; anything else (a server that went away) compiles again after 30 s and
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,49 @@ def compile_locked(model: str, params_file: Path, root: Path, targets: list[str]
            "released": summary["released"], "flow_run_id": str(flow_run.get_id())}
     _tag_runs(summary["run_ids"], reason)
     _emit_engines(model, summary["released"])
+    _summarize(model, summary["run_ids"], summary["released"], reason)
     return out
+
+
+def engines_table(model: str, run_ids: dict[str, str], released: dict[str, dict[str, Any]],
+                  ui: str) -> str:
+    """Markdown: one row per target with its registry version, promotion and MLflow links
+    (`ui`: the MLflow UI address; '' leaves the run ids as text), the gate's reasons below."""
+    rows = ["| target | registered | promotion | MLflow run |", "|---|---|---|---|"]
+    reasons = []
+    for target, info in released.items():
+        run = run_ids.get(target, "")
+        run_cell = f"[{run[:12]}]({ui}/#/runs/{run})" if ui and run else f"`{run[:12]}`"
+        promo = "-"
+        if info.get("registered"):
+            name, version = info["registered"], info["version"]
+            page = f"{ui}/#/models/{name}/versions/{version}"
+            reg = f"[{name} v{version}]({page})" if ui else f"{name} v{version}"
+            if not info.get("created"):
+                reg += " (same engine)"
+            decision = info.get("decision") or {}
+            if decision:
+                promo = "production" if decision.get("promoted") else "refused"
+                reasons.append(f"- {name} v{version}, {promo}: {decision.get('reason', '')}")
+        else:
+            reg = "not registered (failed a validation gate)"
+        rows.append(f"| {target} | {reg} | {promo} | {run_cell} |")
+    return (f"## {model}: compiled engines\n\n" + "\n".join(rows) + "\n\n" +
+            "\n".join(reasons) + "\n")
+
+
+def _summarize(model: str, run_ids: dict[str, str], released: dict[str, dict[str, Any]],
+               reason: str) -> None:
+    """The engines in the flow run's log and as a markdown artifact in the Prefect UI, linked
+    to the MLflow UI when `trtflow serve` started one (TRTFLOW_MLFLOW_UI)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    ui = os.environ.get("TRTFLOW_MLFLOW_UI", "").rstrip("/")
+    table = engines_table(model, run_ids, released, ui)
+    get_run_logger().info("%s", table)
+    key = re.sub(r"[^a-z0-9-]+", "-", model.lower()) + "-engines"  # Prefect's key alphabet
+    create_markdown_artifact(markdown=f"{table}\nTriggered by: {reason}", key=key,
+                             description=f"{model} engines compiled by this run")
 
 
 def _tag_runs(run_ids: dict[str, str], reason: str) -> None:

@@ -9,6 +9,7 @@ out over Prefect's local process pool or a Dask cluster.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -108,6 +109,8 @@ def serve(
         from flows import deployments
 
         mlflow_url, ui = _start_mlflow_ui(root, mlflow_port) if mlflow_ui else ("", None)
+        if mlflow_url:  # the served flow runs link their engines to it
+            os.environ.setdefault("TRTFLOW_MLFLOW_UI", mlflow_url)
         schedule = (f"every {retrain_interval:g} s" if retrain_interval
                     else f"cron '{retrain_cron or deployments.retrain_cron()}'")
         served = deployments.build_deployments(root, str(params), model, retrain_cron,
@@ -195,6 +198,7 @@ def trigger(
         event = emit_compile_request(event_name, model, version=version or "",
                                      params_path=str(params_path), dataset=dataset or "",
                                      targets=",".join(target or []))
+        logging.getLogger("EventsWorker").setLevel(logging.ERROR)  # "Still processing items"
         EventsWorker.drain_all(timeout=30)
         if event is None:
             raise ParamsError("Prefect did not emit the event (no API configured)")
@@ -234,6 +238,14 @@ def _wait_for_compile(model: str, since: float, timeout: float) -> None:
                           f"{timeout:.0f} s (is `trtflow serve` running?)")
     if run.state.is_completed():
         out.print(f"[green]✓[/] flow run {run.name} ({run.id}) completed")
+        with get_client(sync_client=True) as client:  # the engines table the run attached
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+            from rich.markdown import Markdown
+
+            for artifact in client.read_artifacts(flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[run.id]))):
+                if artifact.type == "markdown" and str(artifact.key).endswith("-engines"):
+                    out.print(Markdown(str(artifact.data)))
     else:
         raise ServerError(f"flow run {run.name} ({run.id}) ended {run.state.name}: "
                           f"{run.state.message}")

@@ -146,6 +146,13 @@ def logs_of(c: Any, run: Any) -> str:
     return "\n".join(entry.message for entry in logs)
 
 
+def artifacts_of(c: Any, run: Any) -> dict[str, str]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    found = c.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    return {a.key: str(a.data) for a in found if a.key}
+
+
 def mlflow_runs_of(flow_run_id: Any) -> Any:
     import mlflow
 
@@ -187,6 +194,12 @@ def test_schedule_retrains_registers_and_compiles(served: Path) -> None:
     assert version.tags["trtflow.data.train.dvc_md5"] == tracked
     compiled = mlflow_runs_of(run.id)
     assert {r.data.tags.get("trtflow.target") for r in compiled} >= {"fp32", "int8"}
+    with client() as c:  # the run's engines table, shown in the Prefect UI's Artifacts tab
+        table = artifacts_of(c, run)["digits-engines"]
+    for r in compiled:
+        if r.data.tags.get("trtflow.registered_version"):
+            name, version = r.data.tags["trtflow.registered_version"].split("/")
+            assert f"{name} v{version}" in table and r.info.run_id[:12] in table
     assert all(r.data.tags["trtflow.source.mlflow"] == "models:/digits-model/1"
                for r in compiled)
 
