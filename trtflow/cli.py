@@ -360,6 +360,7 @@ from trtflow import cli_ops  # noqa: E402,F401,I001  (serve, trigger, matrix)
 from trtflow import cli_registry  # noqa: E402,F401  (promote, history)
 from trtflow import cli_report  # noqa: E402,F401  (report)
 from trtflow import cli_store  # noqa: E402,F401  (store verify, store gc)
+from trtflow import cli_data  # noqa: E402,F401  (data push)
 
 
 def main() -> None:

@@ -246,6 +246,36 @@ def test_events_trigger_compiles_that_wait_for_the_model_slot(served: Path) -> N
     assert len(registered) == 1 and registered.pop().startswith("digits-fp32/")
 
 
+def test_data_push_records_pushes_and_triggers_a_compile(served: Path) -> None:
+    """16 more calibration images, then `trtflow data push data/digits --wait`: a new DVC
+    version on the project's DVC remote, and one compile of digits triggered by
+    trtflow.dataset.updated whose int8 engine was calibrated on that version."""
+    digits = served / "data" / "digits"
+    with np.load(digits / "calibration.npz") as cal, np.load(digits / "train.npz") as train:
+        images = np.concatenate([cal["image"], train["image"][:16]])
+        labels = np.concatenate([cal["label"], train["label"][:16]])
+    np.savez(digits / "calibration.npz", image=images, label=labels)
+    dvc_file = served / "data" / "digits.dvc"
+    old_md5 = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+    with client() as c:
+        before = {r.id for r in runs_of(c, "compile-on-new-version")}
+    res = subprocess.run([TRTFLOW, "data", "push", "data/digits", "--root", str(served),
+                          "--wait"], cwd=served, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    md5 = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+    assert md5 != old_md5 and md5 in res.stdout
+    assert "emitted trtflow.dataset.updated for trtflow.model.digits" in res.stdout
+    status = subprocess.run([str(Path(TRTFLOW).with_name("dvc")), "status", "--cloud",
+                             "data/digits.dvc"], cwd=served, capture_output=True, text=True)
+    assert "in sync" in status.stdout, status.stdout + status.stderr  # on the remote
+    with client() as c:
+        new = [r for r in runs_of(c, "compile-on-new-version") if r.id not in before]
+        assert len(new) == 1 and new[0].state.is_completed(), [r.state for r in new]
+        assert new[0].parameters["reason"] == "trtflow.dataset.updated data/digits"
+    int8 = [r for r in mlflow_runs_of(new[0].id) if r.data.tags.get("trtflow.target") == "int8"]
+    assert [r.data.tags["trtflow.data.calibration.dvc_md5"] for r in int8] == [md5]
+
+
 @pytest.mark.slow  # CI budget: `make test-all` runs it
 def test_failed_compile_names_the_stage_and_is_not_retried(served: Path) -> None:
     broken = yaml.safe_load((served / "params" / "digits.yaml").read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,6 +361,17 @@ def _onnx_case(make: Callable[[Path], None] | None, command: str = "run"
     return setup
 
 
+def _push(path: str, git_dvc: bool = False) -> Callable[[Path], Call]:
+    """`trtflow data push PATH` (in a git + DVC repo without a remote, with `git_dvc`)."""
+    def setup(root: Path) -> Call:
+        if git_dvc:
+            subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+            dvc = str(Path(sys.executable).with_name("dvc"))
+            subprocess.run([dvc, "init", "-q"], cwd=root, check=True)
+        return Call(["data", "push", path, "--no-emit"])
+    return setup
+
+
 CASES: list[Case] = [
     # --- params --------------------------------------------------------------------------
     Case("params-missing", "params", "params file that does not exist",
@@ -489,6 +501,12 @@ CASES: list[Case] = [
          _read_only_store, "Read-only file system"),
     Case("env-tampered-store", "environment", "one byte of a stored artifact changed",
          _tampered_store, "1 of 1 artifacts"),
+    Case("data-push-missing", "data", "`data push` of a path that does not exist",
+         _push("data/nothing-here"), "data/nothing-here: no such file or folder"),
+    Case("data-push-outside", "data", "`data push` of a path outside the project",
+         _push("/etc/hostname"), "is outside the project"),
+    Case("data-push-no-remote", "data", "`data push` with no DVC remote configured",
+         _push("data/digits", git_dvc=True), "no DVC remote is configured"),
 ]
 
 # Cases that import the ML stack (seconds each); the default run keeps one or two per group
@@ -539,7 +557,8 @@ _COMMANDS = {
     "graph-dynamic-dim": "stage cleanup", "env-s3-publish-down": "publish",
     "env-s3-fetch-down": "fetch", "env-fetch-dest-exists": "fetch",
     "env-disk-full": "stage export", "env-read-only-store": "stage export",
-    "env-tampered-store": "store verify",
+    "env-tampered-store": "store verify", "data-push-missing": "data push",
+    "data-push-outside": "data push", "data-push-no-remote": "data push",
 }
 
 
