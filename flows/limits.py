@@ -90,8 +90,9 @@ def failure_message(model: str, exc: BaseException, stage: str, action: str = "c
 
 
 def is_bad_input(exc: BaseException) -> bool:
-    """trtflow's own errors (bad params, data, model; failed gates) are not retried."""
-    return isinstance(exc, TrtflowError)
+    """trtflow's own errors (bad params, data, model; failed gates) are not retried; an
+    unreachable MLflow or S3 server (`transient`) and errors trtflow did not foresee are."""
+    return isinstance(exc, TrtflowError) and not exc.transient
 
 
 def resolve(root: Path, path: str) -> Path:

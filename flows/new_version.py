@@ -10,8 +10,9 @@ registered yet, the params file as it is.
 
 Failures end the run as Failed with `<model>: compile failed at stage <stage>:
 <Error>: <reason>`. trtflow's own errors (bad params, data, a failed gate) fail
-at once; anything else (a server that went away) compiles again after 30 s and
-120 s first (stage tasks also retry OS-level errors themselves, 2 s and 4 s).
+at once; an unreachable MLflow or S3 server, or any error trtflow did not foresee,
+compiles again after 30 s and 120 s first ($TRTFLOW_COMPILE_RETRY_DELAYS; stages
+already done are cached; stage tasks also retry OS-level errors, 2 s and 4 s).
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ from trtflow.atomic import atomic_file
 from trtflow.errors import ParamsError
 
 COMPILE_RETRY_DELAYS = (30, 120)  # seconds before the 2nd and 3rd try of a transient failure
+
+
+def retry_delays() -> list[float]:
+    """COMPILE_RETRY_DELAYS, or $TRTFLOW_COMPILE_RETRY_DELAYS ("30,120"; "" = no retry)."""
+    text = os.environ.get("TRTFLOW_COMPILE_RETRY_DELAYS")
+    if text is None:
+        return list(COMPILE_RETRY_DELAYS)
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ParamsError(f"TRTFLOW_COMPILE_RETRY_DELAYS={text!r}: expected seconds separated "
+                          "by commas, e.g. 30,120") from None
 
 
 def trained_name(model: str) -> str:
@@ -94,7 +107,7 @@ def compile_locked(model: str, params_file: Path, root: Path, targets: list[str]
 
     logger = get_run_logger()
     with model_slot(model):
-        for attempt, delay in enumerate([*COMPILE_RETRY_DELAYS, None], start=1):
+        for attempt, delay in enumerate([*retry_delays(), None], start=1):
             logger.info("compiling %s from %s (%s, attempt %d)", model, params_file, reason,
                         attempt)
             state = compile_flow(str(params_file), str(root), targets or None,

@@ -11,6 +11,14 @@ class TrtflowError(Exception):
     """Base of every error trtflow raises on purpose (bad input, failed check)."""
 
     exit_code = 2
+    transient = False  # True: a service did not answer; it may pass, so schedulers retry
+
+
+class UnreachableError(TrtflowError):
+    """A server trtflow talks to (MLflow tracking, an S3 endpoint) did not answer, even
+    after retries. Not the input's fault: unattended runs retry it with a backoff."""
+
+    transient = True
 
 
 class ParamsError(TrtflowError):
@@ -51,5 +59,9 @@ class RegistryError(TrtflowError):
     """The model registry refused an operation (unknown model/version, no such alias)."""
 
 
-class TrackingError(TrtflowError):
+class TrackingError(UnreachableError):
     """The MLflow tracking server cannot be reached."""
+
+
+class S3UnreachableError(StoreError, UnreachableError):
+    """The S3 endpoint engines are published to (or fetched from) does not answer."""

@@ -51,7 +51,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from trtflow.errors import StoreError, TrtflowError
+from trtflow.errors import S3UnreachableError, StoreError, TrtflowError
 from trtflow.store import file_digest
 
 MANIFEST = "manifest.json"
@@ -288,7 +288,7 @@ class _S3:
             yield
         except _UNREACHABLE as exc:
             attempts = self.client.meta.config.retries.get("total_max_attempts", "?")
-            raise StoreError(f"S3 endpoint {endpoint} is unreachable ({action} {where}, "
+            raise S3UnreachableError(f"S3 endpoint {endpoint} is unreachable ({action} {where}, "
                              f"{attempts} attempts): {exc}") from None
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise StoreError(f"no usable AWS credentials to {action} {where} "
