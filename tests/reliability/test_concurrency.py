@@ -119,3 +119,16 @@ def test_credentials_never_reach_mlflow(four_runs: tuple[Path, list]) -> None:
                  *(p for p in (root / ".trtflow" / "mlartifacts").rglob("*") if p.is_file())]:
         data = path.read_bytes()
         assert SECRET.encode() not in data and ACCESS_KEY.encode() not in data, path
+
+
+def test_identical_engines_are_one_registry_version(four_runs: tuple[Path, list]) -> None:
+    """The three fp32 compiles build one engine (same build key): one version of tiny-fp32,
+    and the two runs that lost the race say which version their engine already is."""
+    root, outputs = four_runs
+    client = _client(root)
+    for name in ("tiny-fp32", "tiny-int8"):
+        versions = client.search_model_versions(f"name = '{name}'")
+        keys = [v.tags.get("trtflow.engine_key") for v in versions]
+        assert len(versions) == 1 and keys[0], (name, keys)
+    said = [out for _code, out, _err in outputs if "same engine as tiny-fp32 v1" in out]
+    assert len(said) == 2, [out[-400:] for _code, out, _err in outputs]
