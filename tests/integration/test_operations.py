@@ -332,6 +332,51 @@ def test_dask_matrix_compiles_every_cell(prefect_server: PrefectServer,
         assert cell["released"]["version"] == str(same[0].version)
 
 
+@pytest.mark.slow  # CI budget: `make test-all` runs it
+def test_matrix_on_an_external_dask_scheduler(prefect_server: PrefectServer, tmp_path: Path,
+                                             demo_root: Path) -> None:
+    """The multi-machine path, on one machine: a `dask scheduler` and two `dask worker`
+    processes (no nanny) started as a cluster's operator starts them, with the project's
+    environment; the matrix is pointed at the scheduler's address, and every cell must run
+    in one of those worker processes."""
+    from distributed import Client
+
+    from flows.matrix import run_matrix
+
+    dask = str(Path(TRTFLOW).with_name("dask"))
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-nanny",
+                                "--no-dashboard", "--local-directory", str(tmp_path / f"w{i}")],
+                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) for i in range(2)]
+    try:
+        with Client(address, timeout=60) as dask_client:
+            dask_client.wait_for_workers(2, timeout=180)
+        root = tmp_path / "cluster"
+        shutil.copytree(demo_root / "data" / "digits", root / "data" / "digits")
+        params = write_params(root, model={"name": "digits-cluster"},
+                              validate={"gates": {"max_accuracy_drop": 0.05},
+                                        "batch_sizes": [1]})
+        results = run_matrix([str(params)], root, targets=["int8"],
+                             methods=["max", "percentile"], runner="dask", address=address)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert sorted(results) == ["digits-cluster/int8/max", "digits-cluster/int8/percentile"]
+    workers = {p.pid for p in procs[1:]}
+    assert {cell["pid"] for cell in results.values()} <= workers, (results, workers)
+    assert all(cell["released"].get("version") for cell in results.values())
+
+
 @pytest.mark.slow
 def test_matrix_cli_on_the_process_pool(prefect_server: PrefectServer, tmp_path: Path,
                                         demo_root: Path) -> None:
