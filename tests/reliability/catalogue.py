@@ -361,13 +361,21 @@ def _onnx_case(make: Callable[[Path], None] | None, command: str = "run"
     return setup
 
 
-def _push(path: str, git_dvc: bool = False) -> Callable[[Path], Call]:
-    """`trtflow data push PATH` (in a git + DVC repo without a remote, with `git_dvc`)."""
+def _push(path: str, git_dvc: bool = False, remote: bool = False) -> Callable[[Path], Call]:
+    """`trtflow data push PATH`; with `git_dvc` in a git + DVC repo (no remote unless
+    `remote`); with `remote`, params/digits.yaml reads PATH and the events are emitted."""
     def setup(root: Path) -> Call:
         if git_dvc:
             subprocess.run(["git", "init", "-q"], cwd=root, check=True)
             dvc = str(Path(sys.executable).with_name("dvc"))
             subprocess.run([dvc, "init", "-q"], cwd=root, check=True)
+            if remote:
+                subprocess.run([dvc, "remote", "add", "-d", "local", str(root / "remote")],
+                               cwd=root, check=True, capture_output=True)
+        if remote:
+            (root / "params").mkdir()
+            _params(root, name="params/digits.yaml")
+            return Call(["data", "push", path])
         return Call(["data", "push", path, "--no-emit"])
     return setup
 
@@ -507,6 +515,8 @@ CASES: list[Case] = [
          _push("/etc/hostname"), "is outside the project"),
     Case("data-push-no-remote", "data", "`data push` with no DVC remote configured",
          _push("data/digits", git_dvc=True), "no DVC remote is configured"),
+    Case("data-push-no-server", "environment", "`data push` with no Prefect server to tell",
+         _push("data/digits", git_dvc=True, remote=True), "no Prefect server for this project"),
 ]
 
 # Cases that import the ML stack (seconds each); the default run keeps one or two per group
@@ -559,6 +569,7 @@ _COMMANDS = {
     "env-disk-full": "stage export", "env-read-only-store": "stage export",
     "env-tampered-store": "store verify", "data-push-missing": "data push",
     "data-push-outside": "data push", "data-push-no-remote": "data push",
+    "data-push-no-server": "data push",
 }
 
 
