@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from trtflow.cli import ROOT_OPTION, _fail, app, console, out
+from trtflow.cli_ops import TIMEOUT_OPTION, WAIT_OPTION, _connect, _wait_for_compile
 from trtflow.errors import DataError, ParamsError, TrtflowError
 
 data_app = typer.Typer(help="Publish data set versions (DVC) and trigger the compiles that "
@@ -62,10 +63,8 @@ def push(
         "params/*.yaml reads data under PATH")] = None,
     emit: Annotated[bool, typer.Option(help="emit trtflow.dataset.updated (needs the Prefect "
                                        "server of `trtflow serve`)")] = True,
-    wait: Annotated[bool, typer.Option(help="wait for the triggered compiles to finish")] =
-        False,
-    timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] =
-        900.0,
+    wait: Annotated[bool, WAIT_OPTION] = False,
+    timeout: Annotated[float, TIMEOUT_OPTION] = 900.0,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
     """`dvc add` + `dvc push` PATH, then trigger a compile of each model that reads it."""
@@ -91,8 +90,6 @@ def push(
                 raise ParamsError(f"--model {name}: {params_file} does not exist")
         server = None
         if emit and models:
-            from trtflow.cli_ops import _connect
-
             server = _connect(start=False, port=0)  # before any change: fail with nothing done
 
         _dvc(root, "add", str(rel))
@@ -122,7 +119,6 @@ def _emit(models: dict[str, Path], root: Path, dataset: str, md5: str, api_url: 
     from prefect.events.worker import EventsWorker
 
     from flows.events import DATASET_UPDATED, emit_compile_request
-    from trtflow.cli_ops import _wait_for_compile
 
     started = time.time()
     for name, params_file in models.items():

@@ -29,6 +29,10 @@ def _prefect_home() -> Path:
     return Path(os.environ["PREFECT_HOME"])
 
 
+WAIT_OPTION = typer.Option(help="wait for the triggered compile(s) to finish")
+TIMEOUT_OPTION = typer.Option(help="--wait gives up after this many seconds")
+
+
 def _connect(start: bool, port: int) -> Any:
     """PREFECT_API_URL's server, else the one `trtflow serve` recorded, else (if `start`)
     a new local one. Sets PREFECT_API_URL for this process and its children."""
@@ -162,10 +166,8 @@ def trigger(
     target: Annotated[list[str] | None, typer.Option(
         "--target", "-t", help="target to compile (repeatable); default: every CPU target")]
         = None,
-    wait: Annotated[bool, typer.Option(help="wait for the triggered compile to finish")] =
-        False,
-    timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] =
-        900.0,
+    wait: Annotated[bool, WAIT_OPTION] = False,
+    timeout: Annotated[float, TIMEOUT_OPTION] = 900.0,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
     """Emit the event that makes the served compile-on-new-version deployment compile MODEL."""
