@@ -31,10 +31,13 @@ RUN_CMD = ["run", "p.yaml", "-t", "int8"]
 
 
 def artifacts(root: Path) -> dict[tuple[str, str], dict]:
-    """(stage, key) -> artifact.json of every complete artifact in the project's store."""
+    """(stage, key) -> artifact.json of every complete artifact in the project's store.
+    Writers' temp dirs (`.tmp-*`: pathlib's glob matches dot names) are not artifacts:
+    their files may be half-written while a writer runs."""
     store = root / ".trtflow" / "store"
     return {(p.parent.parent.name, p.parent.name): json.loads(p.read_text())
-            for p in store.glob("*/*/artifact.json")}
+            for p in store.glob("*/*/artifact.json")
+            if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith(".")}
 
 
 def digests(root: Path) -> dict[tuple[str, str], str]:
