@@ -31,6 +31,8 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 150)
 
 ROOT_OPTION = typer.Option("--root", help="project directory (store, MLflow, data paths)")
+WAIT_OPTION = typer.Option(help="wait for the triggered compile(s) to finish")
+TIMEOUT_OPTION = typer.Option(help="--wait gives up after this many seconds")
 
 
 DEBUG_ENV = "TRTFLOW_DEBUG"

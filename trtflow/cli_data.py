@@ -18,8 +18,7 @@ from typing import Annotated
 
 import typer
 
-from trtflow.cli import ROOT_OPTION, _fail, app, console, out
-from trtflow.cli_ops import TIMEOUT_OPTION, WAIT_OPTION, _connect, _wait_for_compile
+from trtflow.cli import ROOT_OPTION, TIMEOUT_OPTION, WAIT_OPTION, _fail, app, console, out
 from trtflow.errors import DataError, ParamsError, TrtflowError
 
 data_app = typer.Typer(help="Publish data set versions (DVC) and trigger the compiles that "
@@ -90,6 +89,8 @@ def push(
                 raise ParamsError(f"--model {name}: {params_file} does not exist")
         server = None
         if emit and models:
+            from trtflow.cli_ops import _connect  # lazily: cli_ops imports the cli module
+
             server = _connect(start=False, port=0)  # before any change: fail with nothing done
 
         _dvc(root, "add", str(rel))
@@ -119,6 +120,7 @@ def _emit(models: dict[str, Path], root: Path, dataset: str, md5: str, api_url: 
     from prefect.events.worker import EventsWorker
 
     from flows.events import DATASET_UPDATED, emit_compile_request
+    from trtflow.cli_ops import _wait_for_compile
 
     started = time.time()
     for name, params_file in models.items():

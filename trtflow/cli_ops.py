@@ -21,16 +21,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trtflow.cli import ROOT_OPTION, _fail, app, console, out
+from trtflow.cli import ROOT_OPTION, TIMEOUT_OPTION, WAIT_OPTION, _fail, app, console, out
 from trtflow.errors import ParamsError, TrtflowError
 
 
 def _prefect_home() -> Path:
     return Path(os.environ["PREFECT_HOME"])
-
-
-WAIT_OPTION = typer.Option(help="wait for the triggered compile(s) to finish")
-TIMEOUT_OPTION = typer.Option(help="--wait gives up after this many seconds")
 
 
 def _connect(start: bool, port: int) -> Any:
