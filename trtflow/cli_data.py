@@ -108,32 +108,23 @@ def push(
             out.print(f"not emitting (--no-emit): recompile with `trtflow trigger MODEL "
                       f"--dataset {rel}`")
             return
-        _emit(models, root, str(rel), md5, server.api_url, wait, timeout)
+        _request_compiles(models, root, str(rel), md5, server.api_url, wait, timeout)
     except TrtflowError as exc:
         _fail(exc)
 
 
-def _emit(models: dict[str, Path], root: Path, dataset: str, md5: str, api_url: str,
-          wait: bool, timeout: float) -> None:
-    import logging
-
-    from prefect.events.worker import EventsWorker
-
-    from flows.events import DATASET_UPDATED, emit_compile_request
-    from trtflow.cli_ops import _wait_for_compile
+def _request_compiles(models: dict[str, Path], root: Path, dataset: str, md5: str,
+                      api_url: str, wait: bool, timeout: float) -> None:
+    """trtflow.dataset.updated for each model, then (with `wait`) follow each compile."""
+    from flows.events import DATASET_UPDATED
+    from trtflow.cli_ops import _emit_event, _wait_for_compile
 
     started = time.time()
     for name, params_file in models.items():
         rel_params = params_file.relative_to(root) if params_file.is_relative_to(root) \
             else params_file
-        event = emit_compile_request(DATASET_UPDATED, name, params_path=str(rel_params),
-                                     dataset=dataset, extra={"dvc_md5": md5})
-        if event is None:
-            raise ParamsError("Prefect did not emit the event (no API configured)")
-        out.print(f"emitted {DATASET_UPDATED} for trtflow.model.{name} (event {event.id}) to "
-                  f"{api_url}")
-    logging.getLogger("EventsWorker").setLevel(logging.ERROR)
-    EventsWorker.drain_all(timeout=30)
+        _emit_event(DATASET_UPDATED, name, api_url, params_path=str(rel_params),
+                    dataset=dataset, extra={"dvc_md5": md5})
     if wait:
         for name in models:
             console.print(f"waiting for the compile of {name}…")

@@ -187,25 +187,32 @@ def trigger(
             raise ParamsError(f"--version '{version}' must be a registry version number or a "
                               "models:/NAME/VERSION URI")
         server = _connect(start=False, port=0)
-        from prefect.events.worker import EventsWorker
+        from flows.events import DATASET_UPDATED, MODEL_REGISTERED
 
-        from flows.events import DATASET_UPDATED, MODEL_REGISTERED, emit_compile_request
-
-        event_name = DATASET_UPDATED if dataset else MODEL_REGISTERED
         started = time.time()
-        event = emit_compile_request(event_name, model, version=version or "",
-                                     params_path=str(params_path), dataset=dataset or "",
-                                     targets=",".join(target or []))
-        logging.getLogger("EventsWorker").setLevel(logging.ERROR)  # "Still processing items"
-        EventsWorker.drain_all(timeout=30)
-        if event is None:
-            raise ParamsError("Prefect did not emit the event (no API configured)")
-        out.print(f"emitted {event_name} for trtflow.model.{model} (event {event.id}) to "
-                  f"{server.api_url}")
+        _emit_event(DATASET_UPDATED if dataset else MODEL_REGISTERED, model, server.api_url,
+                    version=version or "", params_path=str(params_path),
+                    dataset=dataset or "", targets=",".join(target or []))
         if wait:
             _wait_for_compile(model, started, timeout)
     except TrtflowError as exc:
         _fail(exc)
+
+
+def _emit_event(event_name: str, model: str, api_url: str, **fields: Any) -> None:
+    """Emit one trtflow event (flows.events.emit_compile_request's fields) and wait until
+    Prefect's events worker has sent it to the server."""
+    from prefect.events.worker import EventsWorker
+
+    from flows.events import emit_compile_request
+
+    event = emit_compile_request(event_name, model, **fields)
+    logging.getLogger("EventsWorker").setLevel(logging.ERROR)  # "Still processing items"
+    EventsWorker.drain_all(timeout=30)
+    if event is None:
+        raise ParamsError("Prefect did not emit the event (no API configured)")
+    out.print(f"emitted {event_name} for trtflow.model.{model} (event {event.id}) to "
+              f"{api_url}")
 
 
 def _wait_for_compile(model: str, since: float, timeout: float) -> None:
@@ -231,22 +238,20 @@ def _wait_for_compile(model: str, since: float, timeout: float) -> None:
             if run is not None and run.state is not None and run.state.is_final():
                 break
             time.sleep(2)
-    if run is None or run.state is None or not run.state.is_final():
-        raise ServerError(f"no finished compile-on-new-version run for {model} within "
-                          f"{timeout:.0f} s (is `trtflow serve` running?)")
-    if run.state.is_completed():
+        if run is None or run.state is None or not run.state.is_final():
+            raise ServerError(f"no finished compile-on-new-version run for {model} within "
+                              f"{timeout:.0f} s (is `trtflow serve` running?)")
+        if not run.state.is_completed():
+            raise ServerError(f"flow run {run.name} ({run.id}) ended {run.state.name}: "
+                              f"{run.state.message}")
         out.print(f"[green]✓[/] flow run {run.name} ({run.id}) completed")
-        with get_client(sync_client=True) as client:  # the engines table the run attached
-            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-            from rich.markdown import Markdown
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from rich.markdown import Markdown
 
-            for artifact in client.read_artifacts(flow_run_filter=FlowRunFilter(
-                    id=FlowRunFilterId(any_=[run.id]))):
-                if artifact.type == "markdown" and str(artifact.key).endswith("-engines"):
-                    out.print(Markdown(str(artifact.data)))
-    else:
-        raise ServerError(f"flow run {run.name} ({run.id}) ended {run.state.name}: "
-                          f"{run.state.message}")
+        for artifact in client.read_artifacts(  # the engines table the run attached
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))):
+            if artifact.type == "markdown" and str(artifact.key).endswith("-engines"):
+                out.print(Markdown(str(artifact.data)))
 
 
 @app.command()

@@ -288,8 +288,8 @@ class _S3:
             yield
         except _UNREACHABLE as exc:
             attempts = self.client.meta.config.retries.get("total_max_attempts", "?")
-            raise S3UnreachableError(f"S3 endpoint {endpoint} is unreachable ({action} {where}, "
-                             f"{attempts} attempts): {exc}") from None
+            raise S3UnreachableError(f"S3 endpoint {endpoint} is unreachable ({action} "
+                                     f"{where}, {attempts} attempts): {exc}") from None
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise StoreError(f"no usable AWS credentials to {action} {where} "
                              f"(set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE): "
