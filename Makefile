@@ -20,6 +20,7 @@ demo: $(STAMP)
 test: $(STAMP) chromium-installed
 	$(BIN)/ruff check -q trtflow flows tasks tests bench scripts
 	$(BIN)/mypy trtflow flows tasks
+	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Everything, the slow tier included (long DVC experiments, Prefect schedules, Dask,
@@ -33,6 +34,7 @@ reliability: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check trtflow flows tasks tests bench scripts
+	$(BIN)/lint-imports --no-logo --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy trtflow flows tasks
@@ -45,8 +47,11 @@ chromium-installed:
 ui: $(STAMP)
 	bash mlflow/serve.sh
 
+# The CPU engine benchmark (trtflow INT8 vs ORT FP32/quantize_static vs eager, side by side;
+# JSON in bench/results/). `bench/calibration.py` and `bench/qdq_placement.py` run alone.
 bench: $(STAMP)
-	$(BIN)/python bench/compile_cpu.py
+	test -f data/resnet18/calibration.npz || $(BIN)/trtflow prepare
+	$(BIN)/python bench/engine.py
 
 # A local Prefect server (data in .trtflow/prefect), the MLflow UI, and the retrain (nightly)
 # and compile-on-new-version (event) deployments; `trtflow trigger digits` compiles now.

@@ -37,23 +37,14 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def trtflow_engine(model: str) -> tuple:
+    from trtflow.context import Context
     from trtflow.params import load_params
-    from trtflow.pipeline import (
-        CALIBRATE,
-        CLEAN_FILE,
-        CLEANUP,
-        EXPORT,
-        Context,
-        build_step,
-        run_step,
-    )
+    from trtflow.plan import CLEAN_FILE, run_up_to
     from trtflow.project import configure_environment
 
     configure_environment(ROOT)
     ctx = Context.create(load_params(ROOT / "params" / f"{model}.yaml"), ROOT)
-    cleaned = run_step(CLEANUP, ctx, run_step(EXPORT, ctx))
-    calibrated = run_step(CALIBRATE, ctx, cleaned)
-    built = run_step(build_step("int8"), ctx, cleaned, calibrated)
+    _, cleaned, calibrated, built = run_up_to(ctx, "build", "int8")
     return ctx, cleaned.file(CLEAN_FILE), Path(built.path), calibrated
 
 
@@ -102,7 +93,7 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
 
     from trtflow.backends import load_engine
     from trtflow.backends.onnxruntime_backend import OrtEngine, default_threads
-    from trtflow.pipeline import reference_runner
+    from trtflow.reference import reference_runner
 
     threads = default_threads()
     torch.set_num_threads(threads)

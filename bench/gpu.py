@@ -190,7 +190,7 @@ def trtflow_engines(name: str, module: nn.Module, work: Path, quick: bool,
     """Export, clean, calibrate and build every ORT GPU engine with trtflow's own stages."""
     import onnx
 
-    from trtflow.backends import build_engine
+    from trtflow.backends import Calibration, build_engine
     from trtflow.graph.cleanup import PASSES, cleanup
     from trtflow.params import CalibrationConfig, ExportConfig, Target, TensorSpec
     from trtflow.sources import LoadedModel
@@ -243,9 +243,8 @@ def trtflow_engines(name: str, module: nn.Module, work: Path, quick: bool,
         start = time.perf_counter()
         target = Target(backend="onnxruntime", device="cuda", precision=precision)  # type: ignore[arg-type]
         if device == "cuda":
-            report = build_engine(clean, target, out, scales if precision == "int8" else None,
-                                  float_layers=[],
-                                  calibration_dir=work / "calib" if precision == "int8" else None)
+            report = build_engine(clean, target, out,
+                                  Calibration(work / "calib") if precision == "int8" else None)
         else:  # smoke test: the same engine code on ORT's CPU provider
             from trtflow.backends import ort_cuda
 
@@ -441,8 +440,8 @@ def run_flow(params_path: Path, targets: list[str] | None, out: Path,
              log: Callable[[str], None]) -> None:
     """Each cuda target of a params file through export/cleanup/[calibrate]/build/validate
     (the same stages `trtflow stage` and the Prefect flow call), reports to JSON."""
+    from trtflow.dvc_stage import resolve_stages
     from trtflow.params import load_params
-    from trtflow.stage_cli import resolve_stages
 
     params = load_params(params_path)
     ensure_demo_data(params)

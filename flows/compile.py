@@ -10,9 +10,11 @@ from typing import Any, Protocol
 from prefect import flow
 
 from tasks.stages import stage_task
+from trtflow.context import Context
 from trtflow.errors import ParamsError
 from trtflow.params import load_params
-from trtflow.pipeline import Context, StageResult
+from trtflow.plan import Node, plan
+from trtflow.stage import StageResult
 from trtflow.stages.validate import gate_error
 
 
@@ -31,18 +33,18 @@ def set_reporter(report: Reporter | None) -> None:
     _reporter.set(report)
 
 
-def _run(ctx: Context, stage: str, target: str, upstream: list[StageResult]) -> StageResult:
+def _run(ctx: Context, node: Node, upstream: list[StageResult], shown_as: str) -> StageResult:
     start = time.perf_counter()
     report = _reporter.get()
     if report:
-        report.started(stage, target)
-    state = stage_task(ctx, stage, target, upstream, return_state=True)
+        report.started(node.step.name, shown_as)
+    state = stage_task(ctx, node.step.name, node.target or "", upstream, return_state=True)
     result: StageResult = state.result()  # raises the stage's own error on failure
     result.prefect_state = state.name
     result.cached = result.cached or state.name == "Cached"
     result.run_seconds = time.perf_counter() - start
     if report:
-        report.finished(result, target)
+        report.finished(result, shown_as)
     return result
 
 
@@ -66,16 +68,12 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
     reporter = _reporter.get()
     ctx.progress = reporter.progress if reporter else None
     names = select_targets(ctx, targets)
-    exported = _run(ctx, "export", "", [])
-    cleaned = _run(ctx, "cleanup", "", [exported])
-    per_target: dict[str, list[StageResult]] = {}
-    for name in names:
-        upstream = [cleaned]
-        if ctx.target(name).precision == "int8":
-            upstream.append(_run(ctx, "calibrate", name, [cleaned]))
-        built = _run(ctx, "build", name, upstream)
-        validated = _run(ctx, "validate", name, [built, cleaned])
-        per_target[name] = [*upstream[1:], built, validated]
+    stages = plan(params, names)
+    done: dict[Node, StageResult] = {}
+    for node in stages:
+        done[node] = _run(ctx, node, [done[u] for u in node.upstream], stages.shown_as(node))
+    exported, cleaned = done[stages.node("export")], done[stages.node("cleanup")]
+    per_target = {name: [done[n] for n in stages.of_target(name)] for name in names}
 
     from trtflow.track.mlflow_log import log_compile, tracking_server_guard
     from trtflow.track.release import release

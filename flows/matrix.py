@@ -126,11 +126,12 @@ def prepare_model(params_path: str, root: str, model: str) -> str:
     """Export and clean up one model before its cells fan out. Its cells share these two
     artifacts, and torch.export is not thread-safe: two exports at once in one process
     fail ('always_classified is unsupported'), as cells on the thread runner would."""
+    from trtflow.context import Context
     from trtflow.params import load_params
-    from trtflow.pipeline import CLEANUP, EXPORT, Context, run_step
+    from trtflow.plan import run_up_to
 
     ctx = Context.create(load_params(params_path), Path(root))
-    return run_step(CLEANUP, ctx, run_step(EXPORT, ctx)).key
+    return run_up_to(ctx, "cleanup")[-1].key
 
 
 def _outcome(future: Any) -> tuple[Any, str | None]:

@@ -1,1 +1,1 @@
-"""Prefect tasks: thin wrappers around `trtflow.pipeline` steps."""
+"""Prefect tasks: thin wrappers around the steps of `trtflow.plan`."""

@@ -21,34 +21,10 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.tasks import exponential_backoff
 
+from trtflow.context import Context
 from trtflow.errors import TrtflowError
-from trtflow.pipeline import (
-    CLEANUP,
-    EXPORT,
-    Context,
-    StageResult,
-    Step,
-    build_step,
-    run_step,
-    step_key,
-    validate_step,
-)
-
-
-def make_step(stage: str, target: str | None) -> Step:
-    if stage == "export":
-        return EXPORT
-    if stage == "cleanup":
-        return CLEANUP
-    if stage == "build":
-        return build_step(target or "")
-    if stage == "validate":
-        return validate_step(target or "")
-    if stage == "calibrate":
-        from trtflow.pipeline import CALIBRATE
-
-        return CALIBRATE
-    raise ValueError(f"unknown stage {stage}")
+from trtflow.plan import STEPS
+from trtflow.stage import StageResult, run_step, step_key
 
 
 class StoreKey(CachePolicy):
@@ -57,8 +33,8 @@ class StoreKey(CachePolicy):
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
         ctx: Context = inputs["ctx"]
-        step = make_step(inputs["stage"], inputs.get("target"))
-        key = step_key(step, ctx, *inputs["upstream"])
+        step = STEPS[inputs["stage"]]
+        key = step_key(step, ctx, inputs.get("target"), inputs["upstream"])
         if ctx.store.get(step.name, key) is None:
             results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
             for stale in results.glob(f"{step.name}-{key}*"):
@@ -93,4 +69,4 @@ def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
       retry_condition_fn=transient_failure)
 def stage_task(ctx: Context, stage: str, target: str | None,
                upstream: list[StageResult]) -> StageResult:
-    return run_step(make_step(stage, target), ctx, *upstream)
+    return run_step(STEPS[stage], ctx, target, upstream)

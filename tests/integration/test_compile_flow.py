@@ -8,9 +8,11 @@ import mlflow
 import pytest
 
 from flows.compile import compile_flow
+from trtflow.context import Context
 from trtflow.errors import GateError, ParityError
 from trtflow.params import load_params
-from trtflow.pipeline import EXPORT, Context, run_step
+from trtflow.plan import EXPORT
+from trtflow.stage import run_step
 
 from .conftest import write_params
 
@@ -126,5 +128,5 @@ def test_export_parity_failure_leaves_no_artifact(tmp_path: Path) -> None:
         "  inputs: [{name: x, shape: [batch, 4]}]\n")
     ctx = Context.create(load_params(params_path), tmp_path)
     with pytest.raises(ParityError, match="export parity"):
-        run_step(EXPORT, ctx)
+        run_step(EXPORT, ctx, None, [])
     assert not any((tmp_path / ".trtflow" / "store" / "export").glob("*"))

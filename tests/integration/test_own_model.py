@@ -13,10 +13,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from flows.compile import compile_flow
+from trtflow.context import Context
 from trtflow.errors import ModelError
 from trtflow.params import load_params
-from trtflow.pipeline import EXPORT, Context, run_step
+from trtflow.plan import EXPORT
 from trtflow.sources import load_model
+from trtflow.stage import run_step
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +147,7 @@ def test_factory_not_importable(own: dict) -> None:
                                  inputs=INPUTS))
     before = sorted((root / ".trtflow" / "store").glob("export/*"))
     with pytest.raises(ModelError, match="'no_such_pkg.models:build' is not importable"):
-        run_step(EXPORT, Context.create(params, root))
+        run_step(EXPORT, Context.create(params, root), None, [])
     assert sorted((root / ".trtflow" / "store").glob("export/*")) == before
 
 

@@ -16,7 +16,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trtflow.backends import build_engine, engine_kind, gpu_fingerprint, load_engine, ort_cuda
+from trtflow.backends import (
+    backend_fingerprint,
+    build_engine,
+    engine_backend,
+    gpu_fingerprint,
+    load_engine,
+    onnxruntime_backend,
+    ort_cuda,
+)
 from trtflow.backends.mixed_precision import FP32_OPS, to_mixed_fp16
 from trtflow.errors import BuildError, DataError
 from trtflow.params import Target, load_params
@@ -113,8 +121,7 @@ def test_gpu_engine_code_path_on_cpu_provider(tmp_path: Path, precision: str) ->
     target = Target(device="cuda", precision=precision)  # type: ignore[arg-type]
     report = ort_cuda.build(source, target, out, execution_device="cpu")
     assert report["session"]["precision"] == ("fp32" if precision == "fp32" else "fp16")
-    assert engine_kind(out) == "ort-gpu"
-    engine = load_engine(out)
+    engine = ort_cuda.CUDA_BACKEND.load(out)
     assert isinstance(engine, ort_cuda.OrtGpuEngine)
     model = two_branch_graph()
     for batch in (1, 4, 1):
@@ -141,7 +148,7 @@ def test_int8_on_gpu_engine_path_uses_tensorrt_placement(tmp_path: Path) -> None
                             execution_device="cpu")
     assert report["precision"]["qdq"]["placement"] == "tensorrt"
     assert report["engine_ops"].get("DequantizeLinear", 0) > 0
-    got = load_engine(out).run(feeds(2))
+    got = ort_cuda.CUDA_BACKEND.load(out).run(feeds(2))
     assert np.isfinite(got["y"]).all() and got["z"].shape == (2, 4)
 
 
@@ -157,13 +164,28 @@ def test_cuda_target_without_cuda_provider_says_what_is_missing(tmp_path: Path) 
                        execution_device="cpu")
 
 
-def test_cpu_engines_dispatch_unchanged(tmp_path: Path) -> None:
+def test_the_manifest_names_the_backend_that_built_the_engine(tmp_path: Path) -> None:
     source = tmp_path / "model.onnx"
     onnx.save_model(two_branch_graph(), str(source))
-    build_engine(source, Target(), tmp_path)
-    assert engine_kind(tmp_path) == "ort-cpu"
+    report = build_engine(source, Target(), tmp_path)
+    assert report["backend"] == engine_backend(tmp_path) == "onnxruntime-cpu"
+    assert isinstance(load_engine(tmp_path), onnxruntime_backend.OrtEngine)
     assert "device" not in json.loads((tmp_path / "session.json").read_text())
     assert gpu_fingerprint(Target()) == {}
+    assert backend_fingerprint(Target())["backend_libraries"]["onnxruntime"] == ort.__version__
+
+
+def test_an_engine_directory_without_manifest_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "engine.onnx").write_bytes(b"")
+    with pytest.raises(BuildError, match="engine.json is missing"):
+        load_engine(tmp_path)
+
+
+def test_an_unregistered_backend_names_the_registered_ones() -> None:
+    from trtflow.backends import backend_for
+
+    with pytest.raises(BuildError, match="registered: onnxruntime/cpu"):
+        backend_for(Target(backend="tensorrt", device="cpu"))
 
 
 def test_gpu_params_file_targets() -> None:

@@ -12,7 +12,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -20,6 +20,9 @@ import onnxruntime as ort
 
 from trtflow.errors import BuildError
 from trtflow.params import Target
+
+if TYPE_CHECKING:
+    from trtflow.backends import Calibration
 
 ENGINE_FILE = "engine.onnx"
 CONFIG_FILE = "session.json"
@@ -153,3 +156,43 @@ class OrtEngine:
         feed = {n: inputs[n] for n in self.input_names}
         return dict(zip(self.output_names, self.session.run(self.output_names, feed),
                         strict=True))
+
+
+class OrtCpuBackend:
+    """ONNX Runtime's CPU provider: FP32, or INT8 in the Q/DQ form its x86 kernels fuse."""
+
+    name = "onnxruntime-cpu"
+    libraries = ("onnxruntime", "onnx", "onnx-ir")
+
+    def fingerprint(self, target: Target) -> dict[str, str]:
+        if target.precision != "int8":
+            return {}
+        from trtflow.latency import host_fingerprint
+
+        return {"simd": host_fingerprint()["simd"]}  # the int8 encoding follows the CPU
+
+    def build(self, model_path: Path, target: Target, out_dir: Path,
+              calibration: Calibration | None) -> dict[str, Any]:
+        entries: dict[str, str] = {}
+        qdq_report = None
+        if target.precision == "int8":
+            from trtflow.latency import host_fingerprint
+
+            assert calibration is not None
+            model_path, qdq_report = prepare_int8(
+                model_path, calibration.amax(), target, host_fingerprint()["simd"].split(),
+                out_dir, calibration.float_layers())
+            entries = qdq_report["ort_session_config"]
+        report = build(model_path, target, out_dir, entries)
+        if qdq_report is not None:
+            report["qdq"] = {k: qdq_report[k] for k in (
+                "activation_dtype", "reduce_range", "weight_qmax", "quantizable_ops",
+                "float_ops", "float_fraction", "float_nodes")}
+        return report
+
+    def load(self, engine_dir: Path, threads: int | None = None, spinning: bool = True
+             ) -> OrtEngine:
+        return OrtEngine.load(engine_dir, threads=threads, spinning=spinning)
+
+
+BACKEND = OrtCpuBackend()

@@ -25,7 +25,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -33,6 +33,9 @@ import onnxruntime as ort
 
 from trtflow.errors import BuildError, DataError
 from trtflow.params import Target
+
+if TYPE_CHECKING:
+    from trtflow.backends import Calibration
 
 ENGINE_FILE = "engine.onnx"
 CONFIG_FILE = "session.json"
@@ -394,3 +397,32 @@ class OrtGpuEngine:
     def describe(self) -> list[dict[str, Any]]:
         return [{"shapes": [list(s) for s in key], "cuda_graph": p.cuda_graph, "note": p.note}
                 for key, p in self.profiles.items()]
+
+
+class OrtGpuBackend:
+    """ONNX Runtime on an NVIDIA GPU, through its CUDA or its TensorRT provider."""
+
+    libraries = ("onnxruntime", "onnxruntime-gpu", "onnx")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fingerprint(self, target: Target) -> dict[str, str]:
+        from trtflow.backends import gpu_fingerprint
+
+        return gpu_fingerprint(target)
+
+    def build(self, model_path: Path, target: Target, out_dir: Path,
+              calibration: Calibration | None) -> dict[str, Any]:
+        return build(model_path, target, out_dir,
+                     calibration.amax() if calibration else None,
+                     calibration.float_layers() if calibration else None,
+                     calibration.path if calibration else None)
+
+    def load(self, engine_dir: Path, threads: int | None = None, spinning: bool = True
+             ) -> OrtGpuEngine:
+        return OrtGpuEngine.load(engine_dir)
+
+
+CUDA_BACKEND = OrtGpuBackend("onnxruntime-cuda")
+TENSORRT_PROVIDER_BACKEND = OrtGpuBackend("onnxruntime-tensorrt")

@@ -42,6 +42,8 @@ from trtflow.params import Target
 if TYPE_CHECKING:
     import tensorrt as trt
 
+    from trtflow.backends import Calibration
+
 ENGINE_FILE = "model.engine"
 CONFIG_FILE = "tensorrt.json"
 LAYERS_FILE = "layers.json"
@@ -407,3 +409,26 @@ class TrtEngine:
         self.launch()
         self.torch.cuda.current_stream().synchronize()
         return {n: self.buffers[n].float().cpu().numpy() for n in self.output_names}
+
+
+class TensorRTBackend:
+    """NVIDIA TensorRT 10/11 through its Python API (where a real TensorRT loads)."""
+
+    name = "tensorrt"
+    libraries = ("onnx",)
+
+    def fingerprint(self, target: Target) -> dict[str, str]:
+        from trtflow.backends import gpu_fingerprint
+
+        return {**gpu_fingerprint(target), "tensorrt": installed_version() or "none"}
+
+    def build(self, model_path: Path, target: Target, out_dir: Path,
+              calibration: Calibration | None) -> dict[str, Any]:
+        return build(model_path, target, out_dir, calibration.path if calibration else None)
+
+    def load(self, engine_dir: Path, threads: int | None = None, spinning: bool = True
+             ) -> TrtEngine:
+        return TrtEngine.load(engine_dir)
+
+
+BACKEND = TensorRTBackend()

@@ -33,7 +33,7 @@ class _Batcher:
 
     def batches(self, samples: Iterator[tuple[dict[str, np.ndarray], int | None]]
                 ) -> Iterator[Any]:
-        from trtflow.datasets.stream import Batch, check_array
+        from trtflow.datasets.batch import Batch, check_array
 
         buf: list[tuple[dict[str, np.ndarray], int | None]] = []
         n = 0
@@ -173,7 +173,7 @@ class TextStream:
     def __iter__(self) -> Iterator[Any]:
         from transformers import AutoTokenizer
 
-        from trtflow.datasets.stream import Batch
+        from trtflow.datasets.batch import Batch
 
         tok = AutoTokenizer.from_pretrained(str(self.tok_path))
         records = self.records[: len(self)]

@@ -12,16 +12,18 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import torch
 
 from trtflow.errors import ModelError
 from trtflow.params import ModelConfig, TensorSpec, project_path
 from trtflow.sources import builtin
 from trtflow.store import ArtifactStore, file_digest
+
+if TYPE_CHECKING:  # torch is imported where a torch model is loaded, not by a cached run
+    import torch
 
 BUILTIN_VERSION = "builtin-1"
 
@@ -207,8 +209,11 @@ def _load_mlflow(uri: str, allow_pickle: bool, cfg: ModelConfig, store: Artifact
     return LoadedModel(module.eval(), None, cfg.inputs, cfg.outputs or ["output"])
 
 
-_TORCH_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64",
-                 torch.int32: "int32", torch.bool: "bool"}
+def _torch_dtypes() -> dict[Any, str]:
+    import torch
+
+    return {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64",
+            torch.int32: "int32", torch.bool: "bool"}
 
 
 def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
@@ -218,6 +223,9 @@ def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
     if not zipfile.is_zipfile(path):  # torch would log its own traceback before raising
         raise ModelError(f"model.source.exported_program: {path} is not a torch.export "
                          "archive (expected a .pt2 zip written by torch.export.save)")
+    import torch
+
+    torch_dtypes = _torch_dtypes()
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
@@ -229,12 +237,12 @@ def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
         if spec.kind.name != "USER_INPUT":
             continue
         val = nodes[spec.arg.name].meta.get("val")
-        if val is None or val.dtype not in _TORCH_DTYPES:
+        if val is None or val.dtype not in torch_dtypes:
             raise ModelError(f"{path}: input '{spec.arg.name}' is not a supported tensor")
         shape: list[int | str] = [
             d if isinstance(d, int) else ("batch" if i == 0 else f"{spec.arg.name}_dim{i}")
             for i, d in enumerate(val.shape)]
-        dtype: Any = _TORCH_DTYPES[val.dtype]
+        dtype: Any = torch_dtypes[val.dtype]
         specs.append(TensorSpec(name=spec.arg.name, dtype=dtype, shape=shape))
     outputs = cfg.outputs or [f"output_{i}" if len(program.graph_signature.user_outputs) > 1
                               else "output"
@@ -243,6 +251,8 @@ def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
 
 
 def _load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
+    import torch
+
     module_name, _, func_name = factory.partition(":")
     if not module_name or not func_name:
         raise ModelError(f"model.source.factory '{factory}' must look like "
@@ -277,6 +287,8 @@ def load_state_dict(path: Path, factory: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

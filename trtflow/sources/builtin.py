@@ -8,15 +8,18 @@ weights; the trained state dict is cached in the artifact store.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
 from trtflow.atomic import atomic_file
 from trtflow.params import TensorSpec
-from trtflow.sources.models import DigitsCNN, MiniLMEncoder, minilm_model_path, resnet18_shaped
 from trtflow.store import ArtifactStore, make_key
+
+if TYPE_CHECKING:  # torch is imported by the functions that build or train a model
+    import torch
+
+    from trtflow.sources.models import DigitsCNN
 
 DIGITS_TRAIN_VERSION = "digits-train-1"
 DIGITS_SPLITS = {"train": 1197, "calibration": 240, "evaluation": 360}
@@ -54,6 +57,10 @@ def digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def train_digits(images: np.ndarray, labels: np.ndarray, epochs: int = 30,
                  seed: int = 0) -> DigitsCNN:
     """Full-batch-shuffled Adam training; deterministic on CPU for a given seed."""
+    import torch
+
+    from trtflow.sources.models import DigitsCNN
+
     torch.manual_seed(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thread count changes float summation order
@@ -77,15 +84,24 @@ def train_digits(images: np.ndarray, labels: np.ndarray, epochs: int = 30,
 
 class _deterministic:
     def __enter__(self) -> None:
+        import torch
+
         self._was = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True)
 
     def __exit__(self, *exc: object) -> None:
+        import torch
+
         torch.use_deterministic_algorithms(self._was)
 
 
 def builtin_module(name: str, store: ArtifactStore) -> torch.nn.Module:
     """Build a demo model; `digits` weights come from the store or are trained once."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from trtflow.sources.models import DigitsCNN, MiniLMEncoder, resnet18_shaped
+
     if name == "resnet18":
         return resnet18_shaped(seed=0)
     if name == "minilm":
@@ -123,6 +139,8 @@ def shipped_sentences() -> list[str]:
 def tokenize_sentences(sentences: list[str], seq_len: int = MINILM_SEQ_LEN
                        ) -> tuple[np.ndarray, np.ndarray]:
     from transformers import AutoTokenizer
+
+    from trtflow.sources.models import minilm_model_path
 
     tok = AutoTokenizer.from_pretrained(minilm_model_path())
     enc = tok(sentences, padding="max_length", truncation=True, max_length=seq_len,

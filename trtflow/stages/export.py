@@ -7,16 +7,18 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import torch
 
 from trtflow.errors import ModelError
 from trtflow.graph.parity import compare, ort_run
 from trtflow.params import ExportConfig, TensorSpec
 from trtflow.sources import LoadedModel, check_onnx_file
+
+if TYPE_CHECKING:  # imported by the functions that export: a cached run needs no torch
+    import torch
 
 VERSION = "export-1"
 MODEL_FILE = "model.onnx"
@@ -25,6 +27,8 @@ MODEL_FILE = "model.onnx"
 def torch_outputs(module: torch.nn.Module, specs: list[TensorSpec], output_names: list[str],
                   inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run the eager module on named numpy inputs; outputs by name, as float32 numpy."""
+    import torch
+
     with torch.inference_mode():
         out = module(*(torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in specs))
     outs = out if isinstance(out, tuple | list) else (out,)
@@ -35,6 +39,8 @@ def torch_outputs(module: torch.nn.Module, specs: list[TensorSpec], output_names
 
 
 def _dynamic_shapes(specs: list[TensorSpec]) -> tuple[dict[int, Any], ...]:
+    import torch
+
     dims: dict[str, Any] = {}
     shapes = []
     for spec in specs:
@@ -54,6 +60,8 @@ def _identifier(name: str) -> str:
 def export_model(model: LoadedModel, cfg: ExportConfig, sample: dict[str, np.ndarray],
                  out_dir: Path) -> dict[str, Any]:
     """Write `out_dir/model.onnx`; check ORT vs PyTorch on `sample` within tolerance."""
+    import torch
+
     target = out_dir / MODEL_FILE
     if model.onnx_path is not None:  # an ONNX source: nothing to export, keep one file
         # one self-contained file (external data folded in; graphs over 2 GB need work)

@@ -12,15 +12,16 @@ import functools
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from trtflow.backends import Engine
 from trtflow.errors import GateError
 from trtflow.latency import LatencyStats, measure
 from trtflow.params import Gates, ValidateConfig
+
+if TYPE_CHECKING:
+    from trtflow.backends import Engine
 
 VERSION = "validate-1"
 REPORT_FILE = "validation.json"
@@ -110,6 +111,8 @@ def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batche
              make_inputs: Callable[[int], dict], cfg: ValidateConfig, metric: str,
              target: str, out_dir: Path) -> dict[str, Any]:
     """Write validation.json and latency.png; the caller raises `gate_error` if not passed."""
+    import torch  # inference mode for a PyTorch reference; its thread count is reported
+
     quality = accuracy_and_agreement(engine.run, reference, eval_batches, metric)
     with torch.inference_mode():
         latency = latency_side_by_side(engine.run, reference, make_inputs, cfg)

@@ -18,8 +18,8 @@ from typing import Any
 
 from trtflow.errors import TrackingError
 from trtflow.params import Params
-from trtflow.pipeline import StageResult
-from trtflow.project import unreachable
+from trtflow.stage import StageResult
+from trtflow.track.health import unreachable
 
 
 def git_commit(root: Path) -> str:
@@ -51,7 +51,7 @@ def dvc_digest(root: Path, data_path: str) -> str | None:
 
 def lineage_tags(params: Params, root: Path) -> dict[str, str]:
     """Data lineage: each data source's DVC md5 (when DVC-tracked) and content digest."""
-    from trtflow.pipeline import data_digest
+    from trtflow.context import data_digest
 
     tags = {}
     for split in ("calibration", "evaluation"):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trtflow.params import Params
-from trtflow.pipeline import StageResult
+from trtflow.stage import StageResult
 from trtflow.stages.validate import gate_error
 from trtflow.track import registry
 from trtflow.track.mlflow_log import ENGINE_MODEL_TAG, git_commit, lineage_tags

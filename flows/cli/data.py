@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from trtflow.cli import ROOT_OPTION, TIMEOUT_OPTION, WAIT_OPTION, _fail, app, console, out
+from trtflow.cli.app import ROOT_OPTION, TIMEOUT_OPTION, WAIT_OPTION, app, console, fail, out
 from trtflow.errors import DataError, ParamsError, TrtflowError
 
 data_app = typer.Typer(help="Publish data set versions (DVC) and trigger the compiles that "
@@ -89,7 +89,7 @@ def push(
                 raise ParamsError(f"--model {name}: {params_file} does not exist")
         server = None
         if emit and models:
-            from trtflow.cli_ops import _connect  # lazily: cli_ops imports the cli module
+            from flows.cli.ops import _connect
 
             server = _connect(start=False, port=0)  # before any change: fail with nothing done
 
@@ -110,14 +110,14 @@ def push(
             return
         _request_compiles(models, root, str(rel), md5, server.api_url, wait, timeout)
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _request_compiles(models: dict[str, Path], root: Path, dataset: str, md5: str,
                       api_url: str, wait: bool, timeout: float) -> None:
     """trtflow.dataset.updated for each model, then (with `wait`) follow each compile."""
+    from flows.cli.ops import _emit_event, _wait_for_compile
     from flows.events import DATASET_UPDATED
-    from trtflow.cli_ops import _emit_event, _wait_for_compile
 
     started = time.time()
     for name, params_file in models.items():

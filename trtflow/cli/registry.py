@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from trtflow.cli import ROOT_OPTION, _fail, app, out
+from trtflow.cli.app import ROOT_OPTION, app, fail, out
 from trtflow.errors import TrtflowError
 
 
@@ -40,7 +40,7 @@ def promote(
         version = version or registry.candidate_version(name)
         decision = registry.promote(name, version, policy, force=force)
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
         return
     for check in decision["checks"]:
         mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]–[/]"}[check["passed"]]
@@ -67,7 +67,7 @@ def history(
 
         rows = registry.history(model)
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if as_json:
         out.print_json(json.dumps(rows))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from trtflow.cli import ROOT_OPTION, _fail, app, check_tracking_server, out
+from trtflow.cli.app import ROOT_OPTION, app, check_tracking_server, fail, out
 from trtflow.errors import TrtflowError
 
 
@@ -32,7 +32,7 @@ def report(
 
         data = write_report(run_ids, output, root)
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
         return
     out.print(f"[green]report[/]: {output} ({len(data.targets)} engine(s) from "
               f"{len(data.compiles)} compile run(s))")

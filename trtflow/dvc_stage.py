@@ -1,6 +1,7 @@
 """`trtflow stage NAME`: one stage outside Prefect, for `dvc repro`.
 
-Upstream stages are resolved through the same store and keys (run if missing),
+Upstream stages are resolved by walking the same plan (`trtflow.plan`) through the
+same store and keys (run if missing),
 then the requested artifact is copied to a fixed path (`build/<model>/<stage>`)
 that DVC hashes. Same inputs, same key, same bytes as the Prefect flow.
 
@@ -18,75 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from trtflow.atomic import atomic_file
-from trtflow.errors import ParamsError
+from trtflow.context import Context
 from trtflow.params import load_params
-from trtflow.pipeline import (
-    CALIBRATE,
-    CLEANUP,
-    EXPORT,
-    Context,
-    StageResult,
-    build_step,
-    data_digest,
-    run_step,
-    validate_step,
-)
+from trtflow.plan import run_up_to
+from trtflow.stage import StageResult
 from trtflow.store import META_FILE
-
-STAGES = ("export", "cleanup", "calibrate", "build", "validate")
 
 
 def resolve_stages(name: str, params_path: Path, target: str | None, root: Path
                    ) -> list[StageResult]:
     """Every stage up to `name` (cached ones are looked up, missing ones run), in order.
 
-    `calibrate` needs no target (one calibration serves every int8 target); given
-    one, it must be an int8 target.
+    `calibrate` needs no target (one calibration serves every quantized target); given
+    one, it must be a quantized target.
     """
-    if name not in STAGES:
-        raise ParamsError(f"unknown stage '{name}'; expected one of {', '.join(STAGES)}")
-    params = load_params(params_path)
-    ctx = Context.create(params, root)
-    if name in ("build", "validate") and not target:
-        raise ParamsError(f"stage '{name}' needs --target (one of {sorted(params.targets)})")
-    if name == "calibrate" and target and ctx.target(target).precision != "int8":
-        raise ParamsError(f"stage 'calibrate' serves int8 targets; target '{target}' in "
-                          f"{params_path} has precision '{ctx.target(target).precision}'")
-    check_data(ctx, name, target)
-    done = [run_step(EXPORT, ctx)]
-    if name == "export":
-        return done
-    cleaned = run_step(CLEANUP, ctx, done[0])
-    done.append(cleaned)
-    if name == "cleanup":
-        return done
-    upstream = [cleaned]
-    if name == "calibrate" or ctx.target(str(target)).precision == "int8":
-        upstream.append(run_step(CALIBRATE, ctx, cleaned))
-        done.append(upstream[-1])
-    if name == "calibrate":
-        return done
-    assert target is not None
-    built = run_step(build_step(target), ctx, *upstream)
-    done.append(built)
-    if name == "validate":
-        done.append(run_step(validate_step(target), ctx, built, cleaned))
-    return done
-
-
-def check_data(ctx: Context, name: str, target: str | None) -> None:
-    """Fail before any work if a data file this stage's key reads is missing.
-
-    The error names the file and says to run `dvc pull` (a fresh clone has only
-    the `.dvc` pointers), instead of failing after export and cleanup ran.
-    """
-    data = ctx.params.data
-    int8 = name == "calibrate" or (
-        name in ("build", "validate") and ctx.target(str(target)).precision == "int8")
-    needed = [data.calibration if int8 else None, data.evaluation if name == "validate" else None]
-    for source in needed:
-        if source is not None:
-            data_digest(ctx.root, source)
+    return run_up_to(Context.create(load_params(params_path), root), name, target)
 
 
 def default_output(root: Path, model: str, name: str, target: str | None) -> Path:

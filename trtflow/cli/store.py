@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from trtflow.cli import ROOT_OPTION, _fail, app, console, out
+from trtflow.cli.app import ROOT_OPTION, app, console, fail, out
 from trtflow.errors import StoreError, TrtflowError
 
 store_app = typer.Typer(help="Check and clean the artifact store (.trtflow/store).",
@@ -53,7 +53,7 @@ def verify(root: Annotated[Path, ROOT_OPTION] = Path(".")) -> None:
                              "fail verification; a cached run would reuse them: remove them "
                              "with `trtflow store gc` (damaged entries always go) and re-run")
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
         return
     legacy = f" ({report.legacy} written before per-file digests: tree digest checked)" \
         if report.legacy else ""
@@ -83,7 +83,7 @@ def gc(
             raise StoreError(f"no artifact store at {store} (nothing was ever compiled here)")
         referenced: set[tuple[str, str]] = set()
         if mlflow:
-            from trtflow.cli import check_tracking_server
+            from trtflow.cli.app import check_tracking_server
 
             check_tracking_server()
             referenced |= mlflow_references()
@@ -92,7 +92,7 @@ def gc(
         others = {p.name for p in store.iterdir() if p.is_dir()} - set(PIPELINE_STAGES)
         report = collect_garbage(store, referenced, others, dry_run=dry_run)
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
         return
     verb = "would remove" if dry_run else "removed"
     for path in report.removed:
@@ -143,48 +143,25 @@ def mlflow_references() -> set[tuple[str, str]]:
 def params_references(params_path: Path, root: Path, store_dir: Path
                       ) -> set[tuple[str, str]]:
     """Keys a run of `params_path` would look up, as far as its stages exist in the store."""
+    from trtflow.context import Context
     from trtflow.params import load_params
-    from trtflow.pipeline import (
-        CALIBRATE,
-        CLEANUP,
-        EXPORT,
-        Context,
-        StageResult,
-        Step,
-        build_step,
-        step_key,
-        validate_step,
-    )
+    from trtflow.plan import Node, plan
+    from trtflow.stage import StageResult, cached_result, step_key
     from trtflow.store import ArtifactStore
 
     found: set[tuple[str, str]] = set()
     try:
         params = load_params(params_path)
         ctx = Context(params, root, ArtifactStore(store_dir, hold_lock=False))
-
-        def look(step: Step, *inputs: StageResult) -> StageResult | None:
-            key = step_key(step, ctx, *inputs)
-            art = ctx.store.get(step.name, key)
-            if art is None:
-                return None
-            found.add((step.name, key))
-            return StageResult(stage=step.name, version=step.version, key=key,
-                               path=str(art.path), digest=art.digest, report={}, seconds=0)
-
-        exported = look(EXPORT)
-        cleaned = look(CLEANUP, exported) if exported else None
-        if cleaned is None:
-            return found
-        for name, target in params.targets.items():
-            upstream = [cleaned]
-            if target.precision == "int8":
-                calibrated = look(CALIBRATE, cleaned)
-                if calibrated is None:
-                    continue
-                upstream.append(calibrated)
-            built = look(build_step(name), *upstream)
-            if built is not None:
-                look(validate_step(name), built, cleaned)
+        present: dict[Node, StageResult] = {}
+        for node in plan(params, list(params.targets)):  # upstream first
+            if not all(u in present for u in node.upstream):
+                continue  # an input is not stored, so neither is anything built from it
+            key = step_key(node.step, ctx, node.target, [present[u] for u in node.upstream])
+            result = cached_result(node.step, ctx, key)
+            if result is not None:
+                present[node] = result
+                found.add((node.step.name, key))
     except TrtflowError as exc:
         print(f"warning: {params_path}: cannot resolve its artifacts ({exc}); "
               "they count as unreferenced", file=sys.stderr)
@@ -207,7 +184,7 @@ def check_cache(
         scales = check_cache_matches(cache, names, model)
         header, _ = read_calibration_cache(cache)
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
         return
     out.print(f"{cache} ({header}) fits {model}: {len(scales)} tensor scales, all positive "
               "and finite")

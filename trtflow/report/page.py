@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trtflow.quant.plots import METHOD_COLORS, plot_thresholds, sensitive_tensors
-from trtflow.report import METHODS, QUANTILES, CompileRun, ReportData, TargetRun
+from trtflow.report.runs import METHODS, QUANTILES, CompileRun, ReportData, TargetRun
 
 # ---------------------------------------------------------------- figures
 

@@ -21,7 +21,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trtflow.cli import ROOT_OPTION, TIMEOUT_OPTION, WAIT_OPTION, _fail, app, console, out
+from trtflow.cli.app import ROOT_OPTION, TIMEOUT_OPTION, WAIT_OPTION, app, console, fail, out
 from trtflow.errors import ParamsError, TrtflowError
 
 
@@ -124,7 +124,7 @@ def serve(
         out.print(f"compile {model} now: trtflow trigger {model}    stop: Ctrl-C")
         deployments.serve(served)
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
     except KeyboardInterrupt:
         pass
     finally:
@@ -196,7 +196,7 @@ def trigger(
         if wait:
             _wait_for_compile(model, started, timeout)
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _emit_event(event_name: str, model: str, api_url: str, **fields: Any) -> None:
@@ -290,7 +290,7 @@ def matrix(
         results = run_matrix([str(p) for p in params], root, target, method,
                              "dask" if dask else "processes", workers, address)
     except TrtflowError as exc:
-        _fail(exc)
+        fail(exc)
         return
     finally:
         if server is not None and server.pid is not None:

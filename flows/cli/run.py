@@ -1,0 +1,125 @@
+"""`trtflow run`: one compile through the Prefect flow (no server needed), logged to MLflow.
+
+Registered on the `trtflow` app through the `trtflow.commands` entry point, so the
+core package never imports `flows`; Prefect itself is imported only when the
+command runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from trtflow.cli.app import (
+    ROOT_OPTION,
+    Progress,
+    app,
+    check_tracking_server,
+    console,
+    fail,
+    out,
+)
+from trtflow.errors import TrtflowError
+
+
+@app.command()
+def run(
+    params: Annotated[Path, typer.Argument(help="params YAML, e.g. params/digits.yaml")],
+    target: Annotated[list[str] | None, typer.Option(
+        "--target", "-t", help="target name from params.targets (repeatable); "
+        "default: every CPU target")] = None,
+    remeasure: Annotated[bool, typer.Option(help="re-measure latency even if cached")] = False,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Compile one model through the Prefect flow (no server needed) and log it to MLflow."""
+    from trtflow.project import configure_environment
+
+    root = root.resolve()
+    configure_environment(root)
+    try:
+        from trtflow.params import load_params
+
+        loaded = load_params(params)  # bad params fail before the heavy imports below
+        unknown = sorted(set(target or []) - set(loaded.targets))
+        if unknown:
+            from trtflow.errors import ParamsError
+
+            raise ParamsError(f"target '{unknown[0]}' is not defined in params.targets of "
+                              f"{params} (defined: {sorted(loaded.targets)})")
+        check_tracking_server()
+        from trtflow.context import Context, preflight
+
+        preflight(Context.create(loaded, root))  # fail fast, before Prefect
+        console.print(f"[bold]trtflow run[/] {params}  (starting Prefect…)")
+        from flows.databases import initialize_databases
+
+        initialize_databases(root)  # once per project; safe for concurrent first runs
+        start = time.perf_counter()
+        from flows.compile import compile_flow, set_reporter
+
+        progress = Progress()
+        set_reporter(progress)
+        try:
+            summary = compile_flow(str(params), str(root), target, remeasure)
+        finally:
+            progress.status.stop()
+    except TrtflowError as exc:
+        fail(exc)
+        return
+    print_summary(summary, time.perf_counter() - start)
+
+
+def print_summary(summary: dict[str, Any], wall: float) -> None:
+    table = Table(title=f"trtflow: {summary['model']}")
+    for col in ("target", "accuracy", "FP32 ref. acc.", "agreement", "engine p50 bs1",
+                "baseline p50 bs1", "speed-up bs1", "gates", "MLflow run"):
+        table.add_column(col)
+    all_stages = [s for stages in summary["stages"].values() for s in stages]
+    this_run = sum(s.run_seconds for s in all_stages)
+    when_built = sum(s.seconds for s in all_stages)
+    for name, stages in summary["stages"].items():
+        if name == "model":
+            continue
+        rep = stages[-1].report
+        q = rep["quality"]
+        eng, base = rep["latency"]["engine"][0], rep["latency"]["baseline"][0]
+        table.add_row(
+            name,
+            f"{q['accuracy']:.4f}" if "accuracy" in q else "n/a (no labels)",
+            f"{q['reference_accuracy']:.4f}" if "reference_accuracy" in q else "n/a",
+            f"{q['agreement']:.4f} ({q['metric']})",
+            f"{eng['p50_ms']:.3f} ms", f"{base['p50_ms']:.3f} ms",
+            f"{base['p50_ms'] / eng['p50_ms']:.2f}x",
+            "pass" if rep["gates"]["passed"] else "FAIL",
+            summary["run_ids"].get(name, ""),
+        )
+    out.print(table)
+    n_cached = sum(s.cached for s in all_stages)
+    out.print(f"stages run: {len(all_stages) - n_cached}, cached: {n_cached}; "
+              f"stage time this run {this_run:.2f} s (the same stages took {when_built:.2f} s "
+              f"when built: {100 * this_run / max(when_built, 1e-9):.1f}%); wall time {wall:.2f} s "
+              f"(Prefect/MLflow start-up included); MLflow parent run "
+              f"{summary['run_ids']['parent']}")
+    for name, info in (summary.get("released") or {}).items():
+        print_release(name, info)
+
+
+def print_release(target: str, info: dict[str, Any]) -> None:
+    """One line per target: registered version, the promotion decision, the published copy."""
+    parts = []
+    if info.get("registered"):
+        reg = f"{info['registered']} v{info['version']}"
+        parts.append(f"registered {reg}" if info["created"] else f"same engine as {reg}")
+        decision = info.get("decision")
+        if decision is not None:
+            verdict = "[green]production[/]" if decision["promoted"] else "[red]not promoted[/]"
+            parts.append(f"{verdict} ({escape(decision['reason'])})")
+    if info.get("published"):
+        parts.append(f"published {info['published']}")
+    if parts:
+        out.print(f"  {escape(target)}: " + "; ".join(parts))

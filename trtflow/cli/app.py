@@ -1,0 +1,121 @@
+"""The `trtflow` application: the Typer app, its shared options and its error handling.
+
+Command modules (`trtflow/cli/*.py`, and the flow commands in `flows/cli/`)
+import this module and register on `app`; this module imports none of them.
+Each command is thin: it validates inputs, calls the core or a flow, and turns
+a `TrtflowError` into one paragraph on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from trtflow.errors import TrtflowError
+
+app = typer.Typer(
+    help="trtflow compiles a trained model into a validated, versioned inference engine:\n\n"
+    "export -> cleanup -> calibrate -> build -> validate, cached per stage, logged to MLflow.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 150)
+
+ROOT_OPTION = typer.Option("--root", help="project directory (store, MLflow, data paths)")
+WAIT_OPTION = typer.Option(help="wait for the triggered compile(s) to finish")
+TIMEOUT_OPTION = typer.Option(help="--wait gives up after this many seconds")
+
+
+DEBUG_ENV = "TRTFLOW_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="on an error, also print the Python traceback")] = False) -> None:
+    """trtflow: compile a model into a validated, versioned engine."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+def check_tracking_server(timeout: float = 10.0) -> None:
+    """Fail now when MLFLOW_TRACKING_URI names a server that does not answer: MLflow's
+    client would retry for minutes, and only after the whole compile."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    from trtflow.errors import TrackingError
+    from trtflow.track.health import unreachable
+
+    reason = unreachable(uri, timeout)
+    if reason is not None:
+        raise TrackingError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is "
+                            f"unreachable: {reason}; nothing was compiled. Start the server, "
+                            "or unset MLFLOW_TRACKING_URI to log to the project's sqlite "
+                            "file")
+
+
+def fail(exc: TrtflowError) -> None:
+    """Print a trtflow error as one paragraph and exit with its code."""
+    if debug_enabled():
+        traceback.print_exception(exc)
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+class Progress:
+    """A spinner while a stage runs, one line when it is done (stderr)."""
+
+    def __init__(self) -> None:
+        self.status = console.status("")
+
+    def started(self, stage: str, target: str) -> None:
+        where = escape(f" [{target}]") if target else ""
+        self.status.update(f"{stage}{where}…")
+        self.status.start()
+
+    def progress(self, message: str) -> None:
+        self.status.update(message)
+
+    def finished(self, result: Any, target: str) -> None:
+        self.status.stop()
+        stage_line(result, target)
+
+
+def stage_line(result: Any, target: str) -> None:
+    where = escape(f" [{target}]") if target else ""
+    if result.cached:
+        console.print(f"  [dim]○ {result.stage}{where}: cached ({result.key[:12]}; "
+                      f"took {result.seconds:.2f} s when built)[/]")
+    else:
+        console.print(f"  [green]✓[/] {result.stage}{where}: {result.seconds:.2f} s")
+
+
+def main() -> None:
+    try:
+        app()
+    except TrtflowError as exc:  # raised outside a command body (e.g. in a callback)
+        if debug_enabled():
+            traceback.print_exception(exc)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug, or a failure no check caught: one line, not a traceback
+        if debug_enabled():
+            traceback.print_exception(exc)
+        where = "" if debug_enabled() else " (run `trtflow --debug ...` for the traceback)"
+        console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: "
+                      f"{escape(' '.join(str(exc).split())[:500])}{where}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(1)
+

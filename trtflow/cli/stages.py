@@ -1,0 +1,98 @@
+"""`trtflow stage` (one stage for DVC), `publish` and `fetch` (engines to and from S3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trtflow.cli.app import ROOT_OPTION, app, fail, out, stage_line
+from trtflow.errors import TrtflowError
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="export | cleanup | calibrate | build | validate")],
+    params: Annotated[Path, typer.Option("--params", "-p", help="params YAML")],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="target (build, "
+                                               "calibrate, validate)")] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="copy the artifact here (DVC outs); default build/<model>/<stage>[-target]")] = None,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Run one stage outside Prefect (what `dvc repro` calls), with the same cache keys."""
+    from trtflow.project import configure_environment
+
+    root = root.resolve()
+    configure_environment(root)
+    try:
+        from trtflow.dvc_stage import run_single_stage
+
+        result = run_single_stage(name, params, target, output, root)
+    except TrtflowError as exc:
+        fail(exc)
+        return
+    stage_line(result, target or "")
+    out.print(json.dumps({"stage": result.stage, "key": result.key, "digest": result.digest,
+                          "path": result.path}))
+
+
+BUCKET = typer.Option("--bucket", help="S3 bucket")
+PREFIX = typer.Option("--prefix", help="key prefix; objects go to PREFIX/MODEL/VERSION/")
+ENDPOINT = typer.Option("--endpoint-url", help="S3-compatible endpoint; default: the AWS "
+                        "environment/config (AWS_ENDPOINT_URL_S3)")
+
+
+@app.command()
+def publish(
+    params: Annotated[Path, typer.Argument(help="params YAML of the compiled model")],
+    target: Annotated[str, typer.Option("--target", "-t", help="which target's engine")],
+    bucket: Annotated[str, BUCKET],
+    version: Annotated[str | None, typer.Option(
+        help="version label; default <target>-<engine key[:12]> (content-addressed)")] = None,
+    prefix: Annotated[str, PREFIX] = "trtflow",
+    endpoint_url: Annotated[str | None, ENDPOINT] = None,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Upload a built engine and its manifest (sha256 of every file, params, lineage) to S3."""
+    from trtflow.project import configure_environment
+
+    root = root.resolve()
+    configure_environment(root)
+    try:
+        from trtflow.dvc_stage import resolve_stages
+        from trtflow.params import load_params
+        from trtflow.track.release import publish_engine
+
+        stages = resolve_stages("validate", params, target, root)
+        result = publish_engine(load_params(params), root, target, stages, bucket, prefix,
+                                endpoint_url, version)
+    except TrtflowError as exc:
+        fail(exc)
+        return
+    state = "already published, verified" if result.already_published else "published"
+    out.print(f"{state}: {result.uri}")
+
+
+@app.command()
+def fetch(
+    model: Annotated[str, typer.Argument(help="model name (params model.name)")],
+    version: Annotated[str, typer.Argument(help="published version")],
+    dest: Annotated[Path, typer.Argument(help="directory to create")],
+    bucket: Annotated[str, BUCKET],
+    prefix: Annotated[str, PREFIX] = "trtflow",
+    endpoint_url: Annotated[str | None, ENDPOINT] = None,
+) -> None:
+    """Download a published engine, verifying every file's sha256 against its manifest."""
+    try:
+        from trtflow.track.publish import fetch as fetch_engine
+        from trtflow.track.publish import s3_client
+
+        result = fetch_engine(bucket, prefix, model, version, dest,
+                              client=s3_client(endpoint_url) if endpoint_url else None)
+    except TrtflowError as exc:
+        fail(exc)
+        return
+    out.print(f"fetched and verified {len(result.manifest['files'])} files: {result.dest}")

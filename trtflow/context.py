@@ -1,0 +1,103 @@
+"""What every stage needs besides its inputs: the params, the project root, the store.
+
+The model itself is loaded on first use only, so a run whose stages are all
+cached never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trtflow.errors import DataError, ParamsError
+from trtflow.params import DataSource, Params, Target, TensorSpec
+from trtflow.store import ArtifactStore, tree_digest
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from trtflow.sources import LoadedModel
+
+
+@dataclass
+class Context:
+    params: Params
+    root: Path
+    store: ArtifactStore
+    remeasure: bool = False
+    progress: Callable[[str], None] | None = None
+    _model: LoadedModel | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, params: Params, root: Path, store_dir: Path | None = None,
+               remeasure: bool = False) -> Context:
+        return cls(params, root, ArtifactStore(store_dir or root / ".trtflow" / "store"),
+                   remeasure)
+
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            from trtflow import sources
+
+            self._model = sources.load_model(self.params.model, self.root, self.store)
+        return self._model
+
+    def target(self, name: str) -> Target:
+        try:
+            return self.params.targets[name]
+        except KeyError:
+            raise ParamsError(f"target '{name}' is not defined in params.targets "
+                              f"(defined: {sorted(self.params.targets)})") from None
+
+    def sample_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        src = self.params.model.source
+        if src.builtin:
+            from trtflow.sources import builtin
+
+            return builtin.sample_inputs(src.builtin, batch)
+        from trtflow import sources
+
+        return sources.synthetic_inputs(self.model().inputs, batch)
+
+    def input_specs(self) -> list[TensorSpec]:
+        src = self.params.model.source
+        if src.builtin:
+            from trtflow.sources.builtin import BUILTIN_INPUTS
+
+            return BUILTIN_INPUTS[src.builtin]
+        return self.model().inputs
+
+    def source_digest(self) -> str:
+        from trtflow import sources
+
+        return sources.source_digest(self.params.model, self.root)
+
+
+def data_digest(root: Path, source: DataSource) -> str:
+    """Identity of a data source: its file/folder digest, or the function's module file."""
+    if source.function:
+        import importlib.util
+
+        spec = importlib.util.find_spec(source.function.partition(":")[0])
+        origin = Path(spec.origin) if spec and spec.origin else None
+        return f"{source.function}:{tree_digest(origin) if origin else 'unknown'}"
+    p = Path(source.path or "")
+    p = p if p.is_absolute() else root / p
+    if not p.exists():
+        raise DataError(f"data file {p} does not exist (run `dvc pull`, or `trtflow prepare` "
+                        "for the demo data)")
+    return tree_digest(p)
+
+
+def preflight(ctx: Context) -> None:
+    """Check the model source and data files before any orchestration starts."""
+    from trtflow.datasets import open_data
+
+    ctx.source_digest()
+    if ctx.params.model.source.onnx:
+        ctx.model()
+    specs = ctx.input_specs() if not ctx.params.model.source.factory else ctx.params.model.inputs
+    for ds in (ctx.params.data.calibration, ctx.params.data.evaluation):
+        if ds is not None and specs:
+            open_data(ds, specs, ctx.root, ctx.params.data.batch_size)
