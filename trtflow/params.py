@@ -203,9 +203,10 @@ class Gates(_Strict):
 
 
 class Target(_Strict):
-    backend: Literal["onnxruntime", "tensorrt", "onnxruntime-tensorrt"] = "onnxruntime"
+    backend: Literal["onnxruntime", "tensorrt", "onnxruntime-tensorrt", "openvino"] = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
-    precision: Literal["fp32", "fp16", "int8", "best"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16", "int8", "best"] = Field(
+        default="fp32", description="bf16: openvino on CPUs with AVX512_BF16 or AMX")
     threads: int | None = Field(default=None, gt=0, description="intra-op threads; default: cores")
     optimization: Literal["disable", "basic", "extended", "all"] = "all"
     int8_source: Literal["qdq", "calibration_cache"] = Field(

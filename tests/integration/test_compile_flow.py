@@ -103,6 +103,32 @@ def test_validate_param_change_reruns_only_validate(first_run: dict, digits_root
     assert [r["batch_size"] for r in rows] == [1, 8]
 
 
+def test_an_openvino_engine_is_compiled_validated_registered_and_served(
+        first_run: dict, digits_root: Path) -> None:
+    """A backend added as one module + one registry line goes through the whole flow: the
+    int8 engine is built from the same calibration, validated, registered as a pyfunc."""
+    targets = {"openvino-int8": {"backend": "openvino", "precision": "int8"}}
+    summary = compile_flow(str(write_params(digits_root, targets=targets)), str(digits_root),
+                           ["openvino-int8"])
+    calibrate, build, validate = summary["stages"]["openvino-int8"]
+    assert calibrate.key == first_run["stages"]["int8"][0].key and calibrate.cached
+    assert build.report["backend"] == "openvino-cpu"
+    assert any(k.startswith("Convolution:") and k.endswith(("i8", "u8"))
+               for k in build.report["runtime_layers"])  # int8 kernels really ran
+    quality = validate.report["quality"]
+    assert quality["reference_accuracy"] - quality["accuracy"] <= 0.003
+    released = summary["released"]["openvino-int8"]
+    assert released["registered"] == "digits-openvino-int8"
+    version = mlflow.MlflowClient().get_model_version("digits-openvino-int8",
+                                                      str(released["version"]))
+    model = mlflow.pyfunc.load_model(f"models:/digits-openvino-int8/{version.version}")
+    from trtflow.sources.builtin import digits_splits
+
+    images, labels = digits_splits()["evaluation"]
+    logits = model.predict({"image": images[:64]})
+    assert logits.shape == (64, 10) and (logits.argmax(1) == labels[:64]).mean() > 0.9
+
+
 def test_gate_failure_fails_run_and_registers_nothing(first_run: dict,
                                                       digits_root: Path) -> None:
     def registered() -> set[tuple[str, str]]:  # other modules of the session register too

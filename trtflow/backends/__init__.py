@@ -34,6 +34,7 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("onnxruntime", "cuda"): "trtflow.backends.ort_cuda:CUDA_BACKEND",
     ("onnxruntime-tensorrt", "cuda"): "trtflow.backends.ort_cuda:TENSORRT_PROVIDER_BACKEND",
     ("tensorrt", "cuda"): "trtflow.backends.tensorrt_backend:BACKEND",
+    ("openvino", "cpu"): "trtflow.backends.openvino_backend:BACKEND",
 }
 
 

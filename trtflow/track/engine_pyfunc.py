@@ -1,11 +1,12 @@
-"""An MLflow pyfunc over a trtflow ONNX Runtime engine directory.
+"""An MLflow pyfunc over a trtflow engine directory (ONNX Runtime or OpenVINO).
 
 Logged as MLflow "models from code": this file is copied into every logged
-model and executed on load, so it must stay self-contained (numpy, onnxruntime
-and mlflow only; no trtflow import) and nothing is pickled. `mlflow models
-predict` / `mlflow models serve` then run the engine exactly as trtflow built
-it: the offline-optimized `engine.onnx` with the session settings of
-`session.json`.
+model and executed on load, so it must stay self-contained (numpy, mlflow and
+the engine's runtime only; no trtflow import) and nothing is pickled. The
+engine's manifest (`engine.json`) names the backend that built it. `mlflow
+models predict` / `mlflow models serve` then run the engine exactly as trtflow
+built it: ONNX Runtime's offline-optimized `engine.onnx` with the session
+settings of `session.json`, or OpenVINO's `compiled.blob` with `openvino.json`.
 
 Input: a dict of named arrays (tensor signature, as `{"inputs": {...}}` JSON),
 or one array / DataFrame when the engine has a single input.
@@ -20,21 +21,16 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import onnxruntime as ort
 from mlflow.pyfunc import PythonModel
 
-_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+_OV_DTYPES = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32,
+              "boolean": np.bool_}
 
 
-class OrtEngineModel(PythonModel):
-    """Runs `artifacts["engine"]` (engine.onnx + session.json) with ONNX Runtime."""
+class EngineModel(PythonModel):
+    """Runs `artifacts["engine"]` with the runtime that built it (ONNX Runtime or OpenVINO)."""
 
     # The logged tensor signature describes the input; MLflow's type-hint schema (which
     # would otherwise wrap predict and warn that it has no hints) does not apply.
@@ -42,9 +38,47 @@ class OrtEngineModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         engine_dir = Path(context.artifacts["engine"])
+        manifest = engine_dir / "engine.json"
+        backend = json.loads(manifest.read_text())["backend"] if manifest.is_file() else ""
+        if backend == "openvino-cpu":
+            self._load_openvino(engine_dir)
+        else:
+            self._load_onnxruntime(engine_dir)
+
+    def _load_openvino(self, engine_dir: Path) -> None:
+        import io
+
+        import openvino as ov
+
+        config = json.loads((engine_dir / "openvino.json").read_text())
+        hint = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}[config["precision"]]
+        props: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        if config.get("threads"):
+            props["INFERENCE_NUM_THREADS"] = int(config["threads"])
+        core = ov.Core()
+        compiled = core.import_model(io.BytesIO((engine_dir / "compiled.blob").read_bytes()),
+                                     "CPU", props)
+        request = compiled.create_infer_request()
+        self.inputs = {p.get_any_name(): _OV_DTYPES.get(p.get_element_type().get_type_name(),
+                                                        np.float32) for p in compiled.inputs}
+        self.outputs = list(config["outputs"])
+
+        def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            results = {p.get_any_name(): v for p, v in request.infer(feed).items()}
+            return [np.array(results[name], copy=True) for name in self.outputs]
+
+        self._run = run
+
+    def _load_onnxruntime(self, engine_dir: Path) -> None:
+        import onnxruntime as ort
+
+        levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
         config = json.loads((engine_dir / "session.json").read_text())
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = _LEVELS[config["optimization"]]
+        opts.graph_optimization_level = levels[config["optimization"]]
         if config.get("intra_op_threads"):
             opts.intra_op_num_threads = int(config["intra_op_threads"])
         opts.log_severity_level = 3
@@ -53,10 +87,11 @@ class OrtEngineModel(PythonModel):
         available = set(ort.get_available_providers())
         providers = [p for p in config["providers"] if p in available] or [
             "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(engine_dir / "engine.onnx"), opts,
-                                            providers=providers)
-        self.inputs = {i.name: _DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        session = ort.InferenceSession(str(engine_dir / "engine.onnx"), opts,
+                                       providers=providers)
+        self.inputs = {i.name: _DTYPES.get(i.type, np.float32) for i in session.get_inputs()}
+        self.outputs = [o.name for o in session.get_outputs()]
+        self._run = lambda feed: session.run(self.outputs, feed)
 
     # no type hints: MLflow would read them as the input schema (the signature is that)
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
@@ -74,10 +109,10 @@ class OrtEngineModel(PythonModel):
         else:
             raise ValueError(f"the engine has inputs {sorted(self.inputs)}: pass a dict of "
                              "named arrays")
-        results = self.session.run(self.outputs, feed)
+        results = self._run(feed)
         if len(results) == 1:
             return results[0]
         return dict(zip(self.outputs, results, strict=True))
 
 
-mlflow.models.set_model(OrtEngineModel())
+mlflow.models.set_model(EngineModel())

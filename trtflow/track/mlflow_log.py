@@ -197,33 +197,60 @@ ENGINE_MODEL_TAG = "trtflow.engine_model_uri"
 PYFUNC_FILE = Path(__file__).with_name("engine_pyfunc.py")
 
 
-def log_engine_pyfunc(engine_dir: Path) -> str:
-    """Log an ONNX Runtime engine directory as an MLflow pyfunc model named `engine` in
-    the active run (models from code: no pickle); returns its model URI."""
-    import mlflow
-    import numpy as np
+PYFUNC_BACKENDS = ("onnxruntime-cpu", "openvino-cpu")  # runnable by engine_pyfunc.py
+
+
+def _engine_io(engine_dir: Path, backend: str) -> tuple[list[tuple[str, str, tuple]], ...]:
+    """(name, numpy dtype, shape with -1 for dynamic) of the engine's inputs and outputs."""
+    if backend == "openvino-cpu":
+        import openvino as ov
+
+        names = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32",
+                 "boolean": "bool"}
+        model = ov.Core().read_model(str(engine_dir / "model.xml"))
+
+        def ports(values: Any) -> list[tuple[str, str, tuple]]:
+            return [(p.get_any_name(), names.get(p.get_element_type().get_type_name(), "float32"),
+                     tuple(d.get_length() if d.is_static else -1 for d in p.get_partial_shape()))
+                    for p in values]
+
+        return ports(model.inputs), ports(model.outputs)
     import onnxruntime as ort
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
 
     session = ort.InferenceSession(str(engine_dir / "engine.onnx"),
                                    providers=["CPUExecutionProvider"])
     dtypes = {"tensor(float)": "float32", "tensor(float16)": "float16",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
 
-    def specs(values: list[Any]) -> Schema:
-        return Schema([TensorSpec(np.dtype(dtypes.get(v.type, "float32")),
-                                  tuple(d if isinstance(d, int) else -1 for d in v.shape),
-                                  v.name) for v in values])
+    def values(vs: list[Any]) -> list[tuple[str, str, tuple]]:
+        return [(v.name, dtypes.get(v.type, "float32"),
+                 tuple(d if isinstance(d, int) else -1 for d in v.shape)) for v in vs]
 
-    signature = ModelSignature(inputs=specs(session.get_inputs()),
-                               outputs=specs(session.get_outputs()))
+    return values(session.get_inputs()), values(session.get_outputs())
+
+
+def log_engine_pyfunc(engine_dir: Path, backend: str = "onnxruntime-cpu") -> str:
+    """Log an engine directory (ONNX Runtime or OpenVINO on the CPU) as an MLflow pyfunc
+    model named `engine` in the active run (models from code: no pickle); its model URI."""
+    from importlib.metadata import version
+
+    import mlflow
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inputs, outputs = _engine_io(engine_dir, backend)
+
+    def specs(values: list[tuple[str, str, tuple]]) -> Schema:
+        return Schema([TensorSpec(np.dtype(dtype), shape, name) for name, dtype, shape in values])
+
+    runtime = "openvino" if backend == "openvino-cpu" else "onnxruntime"
     with warnings.catch_warnings():  # MLflow's advice on type hints / input examples: the
         warnings.simplefilter("ignore", UserWarning)  # tensor signature covers both
         info = mlflow.pyfunc.log_model(
             name="engine", python_model=str(PYFUNC_FILE), artifacts={"engine": str(engine_dir)},
-            signature=signature,
-            pip_requirements=[f"onnxruntime=={ort.__version__}", f"numpy=={np.__version__}",
+            signature=ModelSignature(inputs=specs(inputs), outputs=specs(outputs)),
+            pip_requirements=[f"{runtime}=={version(runtime)}", f"numpy=={np.__version__}",
                               f"mlflow=={mlflow.__version__}"])
     return str(info.model_uri)
 
@@ -239,9 +266,10 @@ def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
         _log_calibration(by_stage["calibrate"])
     build, validate = by_stage["build"], by_stage.get("validate")
     mlflow.log_metric("engine_bytes", build.report["engine_bytes"])
-    if target.backend == "onnxruntime":
-        mlflow.set_tag(ENGINE_MODEL_TAG, log_engine_pyfunc(Path(build.path)))
-    else:  # TensorRT plans are not runnable here: kept as plain artifacts
+    backend = build.report.get("backend", "")
+    if backend in PYFUNC_BACKENDS:
+        mlflow.set_tag(ENGINE_MODEL_TAG, log_engine_pyfunc(Path(build.path), backend))
+    else:  # GPU engines (TensorRT plans, CUDA sessions) do not run here: plain artifacts
         mlflow.log_artifacts(build.path, artifact_path="engine")
     if validate is None:
         return

@@ -1,0 +1,180 @@
+"""OpenVINO on x86 CPUs: FP32, BF16 (where the CPU has it) and INT8 from trtflow's scales.
+
+INT8 is explicit quantization: the clean graph gets Q/DQ pairs from the calibrate
+stage's amax (no recalibration; the scales are trtflow's) in TensorRT's placement
+(Q/DQ on the inputs of Conv/Gemm/MatMul, symmetric int8), which OpenVINO's CPU
+plugin turns into int8 kernels. The placement ORT's CPU provider fuses ran faster
+on resnet18 (3.65x ORT FP32 against 3.1x, DESIGN.md 2026-12-04) but OpenVINO
+2026.4 computes it wrongly on the digits CNN (top-1 0.99 in ORT, 0.475 in
+OpenVINO, whichever single layer is left in float), so it is not used.
+
+Precision is named as it really ran: OpenVINO's CPU plugin defaults to bf16 on
+hosts with AVX512_BF16, so an `fp32` target sets `INFERENCE_PRECISION_HINT=f32`
+and the report reads the hint back from the compiled model, with a count of the
+runtime layers per precision (OpenVINO's own execution graph).
+
+An engine directory holds `model.xml`/`model.bin` (OpenVINO IR, portable) and
+`compiled.blob` (the model compiled for this CPU, imported on load without
+recompiling; valid because the build key includes the CPU flags and the
+OpenVINO version), plus `openvino.json`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trtflow.errors import BuildError
+from trtflow.params import Target
+
+if TYPE_CHECKING:
+    from trtflow.backends import Calibration
+
+IR_FILE = "model.xml"
+BLOB_FILE = "compiled.blob"
+CONFIG_FILE = "openvino.json"
+QDQ_FILE = "model.qdq.openvino.onnx"
+_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: float parts stay in f32
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise BuildError("backend 'openvino' needs the `openvino` package (pip install "
+                         "openvino)") from None
+    return openvino
+
+
+def cpu_flags() -> set[str]:
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        return set()
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def _properties(target: Target, threads: int | None) -> dict[str, Any]:
+    props: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[target.precision],
+                             "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        props["INFERENCE_NUM_THREADS"] = int(threads)
+    return props
+
+
+def runtime_precisions(compiled: Any) -> dict[str, int]:
+    """Compute layers of OpenVINO's execution graph, counted per runtime precision."""
+    counts: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = str(info["layerType"].astype(str))
+        if kind in ("Input", "Output", "Const", "Reorder"):
+            continue
+        counts[f"{kind}:{info['runtimePrecision'].astype(str)}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def _int8_model(model_path: Path, calibration: Calibration, out_dir: Path
+                ) -> tuple[Path, dict[str, Any]]:
+    import onnx
+
+    from trtflow.quant.qdq import insert_qdq
+
+    qdq, report = insert_qdq(onnx.load(str(model_path)), calibration.amax(), "tensorrt",
+                             "int8", skip=frozenset(calibration.float_layers()))
+    onnx.save_model(qdq, str(out_dir / QDQ_FILE))
+    keep = ("activation_dtype", "quantizable_ops", "float_ops", "float_fraction", "float_nodes")
+    return out_dir / QDQ_FILE, {k: report[k] for k in keep if k in report}
+
+
+class OpenVinoBackend:
+    name = "openvino-cpu"
+    libraries = ("openvino", "onnx")
+
+    def fingerprint(self, target: Target) -> dict[str, str]:
+        from trtflow.latency import host_fingerprint
+
+        host = host_fingerprint()  # the compiled blob is for this CPU
+        return {"cpu": host["cpu"], "cpu_flags": host["flags_digest"]}
+
+    def build(self, model_path: Path, target: Target, out_dir: Path,
+              calibration: Calibration | None) -> dict[str, Any]:
+        ov = _openvino()
+        if target.precision not in _HINTS:
+            raise BuildError(f"backend 'openvino' builds precisions {sorted(_HINTS)}, not "
+                             f"'{target.precision}'")
+        if target.precision == "bf16" and not cpu_flags() & set(BF16_FLAGS):
+            raise BuildError("precision 'bf16' on backend 'openvino' needs a CPU with "
+                             f"{' or '.join(BF16_FLAGS)}; this one has neither")
+        report: dict[str, Any] = {}
+        source = model_path
+        if target.precision == "int8":
+            assert calibration is not None
+            source, report["qdq"] = _int8_model(model_path, calibration, out_dir)
+        core = ov.Core()
+        try:
+            model = core.read_model(str(source))
+            compiled = core.compile_model(model, "CPU", _properties(target, target.threads))
+        except Exception as exc:  # OpenVINO raises RuntimeError with a C++ message
+            raise BuildError(f"OpenVINO {ov.__version__} could not compile {source}: "
+                             f"{' '.join(str(exc).split())[:400]}") from None
+        ov.save_model(model, str(out_dir / IR_FILE), compress_to_fp16=False)
+        blob = compiled.export_model()
+        (out_dir / BLOB_FILE).write_bytes(blob.getvalue() if hasattr(blob, "getvalue")
+                                          else bytes(blob))
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # what it really runs
+        ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        config = {"precision": target.precision, "inference_precision": ran,
+                  "threads": target.threads, "openvino": ov.__version__,
+                  "inputs": [i.get_any_name() for i in model.inputs],
+                  "outputs": [o.get_any_name() for o in model.outputs]}
+        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        report.update(session=config, runtime_layers=runtime_precisions(compiled),
+                      engine_bytes=(out_dir / BLOB_FILE).stat().st_size)
+        return report
+
+    def load(self, engine_dir: Path, threads: int | None = None, spinning: bool = True
+             ) -> OpenVinoEngine:
+        return OpenVinoEngine.load(engine_dir, threads)
+
+
+class OpenVinoEngine:
+    """A compiled OpenVINO model with one infer request, run on named numpy inputs."""
+
+    def __init__(self, compiled: Any, config: dict[str, Any]) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.input_names = list(config["inputs"])
+        self.output_names = list(config["outputs"])
+        self.config = config
+
+    @classmethod
+    def load(cls, engine_dir: Path, threads: int | None = None) -> OpenVinoEngine:
+        ov = _openvino()
+        config = json.loads((engine_dir / CONFIG_FILE).read_text())
+        if config["openvino"] != ov.__version__:
+            raise BuildError(f"{engine_dir} was compiled by OpenVINO {config['openvino']}; this "
+                             f"is {ov.__version__}: rebuild it")
+        target = Target(backend="openvino", precision=config["precision"])
+        props = _properties(target, threads or config.get("threads"))
+        core = ov.Core()
+        compiled = core.import_model(io.BytesIO((engine_dir / BLOB_FILE).read_bytes()), "CPU",
+                                     props)
+        return cls(compiled, config)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.request.infer({n: inputs[n] for n in self.input_names})
+        by_name = {port.get_any_name(): value for port, value in results.items()}
+        return {n: np.array(by_name[n], copy=True) for n in self.output_names}
+
+
+BACKEND = OpenVinoBackend()
