@@ -137,22 +137,23 @@ def engines_table(model: str, run_ids: dict[str, str], released: dict[str, dict[
                   ui: str) -> str:
     """Markdown: one row per target with its registry version, promotion and MLflow links
     (`ui`: the MLflow UI address; '' leaves the run ids as text), the gate's reasons below."""
+    from trtflow.track.release import ReleaseSummary
+
     rows = ["| target | registered | promotion | MLflow run |", "|---|---|---|---|"]
     reasons = []
     for target, info in released.items():
         run = run_ids.get(target, "")
         run_cell = f"[{run[:12]}]({ui}/#/runs/{run})" if ui and run else f"`{run[:12]}`"
         promo = "-"
-        if info.get("registered"):
-            name, version = info["registered"], info["version"]
-            page = f"{ui}/#/models/{name}/versions/{version}"
-            reg = f"[{name} v{version}]({page})" if ui else f"{name} v{version}"
-            if not info.get("created"):
+        summary = ReleaseSummary.of(info)
+        if summary.registered:
+            page = f"{ui}/#/models/{summary.name}/versions/{summary.version}"
+            reg = f"[{summary.registered}]({page})" if ui else summary.registered
+            if not summary.created:
                 reg += " (same engine)"
-            decision = info.get("decision") or {}
-            if decision:
-                promo = "production" if decision.get("promoted") else "refused"
-                reasons.append(f"- {name} v{version}, {promo}: {decision.get('reason', '')}")
+            if summary.verdict:
+                promo = "production" if summary.verdict == "production" else "refused"
+                reasons.append(f"- {summary.registered}, {promo}: {summary.reason}")
         else:
             reg = "not registered (failed a validation gate)"
         rows.append(f"| {target} | {reg} | {promo} | {run_cell} |")

@@ -111,15 +111,16 @@ def print_summary(summary: dict[str, Any], wall: float) -> None:
 
 def print_release(target: str, info: dict[str, Any]) -> None:
     """One line per target: registered version, the promotion decision, the published copy."""
-    parts = []
-    if info.get("registered"):
-        reg = f"{info['registered']} v{info['version']}"
-        parts.append(f"registered {reg}" if info["created"] else f"same engine as {reg}")
-        decision = info.get("decision")
-        if decision is not None:
-            verdict = "[green]production[/]" if decision["promoted"] else "[red]not promoted[/]"
-            parts.append(f"{verdict} ({escape(decision['reason'])})")
-    if info.get("published"):
-        parts.append(f"published {info['published']}")
+    from trtflow.track.release import ReleaseSummary
+
+    summary, parts = ReleaseSummary.of(info), []
+    if summary.registered:
+        parts.append(f"registered {summary.registered}" if summary.created
+                     else f"same engine as {summary.registered}")
+        if summary.verdict:
+            color = "green" if summary.verdict == "production" else "red"
+            parts.append(f"[{color}]{summary.verdict}[/] ({escape(summary.reason)})")
+    if summary.published:
+        parts.append(f"published {summary.published}")
     if parts:
         out.print(f"  {escape(target)}: " + "; ".join(parts))

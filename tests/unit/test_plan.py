@@ -143,3 +143,17 @@ def test_run_up_to_gives_the_keys_the_plan_derives(tmp_path: Path) -> None:
     stages = plan(ctx.params, ["fp32"])
     key = step_key(BUILD, ctx, "fp32", results[1:2])
     assert results[-1].key == key and stages.node("build", "fp32").step is BUILD
+
+
+def test_dvc_yaml_names_every_params_section_each_step_reads() -> None:
+    """dvc.yaml is the same plan for `dvc repro`: a param a step's key reads but DVC does
+    not watch would leave DVC's stage 'up to date' while the store key changed."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, step in STEPS.items():
+        body = stages[name].get("do", stages[name])
+        watched = [key.replace("${key}", "T").replace("${item}", "T")
+                   for entry in body["params"] for keys in entry.values() for key in keys]
+        for read in step.sections("T"):
+            assert any(read == w or read.startswith(f"{w}.") for w in watched), (name, read)

@@ -99,3 +99,18 @@ def test_relative_p50_comes_from_the_report_baseline() -> None:
               "latency": {"engine": [{"batch_size": 1, "p50_ms": 0.5}],
                           "baseline": [{"batch_size": 1, "p50_ms": 2.0}]}}
     assert EngineFacts.from_report(report, "h").relative_p50 == {"1": 0.25}
+
+
+def test_one_release_summary_feeds_the_cli_the_run_page_and_the_prefect_table() -> None:
+    from flows.new_version import engines_table
+    from trtflow.track.release import ReleaseSummary
+
+    info = {"registered": "digits-int8", "version": 3, "created": False,
+            "decision": {"promoted": False, "reason": "latency +30% (allowed +20%)"}}
+    summary = ReleaseSummary.of(info)
+    assert (summary.registered, summary.created, summary.verdict) == (
+        "digits-int8 v3", False, "not promoted")
+    table = engines_table("digits", {"int8": "abc"}, {"int8": info}, "")
+    assert "digits-int8 v3 (same engine) | refused" in table
+    assert "- digits-int8 v3, refused: latency +30% (allowed +20%)" in table
+    assert ReleaseSummary.of({}).registered is None

@@ -19,6 +19,17 @@ from rich.markup import escape
 
 from trtflow.errors import TrtflowError
 
+_option_type = typer.core.TyperOption.display_type_rich
+
+
+def _flag_type(option: typer.core.TyperOption, ctx: Any) -> str | None:
+    """Typer 0.29 prints a type column for every option, `<bool>` after each flag: a flag
+    takes no value, so its column stays empty (values of other options keep theirs)."""
+    return None if option.is_flag else _option_type(option, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign,assignment]
+
 app = typer.Typer(
     help="trtflow compiles a trained model into a validated, versioned inference engine:\n\n"
     "export -> cleanup -> calibrate -> build -> validate, cached per stage, logged to MLflow.",

@@ -16,6 +16,7 @@ never share a label.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,31 @@ def _register(params: Params, root: Path, name: str, stages: list[StageResult], 
             "decision": reg.decision}
 
 
+@dataclass(frozen=True)
+class ReleaseSummary:
+    """What happened to one target's engine after validation, as every view shows it
+    (the CLI's lines, the run page's lineage table, the Prefect engines artifact)."""
+
+    registered: str | None  # "digits-int8 v2"
+    name: str | None
+    version: str | None
+    created: bool  # False: the same engine was already that version
+    verdict: str | None  # "production" / "not promoted"; None: no promotion was tried
+    reason: str
+    published: str | None
+
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> ReleaseSummary:
+        decision = info.get("decision") or None
+        name, version = info.get("registered"), info.get("version")
+        return cls(registered=f"{name} v{version}" if name else None, name=name,
+                   version=str(version) if name else None, created=bool(info.get("created")),
+                   verdict=None if decision is None else
+                   ("production" if decision.get("promoted") else "not promoted"),
+                   reason=str((decision or {}).get("reason", "")),
+                   published=info.get("published"))
+
+
 def lineage_note(params: Params, root: Path, target: str, stages: list[StageResult],
                  info: dict[str, Any]) -> str:
     """Markdown for the run page: what produced this engine and where it went."""
@@ -113,13 +139,12 @@ def lineage_note(params: Params, root: Path, target: str, stages: list[StageResu
         lines.append(f"| {key.removeprefix('trtflow.')} | `{value[:32]}` |")
     for s in stages:
         lines.append(f"| stage {s.stage} ({s.version}) | `{s.key[:16]}` |")
-    if info.get("registered"):
-        name, version = info["registered"], info["version"]
-        lines.append(f"| registered | [{name} v{version}](#/models/{name}/versions/{version}) |")
-        decision = info.get("decision")
-        if decision is not None:
-            state = "promoted to production" if decision["promoted"] else "not promoted"
-            lines.append(f"| promotion | {state}: {decision['reason']} |")
-    if info.get("published"):
-        lines.append(f"| published | `{info['published']}` |")
+    summary = ReleaseSummary.of(info)
+    if summary.registered:
+        lines.append(f"| registered | [{summary.registered}]"
+                     f"(#/models/{summary.name}/versions/{summary.version}) |")
+        if summary.verdict:
+            lines.append(f"| promotion | {summary.verdict}: {summary.reason} |")
+    if summary.published:
+        lines.append(f"| published | `{summary.published}` |")
     return "\n".join(lines)
