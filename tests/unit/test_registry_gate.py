@@ -114,3 +114,44 @@ def test_one_release_summary_feeds_the_cli_the_run_page_and_the_prefect_table() 
     assert "digits-int8 v3 (same engine) | refused" in table
     assert "- digits-int8 v3, refused: latency +30% (allowed +20%)" in table
     assert ReleaseSummary.of({}).registered is None
+
+
+def test_a_latency_difference_inside_the_noise_is_no_evidence_either_way() -> None:
+    policy = RegistryConfig(max_latency_regression_pct=20.0)
+    prod = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.2}, {"1": 15.0})
+    noisy = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.25}, {"1": 15.0})
+    decision = decide(noisy, prod, policy)  # +25 % measured, ±21 % noise: cannot tell
+    assert outcome(decision, "latency") is None and decision.promote
+    assert "too noisy to compare (±21.2%)" in decision.reason
+    quiet = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.25}, {"1": 1.0})
+    calm_prod = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.2}, {"1": 1.0})
+    assert outcome(decide(quiet, calm_prod, policy), "latency") is False  # +25 % ± 1.4 %
+
+
+def test_noise_survives_the_registry_tags() -> None:
+    facts = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.2}, {"1": 3.5})
+    assert EngineFacts.from_tags(facts.tags()).noise_pct == {"1": 3.5}
+
+
+def test_min_speedup_short_by_less_than_the_noise_does_not_fail() -> None:
+    from trtflow.params import Gates
+    from trtflow.stages.validate import check_gates
+
+    quality = {"agreement": 1.0}
+    gates = Gates(min_speedup=2.0)
+    noisy = check_gates(quality, 1.9, gates, speedup_noise_pct=8.0)
+    assert noisy["passed"] and "too noisy" in noisy["decisions"][-1]["note"]
+    assert not check_gates(quality, 1.9, gates, speedup_noise_pct=2.0)["passed"]
+
+
+def test_the_median_interval_covers_the_median_and_widens_with_noise() -> None:
+    import numpy as np
+
+    from trtflow.latency import median_interval
+
+    rng = np.random.default_rng(0)
+    calm, busy = rng.normal(10, 0.1, 300), rng.normal(10, 2.0, 300)
+    lo, hi = median_interval(calm)
+    assert lo <= float(np.median(calm)) <= hi
+    blo, bhi = median_interval(busy)
+    assert bhi - blo > 5 * (hi - lo)

@@ -282,7 +282,7 @@ def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
     for label in ("engine", "baseline"):
         for row in report["latency"][label]:
             bs = row["batch_size"]
-            for q in ("p50_ms", "p95_ms", "p99_ms", "throughput_per_s"):
+            for q in ("p50_ms", "p95_ms", "p99_ms", "throughput_per_s", "noise_pct"):
                 mlflow.log_metric(f"{label}.bs{bs}.{q}", row[q])
     for bs, speedup in report["speedup_p50"].items():
         mlflow.log_metric(f"speedup.bs{bs}", speedup)

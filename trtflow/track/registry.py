@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from trtflow.errors import RegistryError
+from trtflow.latency import combined_noise_pct
 from trtflow.params import RegistryConfig
 from trtflow.project import project_lock
 
@@ -54,6 +55,7 @@ class EngineFacts:
     p50_ms: dict[str, float]  # batch size -> p50 latency
     host: str
     relative_p50: dict[str, float] = field(default_factory=dict)  # engine / same-run baseline
+    noise_pct: dict[str, float] = field(default_factory=dict)  # of p50 (or of relative p50)
 
     @classmethod
     def from_report(cls, report: dict[str, Any], host: str) -> EngineFacts:
@@ -68,20 +70,28 @@ class EngineFacts:
         base = {str(r["batch_size"]): float(r["p50_ms"])
                 for r in report["latency"].get("baseline", [])}
         relative = {b: p50[b] / base[b] for b in p50 if base.get(b)}
-        return cls(quality, metric, drop, p50, host, relative)
+        base_noise = {str(r["batch_size"]): float(r.get("noise_pct", 0.0))
+                      for r in report["latency"].get("baseline", [])}
+        noise = {str(r["batch_size"]): combined_noise_pct(
+            float(r.get("noise_pct", 0.0)),
+            base_noise.get(str(r["batch_size"]), 0.0) if relative else 0.0)
+            for r in report["latency"]["engine"]}
+        return cls(quality, metric, drop, p50, host, relative, noise)
 
     def tags(self) -> dict[str, str]:
         return {f"{TAG}quality": repr(self.quality), f"{TAG}quality_metric": self.quality_metric,
                 f"{TAG}drop_vs_fp32": repr(self.drop_vs_fp32),
                 f"{TAG}p50_ms": json.dumps(self.p50_ms, sort_keys=True), f"{TAG}host": self.host,
-                f"{TAG}relative_p50": json.dumps(self.relative_p50, sort_keys=True)}
+                f"{TAG}relative_p50": json.dumps(self.relative_p50, sort_keys=True),
+                f"{TAG}p50_noise_pct": json.dumps(self.noise_pct, sort_keys=True)}
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> EngineFacts:
         try:
             return cls(float(tags[f"{TAG}quality"]), tags[f"{TAG}quality_metric"],
                        float(tags[f"{TAG}drop_vs_fp32"]), json.loads(tags[f"{TAG}p50_ms"]),
-                       tags[f"{TAG}host"], json.loads(tags.get(f"{TAG}relative_p50", "{}")))
+                       tags[f"{TAG}host"], json.loads(tags.get(f"{TAG}relative_p50", "{}")),
+                       json.loads(tags.get(f"{TAG}p50_noise_pct", "{}")))
         except (KeyError, ValueError) as exc:
             raise RegistryError(f"model version tags lack trtflow's gate facts ({exc}); was "
                                 "it registered by trtflow?") from None
@@ -104,6 +114,15 @@ class Decision:
         if failed:
             return "; ".join(failed)
         return "; ".join(c["detail"] for c in self.checks)
+
+
+def latency_noise_pct(candidate: EngineFacts, production: EngineFacts,
+                      batch_sizes: list[str]) -> float:
+    """The noise of the candidate/production latency ratio: both engines' p50 intervals
+    combined, root-mean-square over the batch sizes compared (0 when unknown)."""
+    per_size = [combined_noise_pct(candidate.noise_pct.get(b, 0.0),
+                                   production.noise_pct.get(b, 0.0)) for b in batch_sizes]
+    return math.sqrt(sum(x * x for x in per_size) / len(per_size)) if per_size else 0.0
 
 
 def decide(candidate: EngineFacts, production: EngineFacts | None, policy: RegistryConfig,
@@ -136,10 +155,15 @@ def decide(candidate: EngineFacts, production: EngineFacts | None, policy: Regis
     else:
         ratio = math.exp(sum(math.log(cand[b] / prod[b]) for b in common) / len(common))
         pct = (ratio - 1.0) * 100.0
+        noise = latency_noise_pct(candidate, production, common)
         what = "p50 latency (relative to each run's baseline)" if relative else "p50 latency"
-        d.check("latency", pct <= policy.max_latency_regression_pct,
-                f"{what} {pct:+.1f}% vs {who} over batch sizes {','.join(common)} "
-                f"(allowed +{policy.max_latency_regression_pct:.1f}%)")
+        said = (f"{what} {pct:+.1f}% (±{noise:.1f}%) vs {who} over batch sizes "
+                f"{','.join(common)} (allowed +{policy.max_latency_regression_pct:.1f}%)")
+        if pct > policy.max_latency_regression_pct and \
+                pct - noise <= policy.max_latency_regression_pct:
+            d.check("latency", None, f"{said}: too noisy to compare (±{noise:.1f}%)")
+        else:
+            d.check("latency", pct <= policy.max_latency_regression_pct, said)
     return d
 
 
