@@ -202,6 +202,25 @@ class Gates(_Strict):
     )
 
 
+class SelectPolicy(_Strict):
+    """`precision: best`: which candidate engines to build and time, as TensorRT's builder
+    times each layer's kernels in every allowed precision and keeps the fastest."""
+
+    backends: list[Literal["onnxruntime", "openvino"]] = Field(
+        default=["onnxruntime", "openvino"])
+    precisions: list[Literal["fp32", "bf16", "int8"]] = Field(
+        default=["fp32", "int8", "bf16"],
+        description="bf16 only where the CPU has it; int8 needs data.calibration")
+    float_blocks: bool = Field(default=True, description="also time int8 with each class of "
+                               "layers that int8 may slow (depthwise convs, MatMul/Gemm) in float")
+    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 8])
+    rounds: int = Field(default=15, gt=0, description="timed rounds; each times every "
+                        "candidate once per batch size, in turn")
+    min_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="accuracy gate on the selection split "
+        "(top-1 agreement or cosine vs FP32); default: the target's min_agreement gate")
+
+
 class Target(_Strict):
     backend: Literal["onnxruntime", "tensorrt", "onnxruntime-tensorrt", "openvino"] = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
@@ -217,6 +236,8 @@ class Target(_Strict):
         "uint8 (zero point 128), the form ORT's x86 kernels fuse and run fastest")
     gates: Gates | None = Field(default=None, description="this target's gates; default: "
                                 "validate.gates")
+    select: SelectPolicy = Field(default_factory=SelectPolicy,
+                                 description="precision 'best' only: the candidates")
     reduce_range: bool | None = Field(
         default=None, description="7-bit weights; None: on where ORT's u8s8 kernels can "
         "saturate (AVX2/AVX-512 without VNNI)")

@@ -32,7 +32,10 @@ QUANTIZED = ("int8", "fp8")
 
 
 def needs_calibration(target: Target) -> bool:
-    return target.precision in QUANTIZED
+    """Quantized targets, and `best` on the CPU when its candidates include int8."""
+    return target.precision in QUANTIZED or (
+        target.precision == "best" and target.device == "cpu"
+        and "int8" in target.select.precisions)
 
 
 def metric(ctx: Context) -> str:
@@ -132,10 +135,23 @@ CALIBRATE = Step(
 
 # --- build -------------------------------------------------------------------
 
+def selects(target: Target) -> bool:
+    """`precision: best` on the CPU: candidates are built and timed (trtflow.select)."""
+    return target.precision == "best" and target.device == "cpu"
+
+
 def _build_facts(ctx: Context, target: str | None) -> dict[str, Any]:
     from trtflow.backends import backend_fingerprint
 
-    return backend_fingerprint(ctx.target(str(target)))
+    spec = ctx.target(str(target))
+    if not selects(spec):
+        return backend_fingerprint(spec)
+    from trtflow.latency import host_fingerprint
+    from trtflow.select import candidates
+
+    # the choice is a measurement on this host, of every candidate backend
+    return {"host": host_fingerprint(), "metric": metric(ctx), "candidates": {
+        c.name: backend_fingerprint(c.target) for c in candidates(spec, None, True)}}
 
 
 def _build(ctx: Context, target: str | None, out: Path, cleaned: StageResult,
@@ -143,7 +159,28 @@ def _build(ctx: Context, target: str | None, out: Path, cleaned: StageResult,
     from trtflow.backends import Calibration, build_engine
 
     calibration = Calibration(Path(calibrated[0].path)) if calibrated else None
-    return build_engine(cleaned.file(CLEAN_FILE), ctx.target(str(target)), out, calibration)
+    spec = ctx.target(str(target))
+    if selects(spec):
+        return _select(ctx, spec, cleaned.file(CLEAN_FILE), out, calibration)
+    return build_engine(cleaned.file(CLEAN_FILE), spec, out, calibration)
+
+
+def _select(ctx: Context, spec: Target, model: Path, out: Path,
+            calibration: Any) -> dict[str, Any]:
+    from trtflow.datasets import open_data
+    from trtflow.select import select_engine
+
+    cal = ctx.params.data.calibration
+    if cal is not None:  # the selection split: calibration data, never the evaluation data
+        selection = next(iter(open_data(cal, ctx.input_specs(), ctx.root,
+                                        ctx.params.data.batch_size))).inputs
+    else:
+        selection = ctx.sample_inputs(ctx.params.data.batch_size)
+    gates = spec.gates or ctx.params.validate_.gates
+    if ctx.progress:
+        ctx.progress("build: timing the candidate engines (precision best)")
+    return select_engine(model, spec, out, calibration, selection, metric(ctx),
+                         spec.select.min_agreement or gates.min_agreement, spec.threads)
 
 
 BUILD = Step(

@@ -105,6 +105,10 @@ def print_summary(summary: dict[str, Any], wall: float) -> None:
               f"when built: {100 * this_run / max(when_built, 1e-9):.1f}%); wall time {wall:.2f} s "
               f"(Prefect/MLflow start-up included); MLflow parent run "
               f"{summary['run_ids']['parent']}")
+    for name, stages in summary["stages"].items():
+        selection = stages[-2].report.get("selection") if name != "model" else None
+        if selection:  # precision best: which candidate won, and why
+            out.print(f"  {escape(name)}: selected {escape(selection['why'])}")
     for name, info in (summary.get("released") or {}).items():
         print_release(name, info)
 

@@ -1,0 +1,234 @@
+"""`precision: best`: build the candidate engines, time them on this host, keep the fastest
+that passes the accuracy gate.
+
+TensorRT's builder times each layer's kernels in every allowed precision and keeps
+the fastest; trtflow does the same one level up. The candidates are every CPU
+backend of the policy in FP32, BF16 (where the CPU has it) and INT8 from the one
+calibration, plus INT8 with each class of layers INT8 tends to slow (depthwise
+convolutions, MatMul/Gemm) kept in float. Accuracy is judged on the *selection*
+split (the calibration data, never the evaluation data validate reports on) as
+agreement with the FP32 graph; latency in alternating rounds, so drift and noise
+hit every candidate alike. A candidate is faster only if its median beats the
+other's by more than their combined noise: inside the noise, the simpler engine
+(FP32 before INT8) is kept and the decision says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtflow.backends import REGISTRY, Calibration, build_engine, load_engine
+from trtflow.errors import BuildError
+from trtflow.latency import combined_noise_pct, median_interval
+from trtflow.params import Target
+
+SELECTION_FILE = "selection.json"
+CANDIDATES_DIR = "candidates"
+_SIMPLICITY = {"fp32": 0, "bf16": 1, "int8": 2}  # the tie-break inside the noise
+
+
+@dataclass
+class Candidate:
+    name: str
+    target: Target
+    float_ops: tuple[str, ...] = ()  # op classes kept float on top of the calibration's
+    agreement: float | None = None
+    p50_ms: dict[int, float] = field(default_factory=dict)
+    noise_pct: dict[int, float] = field(default_factory=dict)
+    passed: bool = False
+    error: str | None = None
+
+    def score(self) -> float:
+        """Geometric mean of p50 over the batch sizes."""
+        values = list(self.p50_ms.values())
+        return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.inf
+
+    def noise(self) -> float:
+        values = list(self.noise_pct.values())
+        return math.sqrt(sum(v * v for v in values) / len(values)) if values else 0.0
+
+    def row(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["target"] = self.target.model_dump(mode="json", exclude={"select", "gates"})
+        out["p50_ms"] = {str(k): v for k, v in self.p50_ms.items()}
+        out["noise_pct"] = {str(k): v for k, v in self.noise_pct.items()}
+        out["score_ms"] = self.score() if self.p50_ms else None
+        return out
+
+
+def has_bf16() -> bool:
+    from trtflow.backends.openvino_backend import BF16_FLAGS, cpu_flags
+
+    return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def float_op_classes(model_path: Path) -> dict[str, list[str]]:
+    """Node labels per op class INT8 may slow: depthwise convs (group == channels > 1)
+    and MatMul/Gemm. Empty classes are left out."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    classes: dict[str, list[str]] = {"depthwise_conv": [], "matmul": []}
+    for node in model.graph.node:  # labelled as `skip` matches them: name, else first output
+        label = node.name or (node.output[0] if node.output else node.op_type)
+        if node.op_type == "Conv":
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if group > 1:
+                classes["depthwise_conv"].append(label)
+        elif node.op_type in ("MatMul", "Gemm"):
+            classes["matmul"].append(label)
+    return {k: v for k, v in classes.items() if v}
+
+
+def candidates(target: Target, model_path: Path | None, calibrated: bool) -> list[Candidate]:
+    """The candidate engines of a `best` target; without `model_path`, the float-block
+    variants (which need the graph) are left out."""
+    policy = target.select
+    out: list[Candidate] = []
+    for backend in policy.backends:
+        if (backend, "cpu") not in REGISTRY:
+            continue
+        for precision in policy.precisions:
+            if precision == "int8" and not calibrated:
+                continue
+            if precision == "bf16" and (backend != "openvino" or not has_bf16()):
+                continue
+            concrete = target.model_copy(update={"backend": backend, "precision": precision})
+            out.append(Candidate(f"{backend}-{precision}", concrete))
+            if precision == "int8" and policy.float_blocks and model_path is not None:
+                for cls in float_op_classes(model_path):
+                    out.append(Candidate(f"{backend}-int8-{cls}-float", concrete, (cls,)))
+    if not out:
+        raise BuildError("precision 'best': the select policy leaves no candidate on this CPU "
+                         f"(backends {policy.backends}, precisions {policy.precisions})")
+    return out
+
+
+def _agreement(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], metric: str) -> float:
+    name = next(iter(ref))
+    e = got[name].reshape(len(got[name]), -1).astype(np.float64)
+    r = ref[name].reshape(len(ref[name]), -1).astype(np.float64)
+    if metric == "top1":
+        return float((e.argmax(1) == r.argmax(1)).mean())
+    cos = (e * r).sum(1) / np.maximum(np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1),
+                                      1e-12)
+    return float(cos.mean())
+
+
+def _time_rounds(runners: dict[str, Callable[[], object]], rounds: int
+                 ) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for fn in runners.values():  # warm-up
+        fn()
+        fn()
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def decide(pool: list[Candidate]) -> tuple[Candidate, str]:
+    """The fastest candidate that passed; a lead inside the combined noise does not count,
+    and then the simpler engine wins (FP32, then BF16, then INT8; fewer float blocks)."""
+    passed = [c for c in pool if c.passed and c.p50_ms]
+    if not passed:
+        raise BuildError("precision 'best': no candidate passed the accuracy gate on the "
+                         "selection split: " + "; ".join(
+                             f"{c.name}: {c.error or f'agreement {c.agreement:.4f}'}"
+                             for c in pool))
+    fastest = min(passed, key=Candidate.score)
+    tied = [c for c in passed if c.score() <= fastest.score() * (
+        1 + combined_noise_pct(c.noise(), fastest.noise()) / 100)]
+    winner = min(tied, key=lambda c: (_SIMPLICITY[c.target.precision], len(c.float_ops),
+                                      c.score()))
+    others = sorted((c for c in passed if c is not winner), key=Candidate.score)
+    why = f"{winner.name}: {winner.score():.3f} ms (geometric mean p50, ±{winner.noise():.1f}%)"
+    if winner is not fastest:
+        why += (f"; {fastest.name} measured {fastest.score():.3f} ms, inside the combined "
+                "noise, so the simpler engine is kept")
+    elif others:
+        nxt = others[0]
+        why += f", {nxt.score() / winner.score():.2f}x faster than {nxt.name}"
+    failed = [c.name for c in pool if not c.passed]
+    if failed:
+        why += f"; failed the accuracy gate or the build: {', '.join(failed)}"
+    return winner, why
+
+
+def select_engine(model_path: Path, target: Target, out_dir: Path,
+                  calibration: Calibration | None, selection: dict[str, np.ndarray],
+                  metric: str, min_agreement: float, threads: int | None) -> dict[str, Any]:
+    """Build, check and time every candidate; copy the winner's engine into `out_dir`
+    (its manifest names the backend that really built it) and write selection.json."""
+    from trtflow.backends.onnxruntime_backend import OrtEngine
+
+    pool = candidates(target, model_path, calibration is not None)
+    reference = OrtEngine.from_model(model_path, threads, spinning=False).run(selection)
+    work = out_dir / CANDIDATES_DIR
+    engines: dict[str, Any] = {}
+    reports: dict[str, dict[str, Any]] = {}
+    for cand in pool:
+        cand_dir = work / cand.name
+        cand_dir.mkdir(parents=True)
+        try:
+            calib = calibration
+            if cand.float_ops and calibration is not None:
+                calib = _with_float_ops(calibration, model_path, cand.float_ops, cand_dir)
+            reports[cand.name] = build_engine(model_path, cand.target, cand_dir, calib)
+            engine = load_engine(cand_dir, threads, spinning=False)
+            cand.agreement = _agreement(engine.run(selection), reference, metric)
+            cand.passed = cand.agreement >= min_agreement
+            engines[cand.name] = engine
+        except BuildError as exc:
+            cand.error = str(exc)[:300]
+    from trtflow.datasets import tile_batch
+
+    for bs in target.select.batch_sizes:
+        inputs = tile_batch(selection, bs)
+        runners: dict[str, Callable[[], object]] = {
+            n: functools.partial(e.run, inputs) for n, e in engines.items()
+            if next(c for c in pool if c.name == n).passed}
+        for name, series in _time_rounds(runners, target.select.rounds).items():
+            cand = next(c for c in pool if c.name == name)
+            samples = np.asarray(series)
+            p50 = float(np.median(samples))
+            lo, hi = median_interval(samples)
+            cand.p50_ms[bs], cand.noise_pct[bs] = p50, 100 * (hi - lo) / 2 / p50
+    winner, why = decide(pool)
+    engines.clear()
+    for item in (work / winner.name).iterdir():
+        shutil.move(str(item), out_dir / item.name)
+    shutil.rmtree(work)
+    selection_report = {"winner": winner.name, "why": why, "metric": metric,
+                        "min_agreement": min_agreement,
+                        "candidates": [c.row() for c in pool]}
+    (out_dir / SELECTION_FILE).write_text(json.dumps(selection_report, indent=2))
+    return {**reports[winner.name], "selection": selection_report}
+
+
+def _with_float_ops(calibration: Calibration, model_path: Path, classes: tuple[str, ...],
+                    cand_dir: Path) -> Calibration:
+    """A copy of the calibration whose float fallback also keeps `classes` in float."""
+    from trtflow.stages.calibrate import ACCURACY_FILE
+
+    copy = cand_dir / "calibration"
+    shutil.copytree(calibration.path, copy)
+    meta = json.loads((copy / ACCURACY_FILE).read_text())
+    fallback = dict(meta.get("fallback") or {})
+    extra = [label for cls in classes for label in float_op_classes(model_path)[cls]]
+    fallback["skip"] = sorted(set(fallback.get("skip", [])) | set(extra))
+    meta["fallback"] = fallback
+    (copy / ACCURACY_FILE).write_text(json.dumps(meta, indent=2))
+    return Calibration(copy)
