@@ -1,4 +1,6 @@
-"""Engine latency: trtflow's INT8 engine vs ORT FP32 vs ORT quantize_static INT8 vs eager.
+"""Engine latency: trtflow's selected engine (precision best) and its INT8 engine vs what an
+x86 user would pick instead: ORT FP32, ORT quantize_static INT8, OpenVINO FP32, OpenVINO
+INT8 quantized by NNCF, and PyTorch eager.
 
 For resnet18 and minilm, at batch 1 and 8, in one process, timed in alternating
 rounds (each round runs every contender once per batch size) so drift and noise
@@ -10,7 +12,11 @@ demo data (`trtflow prepare` first). ORT's baselines:
 - ORT QDQ S8S8:   `quantize_static` defaults (QDQ, int8 activations and weights,
                   per-channel), MinMax on the same calibration data;
 - ORT QDQ U8S8:   the same with uint8 activations (ORT's x86 fast path), reported
-                  too so the comparison is with ORT's better configuration.
+                  too so the comparison is with ORT's better configuration;
+- OpenVINO FP32:  the cleaned graph at OpenVINO's default precision hint (bf16 on hosts
+                  with AVX512_BF16: the label says what ran) and with the f32 hint;
+- OpenVINO+NNCF:  `nncf.quantize` (default preset) on the same calibration data.
+Ratios are against trtflow's selected engine; the CPU flags are in the JSON.
 
     python bench/engine.py [--models resnet18 minilm] [--rounds 30]
 """
@@ -81,6 +87,42 @@ def ort_quantize_static(clean: Path, ctx, activation: str, out: Path) -> Path:
     return out
 
 
+def openvino_runner(model, hint: str | None, threads: int):
+    """An OpenVINO CPU runner (an ov.Model or an ONNX path) returning named outputs."""
+    import openvino as ov
+
+    props = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if hint:
+        props["INFERENCE_PRECISION_HINT"] = hint
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(model)) if isinstance(model, Path)
+                                  else model, "CPU", props)
+    request = compiled.create_infer_request()
+    names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = {p.get_any_name(): v for p, v in request.infer(inputs).items()}
+        return {n: np.array(result[n]) for n in names}
+
+    ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return run, ran
+
+
+def nncf_int8(clean: Path, ctx):
+    """OpenVINO INT8 as an x86 user would make it: nncf.quantize on the same calibration."""
+    import nncf
+    import openvino as ov
+
+    from trtflow.datasets import open_data
+
+    batches = [b.inputs for b in open_data(ctx.params.data.calibration, ctx.input_specs(),
+                                           ctx.root, 1)]
+    model = ov.Core().read_model(str(clean))
+    kind = nncf.ModelType.TRANSFORMER if ctx.params.model.name == "minilm" else None
+    return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                         model_type=kind)
+
+
 def inputs_for(ctx, bs: int) -> dict[str, np.ndarray]:
     from trtflow.datasets import open_data, tile_batch
 
@@ -99,9 +141,20 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
     torch.set_num_threads(threads)
     ctx, clean, engine_dir, calibrated = trtflow_engine(model)
     eager, _ = reference_runner(ctx, threads)
-    contenders = {"trtflow INT8": load_engine(engine_dir, threads, spinning=False).run,
+    from trtflow.plan import run_up_to
+
+    best = run_up_to(ctx, "build", "best")[-1]
+    winner = best.report["selection"]["winner"]
+    contenders = {f"trtflow best ({winner})": load_engine(Path(best.path), threads,
+                                                          spinning=False).run,
+                  "trtflow INT8": load_engine(engine_dir, threads, spinning=False).run,
                   "ORT FP32": OrtEngine.from_model(clean, threads, spinning=False).run,
                   "PyTorch eager FP32": eager}
+    default_run, default_ran = openvino_runner(clean, None, threads)
+    contenders[f"OpenVINO FP32 model, default hint (runs {default_ran})"] = default_run
+    contenders["OpenVINO FP32 (f32 hint)"] = openvino_runner(clean, "f32", threads)[0]
+    contenders["OpenVINO INT8 (NNCF quantize)"] = openvino_runner(nncf_int8(clean, ctx), None,
+                                                                  threads)[0]
     with tempfile.TemporaryDirectory() as tmp:
         for act in ("s8", "u8"):
             path = ort_quantize_static(clean, ctx, act, Path(tmp) / f"ort_{act}.onnx")
@@ -137,12 +190,13 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
                                   "p99_ms": float(np.percentile(times[name][bs], 99))}
                       for bs in batch_sizes}
         rows[name]["quality"] = quality[name]
-    ours = rows["trtflow INT8"]
+    ours = rows[f"trtflow best ({winner})"]
     for row in rows.values():
         for bs in batch_sizes:
             row[f"bs{bs}"]["trtflow_speedup"] = (row[f"bs{bs}"]["median_ms"]
                                                  / ours[f"bs{bs}"]["median_ms"])
-    return {"threads": threads, "calibration": calibrated.report, "contenders": rows}
+    return {"threads": threads, "calibration": calibrated.report, "contenders": rows,
+            "selection": best.report["selection"]}
 
 
 def main() -> None:
@@ -161,13 +215,14 @@ def main() -> None:
     out = RESULTS / "engine.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     for model, res in results["models"].items():
-        print(f"\n{model} (median ms; 'x' = how many times slower than trtflow INT8)")
+        print(f"\n{model} (median ms; 'x' = how many times slower than trtflow's selected "
+              "engine)")
         for name, row in res["contenders"].items():
             cells = "  ".join(f"bs{bs} {row[f'bs{bs}']['median_ms']:8.2f} "
                               f"({row[f'bs{bs}']['trtflow_speedup']:.2f}x)"
                               for bs in args.batch_sizes)
             q = row["quality"]
-            print(f"  {name:<30} {cells}   cos {q['mean_cosine_vs_fp32']:.4f} "
+            print(f"  {name:<52} {cells}   cos {q['mean_cosine_vs_fp32']:.4f} "
                   f"top1 {q['top1_agreement_vs_fp32']:.3f}")
     print(f"wrote {out.relative_to(ROOT)}")
 
