@@ -132,8 +132,9 @@ def log_compile(params: Params, params_path: str, root: Path,
         tags["trtflow.source.mlflow"] = params.model.source.mlflow
         tags["trtflow.source.pickle_allowed"] = str(params.model.source.allow_pickle).lower()
     run_ids: dict[str, str] = {}
-    with mlflow.start_run(experiment_id=exp, run_name=f"compile {params.model.name}",
-                          tags=tags) as parent:
+    commit = tags["trtflow.git_commit"][:7]
+    with mlflow.start_run(experiment_id=exp, run_name=f"{params.model.name} compile "
+                          f"{params.digest()[:8]} @{commit}", tags=tags) as parent:
         run_ids["parent"] = parent.info.run_id
         mlflow.log_params({k: str(v)[:500] for k, v in
                            _flatten(params.model_dump(mode="json", by_alias=True,
@@ -144,7 +145,8 @@ def log_compile(params: Params, params_path: str, root: Path,
             if stage.stage == "cleanup":
                 mlflow.log_artifact(str(stage.file("cleanup_report.json")))
         for name, stages in targets.items():
-            with mlflow.start_run(experiment_id=exp, run_name=name, nested=True,
+            with mlflow.start_run(experiment_id=exp, run_name=target_run_name(params, name, stages),
+                                  nested=True,
                                   tags={**tags, "trtflow.target": name}) as child:
                 run_ids[name] = child.info.run_id
                 _log_target(params, name, stages)
@@ -154,6 +156,19 @@ def log_compile(params: Params, params_path: str, root: Path,
     for run_id in failed + ([run_ids["parent"]] if failed else []):
         client.set_terminated(run_id, status="FAILED")
     return run_ids
+
+
+def target_run_name(params: Params, target: str, stages: list[StageResult]) -> str:
+    """`digits/int8 onnxruntime-cpu int8 entropy 1db21463`: model, target, the engine that
+    was built (the winner for precision best), calibration method and engine key, so runs
+    are told apart in MLflow's list without opening them."""
+    by_stage = {s.stage: s for s in stages}
+    build = by_stage["build"]
+    winner = (build.report.get("selection") or {}).get("winner")
+    engine = winner or f"{build.report.get('backend', '')} {params.targets[target].precision}"
+    method = by_stage["calibrate"].report.get("method", "") if "calibrate" in by_stage else ""
+    return " ".join(p for p in (f"{params.model.name}/{target}", engine, method,
+                                build.key[:8]) if p)
 
 
 def _log_stages(stages: list[StageResult]) -> None:
