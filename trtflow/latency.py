@@ -78,6 +78,18 @@ def combined_noise_pct(*noises: float) -> float:
     return float(np.sqrt(sum(x * x for x in noises)))
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        return set()
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
 def host_fingerprint() -> dict[str, str]:
     """CPU model and flags: latency is a measurement of this host, so its key includes them."""
     model, flags = platform.processor() or platform.machine(), ""

@@ -114,17 +114,6 @@ def candidates(target: Target, model_path: Path | None, calibrated: bool) -> lis
     return out
 
 
-def _agreement(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], metric: str) -> float:
-    name = next(iter(ref))
-    e = got[name].reshape(len(got[name]), -1).astype(np.float64)
-    r = ref[name].reshape(len(ref[name]), -1).astype(np.float64)
-    if metric == "top1":
-        return float((e.argmax(1) == r.argmax(1)).mean())
-    cos = (e * r).sum(1) / np.maximum(np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1),
-                                      1e-12)
-    return float(cos.mean())
-
-
 def _time_rounds(runners: dict[str, Callable[[], object]], rounds: int
                  ) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in runners}
@@ -173,6 +162,8 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
     """Build, check and time every candidate; copy the winner's engine into `out_dir`
     (its manifest names the backend that really built it) and write selection.json."""
     from trtflow.backends.onnxruntime_backend import OrtEngine
+    from trtflow.datasets.batch import Batch
+    from trtflow.stages.validate import accuracy_and_agreement
 
     pool = candidates(target, model_path, calibration is not None)
     reference = OrtEngine.from_model(model_path, threads, spinning=False).run(selection)
@@ -188,7 +179,8 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
                 calib = _with_float_ops(calibration, model_path, cand.float_ops, cand_dir)
             reports[cand.name] = build_engine(model_path, cand.target, cand_dir, calib)
             engine = load_engine(cand_dir, threads, spinning=False)
-            cand.agreement = _agreement(engine.run(selection), reference, metric)
+            cand.agreement = float(accuracy_and_agreement(
+                engine.run, lambda _: reference, [Batch(selection)], metric)["agreement"])
             cand.passed = cand.agreement >= min_agreement
             engines[cand.name] = engine
         except BuildError as exc:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trtflow.errors import BuildError
+from trtflow.latency import cpu_flags
 from trtflow.params import Target
 
 if TYPE_CHECKING:
@@ -50,17 +51,6 @@ def _openvino() -> Any:
         raise BuildError("backend 'openvino' needs the `openvino` package (pip install "
                          "openvino)") from None
     return openvino
-
-
-def cpu_flags() -> set[str]:
-    path = Path("/proc/cpuinfo")
-    if not path.is_file():
-        return set()
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
-    return set()
 
 
 def _properties(target: Target, threads: int | None) -> dict[str, Any]:
