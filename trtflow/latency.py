@@ -78,29 +78,27 @@ def combined_noise_pct(*noises: float) -> float:
     return float(np.sqrt(sum(x * x for x in noises)))
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags from /proc/cpuinfo, in its order (empty where there is none)."""
     path = Path("/proc/cpuinfo")
     if not path.is_file():
-        return set()
+        return []
     for line in path.read_text().splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
-            return set(value.split())
-    return set()
+            return value.split()
+    return []
 
 
 def host_fingerprint() -> dict[str, str]:
     """CPU model and flags: latency is a measurement of this host, so its key includes them."""
-    model, flags = platform.processor() or platform.machine(), ""
+    model, flags = platform.processor() or platform.machine(), " ".join(cpu_flags())
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name" and model in ("", platform.machine()):
                 model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = value.strip()
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
             if f in flags.split()]
     return {"cpu": model, "simd": " ".join(simd),

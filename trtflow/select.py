@@ -67,9 +67,10 @@ class Candidate:
 
 
 def has_bf16() -> bool:
-    from trtflow.backends.openvino_backend import BF16_FLAGS, cpu_flags
+    from trtflow.backends.openvino_backend import BF16_FLAGS
+    from trtflow.latency import cpu_flags
 
-    return bool(cpu_flags() & set(BF16_FLAGS))
+    return bool(set(cpu_flags()) & set(BF16_FLAGS))
 
 
 def float_op_classes(model_path: Path) -> dict[str, list[str]]:

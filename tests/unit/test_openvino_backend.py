@@ -10,9 +10,10 @@ import onnx
 import pytest
 
 from trtflow.backends import Calibration, build_engine, engine_backend, load_engine
-from trtflow.backends.openvino_backend import BF16_FLAGS, cpu_flags
+from trtflow.backends.openvino_backend import BF16_FLAGS
 from trtflow.errors import BuildError
 from trtflow.graph.parity import ort_run
+from trtflow.latency import cpu_flags
 from trtflow.params import CalibrationConfig, Target
 from trtflow.stages.calibrate import calibrate
 
@@ -64,7 +65,7 @@ def test_int8_engine_uses_the_calibrated_scales(model: Path, tmp_path: Path) -> 
 
 def test_bf16_needs_a_cpu_that_has_it(model: Path, tmp_path: Path) -> None:
     target = Target(backend="openvino", precision="bf16")
-    if not cpu_flags() & set(BF16_FLAGS):
+    if not set(cpu_flags()) & set(BF16_FLAGS):
         with pytest.raises(BuildError, match="needs a CPU with avx512_bf16"):
             build_engine(model, target, tmp_path)
         return

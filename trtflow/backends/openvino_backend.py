@@ -102,7 +102,7 @@ class OpenVinoBackend:
         if target.precision not in _HINTS:
             raise BuildError(f"backend 'openvino' builds precisions {sorted(_HINTS)}, not "
                              f"'{target.precision}'")
-        if target.precision == "bf16" and not cpu_flags() & set(BF16_FLAGS):
+        if target.precision == "bf16" and not set(cpu_flags()) & set(BF16_FLAGS):
             raise BuildError("precision 'bf16' on backend 'openvino' needs a CPU with "
                              f"{' or '.join(BF16_FLAGS)}; this one has neither")
         report: dict[str, Any] = {}
