@@ -13,16 +13,18 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trtflow.errors import ParamsError
 
 BUILTIN_MODELS = ("digits", "minilm", "resnet18")
+NO_WEIGHTS = "none"  # `model.source.weights: none`: the factory's own weights, on purpose
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `true` is no int, "1e-4" no float, `yes` no bool (YAML 1.1 habits); the
+    # YAML itself is validated as JSON data (`parse_params`), where lists fill tuples
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- model -------------------------------------------------------------------
@@ -46,7 +48,9 @@ class ModelSource(_Strict):
     onnx: str | None = Field(default=None, description="path to an .onnx file")
     exported_program: str | None = Field(default=None, description="a torch.export .pt2 file")
     factory: str | None = Field(default=None, description="'package.module:function'")
-    weights: str | None = Field(default=None, description="weights for `factory`")
+    weights: str | None = Field(default=None, description="weights for `factory`: a "
+                                ".safetensors or state-dict .pt file; required for a factory, "
+                                "or 'none' to compile the factory's own (untrained) weights")
     mlflow: str | None = Field(default=None,
                                description="models:/NAME/VERSION or models:/NAME@ALIAS")
     allow_pickle: bool = Field(default=False, description="mlflow only: load a model MLflow "
@@ -64,9 +68,19 @@ class ModelSource(_Strict):
             )
         if self.weights is not None and self.factory is None:
             raise ValueError("'weights' is only valid together with 'factory'")
+        if self.factory is not None and self.weights is None:
+            raise ValueError("a factory source needs 'weights' (a .safetensors or state-dict "
+                             ".pt file): without them the factory's random initial weights "
+                             "would be compiled and judged against themselves; write "
+                             "'weights: none' if that is really meant")
         if self.allow_pickle and self.mlflow is None:
             raise ValueError("'allow_pickle' is only valid together with 'mlflow'")
         return self
+
+    @property
+    def weights_file(self) -> str | None:
+        """The weights path, or None (no factory, or `weights: none`)."""
+        return None if self.weights in (None, NO_WEIGHTS) else self.weights
 
     @property
     def kind(self) -> str:
@@ -200,6 +214,12 @@ class Gates(_Strict):
     min_speedup: float | None = Field(
         default=None, gt=0, description="engine p50 vs eager p50 at batch 1; None: not gated"
     )
+    min_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="absolute floor on top-1 accuracy (labelled "
+        "evaluation data only), for the engine and its FP32 reference alike, so an untrained "
+        "model cannot pass by agreeing with itself. None: the chance floor, i.e. the accuracy "
+        "of always answering the most common label plus a fifth of the way from there to 1 "
+        "(0.28 for 10 balanced classes); 0 turns the gate off")
 
 
 class SelectPolicy(_Strict):
@@ -295,7 +315,15 @@ class Params(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+    @model_validator(mode="after")
+    def _nothing_ignored(self) -> Params:
+        """A field that is set but would not be read is an error, not a silent no-op."""
+        problems = [f"{field}: {why}" for field, why in ignored_fields(self)]
+        if problems:
+            raise ValueError("set but never read: " + "; ".join(problems))
+        return self
 
     def section_digest(self, *sections: str) -> str:
         """sha256 of the named sections, so a stage's key covers only what it reads."""
@@ -307,6 +335,33 @@ class Params(_Strict):
         return hashlib.sha256(
             json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
         ).hexdigest()
+
+
+def ignored_fields(params: Params) -> list[tuple[str, str]]:
+    """(dotted field, why) for each field the user set that no stage would read."""
+    found: list[tuple[str, str]] = []
+    model, source = params.model, params.model.source
+    if source.builtin:
+        found += [(f"model.{f}", f"builtin '{source.builtin}' models define their own")
+                  for f in ("inputs", "outputs") if getattr(model, f) is not None]
+    if source.onnx:
+        found += [(f"export.{f}", "an ONNX source is not exported (its graph is used as is, "
+                   "at its own opset)") for f in ("opset", "atol", "rtol")
+                  if f in params.export.model_fields_set]
+    for split in ("calibration", "evaluation"):
+        ds = getattr(params.data, split)
+        if ds is None:
+            continue
+        where = f"data.{split}"
+        if not ds.images and "preprocess" in ds.model_fields_set:
+            found.append((f"{where}.preprocess", "only image folders are preprocessed"))
+        if not ds.text:
+            found += [(f"{where}.{f}", "only a text source is tokenized")
+                      for f in ("tokenizer", "max_length") if f in ds.model_fields_set]
+    for name, target in params.targets.items():
+        if target.precision != "best" and "select" in target.model_fields_set:
+            found.append((f"targets.{name}.select", "only `precision: best` selects"))
+    return found
 
 
 def _dig(tree: dict[str, Any], dotted: str) -> Any:
@@ -323,9 +378,17 @@ def _describe_error(err: dict[str, Any]) -> str:
         return f"field '{loc}' is not a known field"
     if kind == "missing":
         return f"field '{loc}' is required but missing"
+    if kind == "value_error":
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        return msg if not err["loc"] else f"field '{loc}': {msg}"
     got = err.get("input")
     got_txt = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-    return f"field '{loc}': {err['msg']}{got_txt}"
+    hint = ""
+    if kind == "bool_type" and isinstance(got, str):
+        hint = "; write true or false (YAML 1.2: yes/no/on/off are strings)"
+    elif kind in ("int_type", "float_type") and isinstance(got, bool):
+        hint = "; a boolean is not a number"
+    return f"field '{loc}': {err['msg']}{got_txt}{hint}"
 
 
 def parse_params(data: Any, source: str = "<params>") -> Params:
@@ -333,8 +396,8 @@ def parse_params(data: Any, source: str = "<params>") -> Params:
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: expected a mapping of sections at the top, got "
                           f"{type(data).__name__}")
-    try:
-        return Params.model_validate(data)
+    try:  # as JSON data: strict types, with YAML lists accepted where tuples are declared
+        return Params.model_validate_json(json.dumps(data, default=str, allow_nan=True))
     except ValidationError as exc:
         problems = "; ".join(_describe_error(e) for e in exc.errors())  # type: ignore[arg-type]
         raise ParamsError(f"{source}: invalid params: {problems}") from None
@@ -364,8 +427,6 @@ def load_params(path: str | Path) -> Params:
     if not path.is_file():
         raise ParamsError(f"params file {path} does not exist (expected a YAML file such as "
                           "params/digits.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(data, str(path))
+    from trtflow.yamlfile import load_yaml
+
+    return parse_params(load_yaml(path, ParamsError), str(path))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,58 @@ def test_section_digest_covers_only_named_sections() -> None:
     b = parse_params({**base, "validate": {"iterations": 7}})
     assert a.section_digest("export") == b.section_digest("export")
     assert a.section_digest("validate") != b.section_digest("validate")
+
+
+# --- strict YAML and strict types (issue 18, class 1) -------------------------------
+
+_DIGITS = "model: {name: x, source: {builtin: digits}}\n"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (_DIGITS + "data: {batch_size: 8}\ndata: {batch_size: 16}\n",
+     "line 3: duplicate key 'data' (first set on line 2)"),
+    (_DIGITS + "data: {batch_size: 010}\n", "the number 010 has a leading zero"),
+    ("base: &b {name: x}\nmodel: *b\n", "YAML anchors and aliases are refused (anchor &b)"),
+    (_DIGITS + "data: {batch_size: true}\n",
+     "field 'data.batch_size': Input should be a valid integer (got True)"),
+    (_DIGITS + "calibration: {sensitivity: yes}\n", "write true or false"),
+    (_DIGITS + "validate: {iterations: '5'}\n", "field 'validate.iterations'"),
+    (_DIGITS + "export: {atol: true}\n", "a boolean is not a number"),
+])
+def test_yaml_1_1_habits_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        load_params(_write(tmp_path, text))
+
+
+def test_yaml_1_2_scalars(tmp_path: Path) -> None:
+    params = load_params(_write(tmp_path, _DIGITS + "export: {atol: 1e-3, rtol: .5}\n"))
+    assert params.export.atol == 1e-3 and params.export.rtol == 0.5
+    spec = load_params(_write(tmp_path, "model: {name: x, source: {onnx: m.onnx}, inputs: "
+                              "[{name: ids, dtype: int64, shape: [batch, 7], range: [0, 9]}]}\n"
+                              )).model.inputs
+    assert spec is not None and spec[0].range == (0.0, 9.0) and spec[0].shape == ["batch", 7]
+
+
+def test_factory_needs_weights_or_an_explicit_none() -> None:
+    with pytest.raises(ParamsError, match="write 'weights: none' if that is really meant"):
+        parse_params({"model": {"name": "f", "source": {"factory": "m:f"}}})
+    src = parse_params({"model": {"name": "f", "source": {"factory": "m:f",
+                                                          "weights": "none"}}}).model.source
+    assert src.weights_file is None
+
+
+@pytest.mark.parametrize(("section", "field"), [
+    ({"model": {"name": "x", "source": {"builtin": "digits"}, "outputs": ["y"]}},
+     "model.outputs: builtin 'digits' models define their own"),
+    ({"model": {"name": "x", "source": {"onnx": "m.onnx"}}, "export": {"opset": 17}},
+     "export.opset: an ONNX source is not exported"),
+    ({"model": {"name": "x", "source": {"builtin": "digits"}},
+      "data": {"calibration": {"npz": "a.npz", "max_length": 16}}},
+     "data.calibration.max_length: only a text source is tokenized"),
+    ({"model": {"name": "x", "source": {"builtin": "digits"}},
+      "targets": {"a": {"precision": "int8", "select": {"rounds": 2}}}},
+     "targets.a.select: only `precision: best` selects"),
+])
+def test_fields_that_would_be_ignored_are_refused(section: dict, field: str) -> None:
+    with pytest.raises(ParamsError, match=re.escape("set but never read: " + field)):
+        parse_params(section)

@@ -49,7 +49,7 @@ def source_digest(cfg: ModelConfig, root: Path) -> str:
         return f"{BUILTIN_VERSION}:{src.builtin}:{builtin.DIGITS_TRAIN_VERSION}"
     parts: list[str] = [src.kind]
     for field in ("onnx", "exported_program", "weights"):
-        value = getattr(src, field)
+        value = src.weights_file if field == "weights" else getattr(src, field)
         if value:
             path = _resolve(value, root, f"model.source.{field}")
             if not path.is_file():
@@ -100,7 +100,8 @@ def load_model(cfg: ModelConfig, root: Path, store: ArtifactStore) -> LoadedMode
         return LoadedModel(None, path, cfg.inputs or onnx_inputs(model),
                            [o.name for o in model.graph.output])
     if src.factory:
-        weights = _resolve(src.weights, root, "model.source.weights") if src.weights else None
+        weights = (_resolve(src.weights_file, root, "model.source.weights")
+                   if src.weights_file else None)
         module = _load_factory(src.factory, weights)
         if not cfg.inputs:
             raise ModelError("model.inputs is required for a 'factory' source: a Python "
