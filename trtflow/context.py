@@ -91,13 +91,37 @@ def data_digest(root: Path, source: DataSource) -> str:
 
 
 def preflight(ctx: Context) -> None:
-    """Check the model source and data files before any orchestration starts."""
+    """Check the model source and data files before any orchestration starts, so a bad
+    input fails before any stage stores an artifact: files and their headers, the ONNX
+    graph (opset/IR, cycles, NaN/Inf weights), synthetic-input sizes, data vs inputs
+    and labels vs the model's classes where the class count is known without torch."""
     from trtflow.datasets import open_data
 
     ctx.source_digest()
-    if ctx.params.model.source.onnx:
-        ctx.model()
-    specs = ctx.input_specs() if not ctx.params.model.source.factory else ctx.params.model.inputs
-    for ds in (ctx.params.data.calibration, ctx.params.data.evaluation):
+    src = ctx.params.model.source
+    num_classes: int | None = None
+    if src.onnx:
+        from trtflow.preflight import output_classes
+        from trtflow.sources import check_onnx_file
+
+        model = ctx.model()
+        assert model.onnx_path is not None
+        num_classes = output_classes(check_onnx_file(model.onnx_path))
+    elif src.builtin:
+        from trtflow.sources.builtin import BUILTIN_CLASSES
+
+        num_classes = BUILTIN_CLASSES.get(src.builtin)
+    if src.weights_file and src.weights_file.endswith(".safetensors"):
+        from trtflow.params import project_path
+        from trtflow.sources.weights_file import check_safetensors
+
+        check_safetensors(project_path(src.weights_file, ctx.root, "model.source.weights"))
+    specs = ctx.input_specs() if not src.factory else ctx.params.model.inputs
+    if specs and not src.builtin:
+        from trtflow.sources import synthetic_shapes
+
+        synthetic_shapes(specs, max(ctx.params.export.samples, ctx.params.data.batch_size))
+    data = ctx.params.data
+    for ds, classes in ((data.calibration, None), (data.evaluation, num_classes)):
         if ds is not None and specs:
-            open_data(ds, specs, ctx.root, ctx.params.data.batch_size)
+            open_data(ds, specs, ctx.root, data.batch_size, classes if ds.labels else None)

@@ -33,6 +33,10 @@ class DataError(TrtflowError):
     """A calibration/evaluation data source does not match the model's inputs."""
 
 
+class DataCastWarning(UserWarning):
+    """Data of another dtype than the model input was cast (every value kept)."""
+
+
 class ParityError(TrtflowError):
     """A converted graph's outputs differ from the reference beyond tolerance."""
 

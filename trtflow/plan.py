@@ -373,6 +373,9 @@ def run_up_to(ctx: Context, stage: str, target: str | None = None) -> list[Stage
     wanted = plan(ctx.params, [target] if target else [])
     nodes = wanted.up_to(stage, target)
     check_data(ctx, nodes)
+    from trtflow.context import preflight
+
+    preflight(ctx)  # bad inputs fail before any stage stores an artifact
     done: dict[Node, StageResult] = {}
     for node in nodes:
         done[node] = run_step(node.step, ctx, node.target, [done[u] for u in node.upstream])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trtflow.errors import DataError
+from trtflow.errors import DataCastWarning, DataError
 from trtflow.params import TensorSpec
 
 _FLOAT = ("float32", "float16")
@@ -46,3 +47,31 @@ def check_array(path: Path | str, spec: TensorSpec, arr: np.ndarray) -> None:
             raise DataError(f"data file {path}: array '{spec.name}' holds {int(bad.sum())} "
                             f"NaN/Inf value(s) (first in sample {first}); calibration and "
                             "evaluation data must be finite numbers")
+    check_cast(path, spec, arr)
+
+
+def check_cast(path: Path | str, spec: TensorSpec, arr: np.ndarray) -> None:
+    """The documented rule for data whose dtype is not the input's (same kind):
+    a cast that keeps every value (float16 -> float32, int64 ids that fit int32) is done
+    with a warning naming both dtypes; one that would change values (float64 beyond
+    float32's range, integers out of the target's range) is refused."""
+    want = np.dtype(spec.dtype)
+    if arr.dtype == want or arr.size == 0:
+        return
+    where = f"data file {path}: array '{spec.name}'"
+    if want.kind == "f":
+        limit = float(np.finfo(want).max)
+        peak = float(np.abs(arr).max())
+        if peak > limit:
+            raise DataError(f"{where} has dtype {arr.dtype} with values up to {peak:.4g}, "
+                            f"beyond {want}'s range (±{limit:.4g}) of model input "
+                            f"'{spec.name}'; rescale the data or save it as {want}")
+    elif want.kind in "iu" and arr.dtype.kind in "iu":
+        info = np.iinfo(want)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:
+            raise DataError(f"{where} has {arr.dtype} values in [{lo}, {hi}], outside "
+                            f"{want} [{info.min}, {info.max}] of model input '{spec.name}'")
+    rounded = ", rounded to its precision" if arr.dtype.itemsize > want.itemsize else ""
+    warnings.warn(f"{where} has dtype {arr.dtype}; cast to {want} for model input "
+                  f"'{spec.name}' (every value fits{rounded})", DataCastWarning, stacklevel=2)

@@ -56,6 +56,11 @@ class _Batcher:
             except KeyError:
                 raise DataError(f"{self.where}: no value for model input '{spec.name}' "
                                 f"(sample keys: {sorted(buf[0][0])})") from None
+            except ValueError:
+                shapes = sorted({str(list(np.shape(s[spec.name]))) for s, _ in buf})
+                raise DataError(f"{self.where}: samples for model input '{spec.name}' have "
+                                f"different shapes ({', '.join(shapes[:4])}); one batch needs "
+                                "one shape (images: set preprocess.resize and crop)") from None
             check(self.where, spec, arr)
             inputs[spec.name] = np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype))
         labels = [lbl for _, lbl in buf]
@@ -107,6 +112,7 @@ def load_image(path: Path, pre: ImagePreprocess) -> np.ndarray:
 
     try:
         with Image.open(path) as opened:
+            _check_pixels(path, opened.size)
             img = opened.convert("L" if pre.channels == "L" else "RGB")
             if pre.resize:
                 w, h = img.size
@@ -118,7 +124,7 @@ def load_image(path: Path, pre: ImagePreprocess) -> np.ndarray:
                 left, top = (w - pre.crop) // 2, (h - pre.crop) // 2
                 img = img.crop((left, top, left + pre.crop, top + pre.crop))
             arr = np.asarray(img, dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"image {path} cannot be read: {exc}") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -129,6 +135,16 @@ def load_image(path: Path, pre: ImagePreprocess) -> np.ndarray:
     std = np.asarray(pre.std[:c], np.float32)
     arr = (arr * pre.scale - mean) / std
     return np.ascontiguousarray(arr.transpose(2, 0, 1) if pre.layout == "NCHW" else arr)
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    """A header's declared width x height, against the memory budget, before decoding."""
+    from trtflow.budget import human, memory_budget
+
+    need = size[0] * size[1] * 3 * 4  # RGB float32, the largest form it takes here
+    if need > memory_budget():
+        raise DataError(f"image {path} declares {size[0]}x{size[1]} pixels ({human(need)} "
+                        f"decoded), over the memory budget of {human(memory_budget())}")
 
 
 class TextStream:
@@ -146,10 +162,19 @@ class TextStream:
         self.tok_path, self.batch_size = tok_path, batch_size
         self.labels_key = source.labels
         self.records = list(self._records())
+        if not self.records:
+            raise DataError(f"text file {path} holds no sentences")
 
     def _records(self) -> Iterator[tuple[str, int | None]]:
         jsonl = self.path.suffix == ".jsonl"
-        for lineno, line in enumerate(self.path.read_text().splitlines(), 1):
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"text file {self.path}: not UTF-8 text (byte {exc.start})") \
+                from None
+        except OSError as exc:
+            raise DataError(f"text file {self.path} cannot be read ({exc.strerror})") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             if not jsonl:
@@ -157,15 +182,19 @@ class TextStream:
                 continue
             try:
                 rec = json.loads(line)
-                text = rec["text"]
+                sentence = rec["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise DataError(f"{self.path}:{lineno}: expected a JSON object with a 'text' "
                                 "field") from None
+            if not isinstance(sentence, str):
+                raise DataError(f"{self.path}:{lineno}: 'text' must be a string, got "
+                                f"{type(sentence).__name__}")
             label = rec.get(self.source.labels) if self.source.labels else None
-            if self.source.labels and not isinstance(label, int):
+            if self.source.labels and (not isinstance(label, int) or isinstance(label, bool)
+                                       or label < 0):
                 raise DataError(f"{self.path}:{lineno}: label field '{self.source.labels}' "
-                                f"must be an integer, got {label!r}")
-            yield text, label
+                                f"must be an integer class id (>= 0), got {label!r}")
+            yield sentence, label
 
     def __len__(self) -> int:
         return min(len(self.records), self.source.limit or len(self.records))
@@ -175,7 +204,12 @@ class TextStream:
 
         from trtflow.datasets.batch import Batch
 
-        tok = AutoTokenizer.from_pretrained(str(self.tok_path))
+        try:
+            tok = AutoTokenizer.from_pretrained(str(self.tok_path))
+        except Exception as exc:  # transformers raises OSError, ValueError, JSON errors...
+            raise DataError(f"data.tokenizer: {self.tok_path} is not a loadable tokenizer "
+                            f"folder ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                            ) from None
         records = self.records[: len(self)]
         for start in range(0, len(records), self.batch_size):
             chunk = records[start:start + self.batch_size]

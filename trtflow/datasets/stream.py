@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.datasets.batch import Batch, check_array
+from trtflow.datasets.npz_file import check_npz, read_member
 from trtflow.errors import DataError
 from trtflow.params import DataSource, TensorSpec, project_path
 from trtflow.store import file_digest
@@ -36,14 +37,14 @@ class DataStream:
         return file_digest(self.path)
 
     def __len__(self) -> int:
-        with np.load(self.path, allow_pickle=False) as f:
-            n = len(f[self.inputs[0].name])
+        n = check_npz(self.path)[self.inputs[0].name][0][0]
         return min(n, self.limit) if self.limit else n
 
     def __iter__(self) -> Iterator[Batch]:
+        check_npz(self.path)  # the file may have changed since it was opened
         with np.load(self.path, allow_pickle=False) as f:
-            arrays = {spec.name: f[spec.name] for spec in self.inputs}
-            labels = f[self.labels_key] if self.labels_key else None
+            arrays = {spec.name: read_member(self.path, f, spec.name) for spec in self.inputs}
+            labels = read_member(self.path, f, self.labels_key) if self.labels_key else None
             n = len(self)
             for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
@@ -93,12 +94,13 @@ def _open_npz(path: Path, source: DataSource, inputs: list[TensorSpec], batch_si
     if not path.is_file():
         raise DataError(f"data file {path} does not exist (run `dvc pull`, or `trtflow "
                         "prepare` for the demo data)")
+    members = check_npz(path)  # headers checked before anything is allocated
     try:
         f = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"data file {path} is not a readable .npz: {exc}") from None
     with f:
-        keys = set(f.files)
+        keys = set(members)
         wanted = {s.name for s in inputs}
         missing = sorted(wanted - keys - {source.labels})
         if missing:
@@ -108,18 +110,19 @@ def _open_npz(path: Path, source: DataSource, inputs: list[TensorSpec], batch_si
                             + (f" (keys matching no model input: {extra})" if extra else ""))
         lengths = set()
         for spec in inputs:
-            if f[spec.name].ndim == 0 or len(f[spec.name]) == 0:
+            shape = members[spec.name][0]
+            if len(shape) == 0 or shape[0] == 0:
                 raise DataError(f"data file {path}: array '{spec.name}' holds no samples "
-                                f"(shape {list(f[spec.name].shape)}); expected at least one "
+                                f"(shape {list(shape)}); expected at least one "
                                 f"sample shaped {spec.shape}")
-            arr = f[spec.name]
+            arr = read_member(path, f, spec.name)
             check_array(path, spec, arr)
             lengths.add(len(arr))
         if source.labels:
             if source.labels not in keys:
                 raise DataError(f"data file {path}: labels key '{source.labels}' not found; "
                                 f"arrays present: {sorted(keys)}")
-            labels = f[source.labels]
+            labels = read_member(path, f, source.labels)
             lengths.add(len(labels))
             _check_labels(path, source.labels, labels, num_classes)
         if len(lengths) != 1:
@@ -131,6 +134,12 @@ def _check_labels(path: Path, key: str, labels: np.ndarray, num_classes: int | N
     if labels.dtype.kind not in "iu":
         raise DataError(f"data file {path}: labels '{key}' must be integer class ids, "
                         f"got dtype {labels.dtype}")
+    if labels.ndim != 1:
+        raise DataError(f"data file {path}: labels '{key}' have shape {list(labels.shape)}; "
+                        "expected one class id per sample (a 1-D array)")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"data file {path}: labels '{key}' include {labels.min()}; class ids "
+                        "start at 0")
     if num_classes is not None and len(labels) and (labels.min() < 0
                                                     or labels.max() >= num_classes):
         raise DataError(f"data file {path}: labels '{key}' range "

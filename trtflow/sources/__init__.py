@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import onnx
 
 from trtflow.errors import ModelError
 from trtflow.params import ModelConfig, TensorSpec, project_path
 from trtflow.sources import builtin
+from trtflow.sources.synthetic import gather_ranges
+from trtflow.sources.synthetic import synthetic_inputs as synthetic_inputs
+from trtflow.sources.synthetic import synthetic_shapes as synthetic_shapes
 from trtflow.store import ArtifactStore, file_digest
 
 if TYPE_CHECKING:  # torch is imported where a torch model is loaded, not by a cached run
@@ -82,10 +84,35 @@ def _external_files(onnx_path: Path) -> set[Path]:
                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
     files = set()
     for init in model.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location":
-                files.add(onnx_path.parent / entry.value)
+        info = {e.key: e.value for e in init.external_data}
+        if "location" not in info:
+            continue
+        location = Path(info["location"])
+        if location.is_absolute() or ".." in location.parts:
+            raise ModelError(f"ONNX file {onnx_path}: initializer '{init.name}' keeps its data "
+                             f"at {info['location']!r}, outside the model's folder; expected "
+                             "a file next to the model")
+        data_file = onnx_path.parent / location
+        files.add(data_file)
+        if data_file.is_file():
+            _check_external_range(onnx_path, init.name, info, data_file)
     return files
+
+
+def _check_external_range(onnx_path: Path, name: str, info: dict[str, str],
+                          data_file: Path) -> None:
+    """An initializer's declared offset/length must lie inside its data file."""
+    try:
+        offset, length = int(info.get("offset", "0")), int(info.get("length", "-1"))
+    except ValueError:
+        raise ModelError(f"ONNX file {onnx_path}: initializer '{name}' has a non-numeric "
+                         "external-data offset or length") from None
+    size = data_file.stat().st_size
+    end = size if length < 0 else offset + length
+    if offset < 0 or end > size:
+        raise ModelError(f"ONNX file {onnx_path}: initializer '{name}' claims bytes "
+                         f"{offset}..{end} of {data_file.name}, which holds {size} bytes "
+                         "(truncated or mismatched external data)")
 
 
 def load_model(cfg: ModelConfig, root: Path, store: ArtifactStore) -> LoadedModel:
@@ -128,6 +155,10 @@ def check_onnx_file(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # protobuf DecodeError, OSError...
         raise ModelError(f"ONNX file {path} is corrupt or truncated: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    from trtflow.preflight import check_acyclic, check_initializers, check_versions
+
+    check_versions(model, path)  # before the checker, whose message would be C++'s
+    check_acyclic(model, path)
     _check_inputs_have_rank(model, path)
     try:
         onnx.checker.check_model(model, full_check=False)
@@ -135,6 +166,7 @@ def check_onnx_file(path: Path) -> onnx.ModelProto:
         raise ModelError(f"ONNX file {path} is not a valid ONNX model: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
     _check_ops_supported(model, path)
+    check_initializers(model, path)
     return model
 
 
@@ -175,6 +207,7 @@ _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
 def onnx_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
     """Input specs read from a graph: names, dtypes, shapes with named dynamic dims."""
     inits = {i.name for i in model.graph.initializer}
+    ranges = gather_ranges(model)
     specs = []
     for value in model.graph.input:
         if value.name in inits:
@@ -188,7 +221,8 @@ def onnx_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
             d.dim_value if d.HasField("dim_value") else (d.dim_param or f"dim{i}")
             for i, d in enumerate(ttype.shape.dim)
         ]
-        specs.append(TensorSpec(name=value.name, dtype=dtype, shape=shape))  # type: ignore[arg-type]
+        specs.append(TensorSpec(name=value.name, dtype=dtype, shape=shape,  # type: ignore[arg-type]
+                                range=ranges.get(value.name) if dtype.startswith("int") else None))
     return specs
 
 
@@ -234,6 +268,7 @@ def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
                          f"torch.export archive: {str(exc).splitlines()[0][:300]}") from None
     specs = []
     nodes = {n.name: n for n in program.graph.nodes}
+    id_ranges = _embedding_ranges(program)
     for spec in program.graph_signature.input_specs:
         if spec.kind.name != "USER_INPUT":
             continue
@@ -244,11 +279,30 @@ def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
             d if isinstance(d, int) else ("batch" if i == 0 else f"{spec.arg.name}_dim{i}")
             for i, d in enumerate(val.shape)]
         dtype: Any = torch_dtypes[val.dtype]
-        specs.append(TensorSpec(name=spec.arg.name, dtype=dtype, shape=shape))
+        specs.append(TensorSpec(name=spec.arg.name, dtype=dtype, shape=shape,
+                                range=id_ranges.get(spec.arg.name)))
+    check_finite_parameters(program.module(), f"model.source.exported_program {path}")
     outputs = cfg.outputs or [f"output_{i}" if len(program.graph_signature.user_outputs) > 1
                               else "output"
                               for i in range(len(program.graph_signature.user_outputs))]
     return LoadedModel(program.module(), None, cfg.inputs or specs, outputs)
+
+
+def _embedding_ranges(program: Any) -> dict[str, tuple[float, float]]:
+    """{user input: (0, rows - 1)} for inputs that index an embedding table directly."""
+    import torch
+
+    ranges: dict[str, tuple[float, float]] = {}
+    for node in program.graph.nodes:
+        if node.target is not torch.ops.aten.embedding.default or len(node.args) < 2:
+            continue
+        table, ids = node.args[0], node.args[1]
+        val = getattr(table, "meta", {}).get("val")
+        if getattr(ids, "op", None) == "placeholder" and val is not None and val.shape[0] > 0:
+            rows = int(val.shape[0])
+            old = ranges.get(ids.name, (0.0, float(rows - 1)))
+            ranges[ids.name] = (0.0, min(old[1], float(rows - 1)))
+    return ranges
 
 
 def _load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
@@ -262,7 +316,11 @@ def _load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
         fn = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as exc:
         raise ModelError(f"model.source.factory '{factory}' is not importable: {exc}") from None
-    model = fn()
+    try:
+        model = fn()
+    except Exception as exc:  # the user's own code failed: say where, not a traceback
+        raise ModelError(f"model.source.factory '{factory}' raised {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model.source.factory '{factory}' returned "
                          f"{type(model).__name__}, expected a torch.nn.Module")
@@ -278,16 +336,37 @@ def _load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
         except RuntimeError as exc:  # same keys, wrong shapes
             raise ModelError(f"model.source.weights: {weights} does not fit '{factory}': "
                              f"{' '.join(str(exc).split())[:500]}") from None
+    check_finite_parameters(model, f"model.source.factory '{factory}'"
+                            + (f" with weights {weights}" if weights else ""))
     return model.eval()
+
+
+def check_finite_parameters(module: torch.nn.Module, where: str) -> None:
+    """NaN/Inf in a torch model's parameters or buffers, named, before anything is built."""
+    from trtflow.sources.weights_file import nonfinite_tensors
+
+    bad = nonfinite_tensors(dict(module.state_dict()))
+    if bad:
+        raise ModelError(f"{where}: {len(bad)} tensor(s) hold NaN or Inf: "
+                         f"{', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; a model with "
+                         "non-finite weights cannot be calibrated or validated")
 
 
 def load_state_dict(path: Path, factory: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"model.source.weights: file {path} does not exist")
+    from trtflow.sources import weights_file
+
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        weights_file.check_safetensors(path)  # before the library allocates from it
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"model.source.weights: {path} cannot be read: "
+                             f"{type(exc).__name__}: {exc}") from None
     import torch
 
     try:
@@ -297,25 +376,14 @@ def load_state_dict(path: Path, factory: str) -> dict[str, torch.Tensor]:
         what = (f"it pickles the Python object {found.group(1)}, which would run code when "
                 "loaded" if found else re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0]))
         raise ModelError(f"model.source.weights: {path} is not a plain state dict of tensors "
-                         f"and was refused without unpickling code ({what}); save "
-                         "model.state_dict() with torch.save, or use .safetensors") from None
+                         f"and was refused without unpickling code ({what}); pickle is "
+                         "refused: save model.state_dict() with torch.save, or use "
+                         ".safetensors") from None
     if not isinstance(state, dict):
         raise ModelError(f"model.source.weights: {path} holds {type(state).__name__}, "
                          "expected a state dict")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ModelError(f"model.source.weights: {path}: entries {not_tensors[:5]} are not "
+                         "tensors; expected a state dict of tensors (model.state_dict())")
     return state
-
-
-def synthetic_inputs(specs: list[TensorSpec], batch: int, seed: int = 0,
-                     dynamic_size: int = 16) -> dict[str, np.ndarray]:
-    """Random inputs inside each spec's value range; dynamic dims: batch or `dynamic_size`."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for spec in specs:
-        shape = [d if isinstance(d, int) else (batch if i == 0 else dynamic_size)
-                 for i, d in enumerate(spec.shape)]
-        lo, hi = spec.range or ((0, 100) if spec.dtype in ("int64", "int32") else (-1.0, 1.0))
-        if spec.dtype in ("int64", "int32", "bool"):
-            out[spec.name] = rng.integers(int(lo), int(hi) + 1, size=shape).astype(spec.dtype)
-        else:
-            out[spec.name] = rng.uniform(lo, hi, size=shape).astype(spec.dtype)
-    return out

@@ -36,6 +36,7 @@ BUILTIN_INPUTS: dict[str, list[TensorSpec]] = {
     ],
 }
 BUILTIN_OUTPUTS = {"digits": ["logits"], "resnet18": ["logits"], "minilm": ["sentence_embedding"]}
+BUILTIN_CLASSES = {"digits": 10, "resnet18": 1000}  # classifiers: logits per class
 
 
 def digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -12,8 +12,6 @@ import os
 import re
 from pathlib import Path
 
-import yaml
-
 from trtflow.errors import ModelError
 from trtflow.store import ArtifactStore, make_key
 
@@ -60,12 +58,22 @@ def pytorch_flavor(model_dir: Path) -> tuple[Path | None, dict]:
     mlmodel = model_dir / "MLmodel"
     if not mlmodel.is_file():
         raise ModelError(f"{model_dir} has no MLmodel file: not an MLflow model")
-    flavors = yaml.safe_load(mlmodel.read_text()).get("flavors", {})
+    from trtflow.yamlfile import load_yaml
+
+    doc = load_yaml(mlmodel, ModelError)
+    flavors = doc.get("flavors", {}) if isinstance(doc, dict) else None
+    if not isinstance(flavors, dict):
+        raise ModelError(f"{mlmodel}: expected a mapping with 'flavors', got "
+                         f"{type(doc).__name__}")
     if "pytorch" not in flavors:
         raise ModelError(f"{model_dir}: the MLflow model has no pytorch flavor "
                          f"(flavors: {sorted(flavors)})")
     flavor = flavors["pytorch"]
-    pt2 = model_dir / flavor.get("model_data", "data") / "model.pt2"
+    data = flavor.get("model_data", "data") if isinstance(flavor, dict) else None
+    if not isinstance(data, str) or Path(data).is_absolute() or ".." in Path(data).parts:
+        raise ModelError(f"{mlmodel}: flavors.pytorch.model_data {data!r} is not a folder "
+                         "inside the model")
+    pt2 = model_dir / data / "model.pt2"
     return (pt2 if pt2.is_file() else None), flavor
 
 

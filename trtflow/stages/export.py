@@ -81,15 +81,48 @@ def export_model(model: LoadedModel, cfg: ExportConfig, sample: dict[str, np.nda
         except Exception as exc:
             raise ModelError(f"torch.onnx.export failed: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:400]}") from None
+    check_opset(target, cfg.opset)
     reference = torch_outputs(model.module, model.inputs, model.outputs, sample)
     parity = compare(reference, ort_run(target, sample), cfg.atol, cfg.rtol,
                      "export parity (ONNX Runtime vs PyTorch)")
     return {"exported": True, "opset": cfg.opset, "parity": parity.as_dict()}
 
 
+# The dynamo exporter writes opset >= this itself; lower opsets are down-converted by
+# ONNX's version converter, which handles some graphs and not others.
+NATIVE_MIN_OPSET = 18
+
+
+def check_opset(path: Path, wanted: int) -> None:
+    """`export.opset` is honoured or the export fails: the exporter silently keeps its own
+    opset when a down-conversion fails, so the written graph is read back and checked."""
+    model = onnx.load(str(path), load_external_data=False)
+    got = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), None)
+    if got != wanted:
+        raise ModelError(f"export.opset: {wanted} was asked, but the exporter wrote opset "
+                         f"{got}: torch's exporter writes opset >= {NATIVE_MIN_OPSET} and ONNX's "
+                         f"version converter could not convert this model down to {wanted}; "
+                         f"use an opset from {NATIVE_MIN_OPSET} to {_max_opset()}")
+
+
+def _max_opset() -> int:
+    """The schema's upper bound of `export.opset`."""
+    return next(int(m.le) for m in ExportConfig.model_fields["opset"].metadata
+                if getattr(m, "le", None) is not None)
+
+
 @contextlib.contextmanager
 def _quiet():  # type: ignore[no-untyped-def]
-    """The dynamo exporter prints progress lines to stdout; keep the CLI output clean."""
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+    """The dynamo exporter prints progress lines to stdout, and its version converter logs
+    a traceback when a down-conversion fails (reported by `check_opset` instead); keep
+    the CLI output clean."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
