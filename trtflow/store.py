@@ -152,8 +152,20 @@ class ArtifactStore:
     def path_for(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def check_inside(self, stage: str, key: str | None = None) -> None:
+        """Refuse a stage folder or artifact that is a symlink: the store must hold its own
+        files, or a write would land (and a read come from) wherever the link points.
+        The store root itself may be a link (a store on another disk): see the docs."""
+        for path in (self.root / stage, *((self.path_for(stage, key),) if key else ())):
+            if path.is_symlink():
+                raise StoreError(f"the artifact store {self.root} holds {path}, a symlink to "
+                                 f"{os.readlink(path)}; stage folders and artifacts must be "
+                                 "real directories inside the store: remove the link (`trtflow "
+                                 "store verify` lists every one)")
+
     def get(self, stage: str, key: str) -> Artifact | None:
         self._shared_lock()
+        self.check_inside(stage, key)
         path = self.path_for(stage, key)
         meta_path = path / META_FILE
         if not meta_path.is_file():
@@ -176,6 +188,7 @@ class ArtifactStore:
         a full or read-only disk becomes a `StoreError` naming the store.
         """
         stage_dir = self.root / stage
+        self.check_inside(stage, key)
         try:
             stage_dir.mkdir(parents=True, exist_ok=True)
             self._shared_lock()
@@ -279,14 +292,25 @@ def iter_entries(root: Path) -> Iterator[tuple[str, Path]]:
     """(stage, path) of every directory under `<store>/<stage>/`, sorted."""
     if not root.is_dir():
         return
-    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
         for entry in sorted(stage_dir.iterdir()):
             yield stage_dir.name, entry
+
+
+def _links(path: Path) -> list[Path]:
+    """`path` itself if it is a symlink, else the symlinks anywhere under it."""
+    if path.is_symlink():
+        return [path]
+    return [p for p in path.rglob("*") if p.is_symlink()] if path.is_dir() else []
 
 
 def verify_artifact(path: Path) -> str | None:
     """Re-hash one artifact against its `artifact.json`; None if intact, else what is wrong."""
     meta_path = path / META_FILE
+    links = _links(path)
+    if links:
+        return "; ".join(f"{p.relative_to(path.parent)} is a symlink to {os.readlink(p)}, not "
+                         "a file the store holds" for p in links[:4])
     if not path.is_dir():
         return "not a directory"
     if not meta_path.is_file():
@@ -319,6 +343,11 @@ def verify_artifact(path: Path) -> str | None:
 
 def verify_store(root: Path) -> VerifyReport:
     report = VerifyReport()
+    if root.is_dir():
+        for stage_dir in sorted(p for p in root.iterdir() if p.is_symlink()):
+            report.checked += 1
+            report.corrupt.append((stage_dir, f"stage folder is a symlink to "
+                                   f"{os.readlink(stage_dir)}, outside the store's own files"))
     for _, entry in iter_entries(root):
         if entry.name.startswith(TMP_PREFIX):
             (report.abandoned if is_abandoned(entry) else report.in_progress).append(entry)
@@ -361,7 +390,7 @@ class GcReport:
 
 
 def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def collect_garbage(root: Path, keep: set[tuple[str, str]], keep_stages: set[str],
@@ -371,12 +400,21 @@ def collect_garbage(root: Path, keep: set[tuple[str, str]], keep_stages: set[str
     no trtflow process is using the store meanwhile; `dry_run` only lists."""
     report = GcReport()
     with exclusive(root):
+        for link in [p for p in root.iterdir() if p.is_symlink()] if root.is_dir() else []:
+            report.removed.append(link)  # a linked stage folder: drop the link, not its target
+            if not dry_run:
+                link.unlink()
         for stage, entry in iter_entries(root):
+            if entry.is_symlink():
+                report.removed.append(entry)
+                if not dry_run:
+                    entry.unlink()
+                continue
             if entry.name.startswith(TMP_PREFIX) and not is_abandoned(entry):
                 report.kept += 1  # cannot happen under the lock; never touch a live writer
                 continue
             temp = entry.name.startswith((TMP_PREFIX, STALE_PREFIX))
-            complete = (entry / META_FILE).is_file()
+            complete = (entry / META_FILE).is_file() and not _links(entry)
             if not temp and complete and (stage in keep_stages or (stage, entry.name) in keep):
                 report.kept += 1
                 continue
