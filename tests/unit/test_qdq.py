@@ -191,14 +191,17 @@ def test_tensorrt_activations_are_symmetric_int8_per_tensor() -> None:
         assert scale == np.float32(amax[q.input[0]] / 127)
 
 
-def test_tensorrt_residual_add_gets_qdq_on_both_inputs() -> None:
+def test_tensorrt_residual_add_keeps_qdq_only_on_the_identity_input() -> None:
+    """NVIDIA's rule (ModelOpt's build_non_residual_input_map): the Conv branch of a
+    residual Add stays float so TensorRT fuses Conv+Add; only the identity is quantized."""
     model = residual_block()
-    assert quantizable_activations(model, "tensorrt") == ["x", "r1", "c2"]
+    assert quantizable_activations(model, "tensorrt") == ["x", "r1"]
     qdq_model, report = _qdq(model, "tensorrt")
     add = _node(qdq_model, "add")
-    sources = [_producer(qdq_model, _producer(qdq_model, i).input[0]).input[0] for i in add.input]
-    assert sources == ["c2", "x"]
-    assert report["quantized_nodes"]["add"]["inputs"] == ["c2", "x"]
+    assert add.input[0] == "c2"  # straight from conv2, no DQ
+    assert _producer(qdq_model, _producer(qdq_model, add.input[1]).input[0]).input[0] == "x"
+    assert report["quantized_nodes"]["add"]["inputs"] == ["x"]
+    assert report["residual_inputs_left_float"] == {"add": 0}
     # one shared Q/DQ pair for x, read by conv1 and the Add
     assert _quantized_activation_sources(qdq_model).count("x") == 1
     assert _producer(qdq_model, "s").op_type == "Add"  # the sum itself is not quantized
@@ -325,7 +328,11 @@ def test_skip_leaves_node_in_float_and_reports_it() -> None:
         # so conv2 reads that tensor dequantized.
         expected_input = "r1" if placement == "tensorrt" else "r1_dequantized"
         assert conv2.input[0] == expected_input
-        assert _producer(qdq_model, _node(qdq_model, "add").input[0]).input[0] == "c2_quantized"
+        add_input = _node(qdq_model, "add").input[0]
+        if placement == "tensorrt":  # the residual rule: the Conv branch of the Add is float
+            assert add_input == "c2"
+        else:
+            assert _producer(qdq_model, add_input).input[0] == "c2_quantized"
         assert report["float_nodes"] == {"conv2": "skipped by request"}
         assert report["float_fraction"] == pytest.approx(1 / 3)
         assert "conv2" not in report["quantized_nodes"]

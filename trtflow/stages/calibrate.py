@@ -31,7 +31,7 @@ from trtflow.quant.collect import Progress, collect_histograms
 from trtflow.quant.methods import METHODS, compute_amax, scale_from_amax
 from trtflow.quant.qdq import Placement, insert_qdq, quantizable_activations
 
-VERSION = "calibrate-2"  # 2: oversampled histograms, npz format 2
+VERSION = "calibrate-3"  # 3: NVIDIA residual rule, MaxPool inputs, complete cache, fp8 Q/DQ
 SCALES_FILE = "scales.json"
 CACHE_FILE = "calibration.cache"
 HISTOGRAMS_FILE = "histograms.npz"
