@@ -215,9 +215,9 @@ class Gates(_Strict):
         default=None, gt=0, description="engine p50 vs eager p50 at batch 1; None: not gated"
     )
     min_accuracy: float | None = Field(
-        default=None, ge=0, le=1, description="absolute floor on top-1 accuracy (labelled "
-        "evaluation data only), for the engine and its FP32 reference alike, so an untrained "
-        "model cannot pass by agreeing with itself. None: the chance floor, i.e. the accuracy "
+        default=None, ge=0, le=1, description="absolute floor on the engine's top-1 accuracy "
+        "(labelled evaluation data only), so an untrained model cannot pass by agreeing with "
+        "its own FP32 reference. None: the chance floor, i.e. the accuracy "
         "of always answering the most common label plus a fifth of the way from there to 1 "
         "(0.28 for 10 balanced classes); 0 turns the gate off")
 
@@ -239,6 +239,13 @@ class SelectPolicy(_Strict):
     min_agreement: float | None = Field(
         default=None, ge=0, le=1, description="accuracy gate on the selection split "
         "(top-1 agreement or cosine vs FP32); default: the target's min_agreement gate")
+    int8_schemes: bool = Field(default=True, description="also time openvino int8 with "
+                               "TensorRT's Q/DQ placement and, where the graph has MatMul/Gemm "
+                               "weights, with dynamic per-token activations")
+    smoothquant_alpha: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=list, description="also time int8 after SmoothQuant at each alpha "
+        "(outliers moved from MatMul inputs into their weights, re-calibrated on the "
+        "selection split, every layer int8 unless the calibration's fallback budget fails)")
 
 
 class Target(_Strict):
@@ -261,6 +268,11 @@ class Target(_Strict):
     reduce_range: bool | None = Field(
         default=None, description="7-bit weights; None: on where ORT's u8s8 kernels can "
         "saturate (AVX2/AVX-512 without VNNI)")
+    int8_scheme: Literal["auto", "static-tensorrt", "dynamic"] = Field(
+        default="auto", description="openvino int8: auto = static Q/DQ after each conv, Relu "
+        "outputs uint8 (the form OpenVINO fuses, measured fastest); static-tensorrt = Q/DQ on "
+        "op inputs only; dynamic = int8 MatMul/Gemm weights, activations quantized per token "
+        "at run time (OpenVINO dynamic quantization, groups of 32)")
 
 
 class ValidateConfig(_Strict):
@@ -361,6 +373,9 @@ def ignored_fields(params: Params) -> list[tuple[str, str]]:
     for name, target in params.targets.items():
         if target.precision != "best" and "select" in target.model_fields_set:
             found.append((f"targets.{name}.select", "only `precision: best` selects"))
+        if "int8_scheme" in target.model_fields_set and (
+                target.backend, target.precision) != ("openvino", "int8"):
+            found.append((f"targets.{name}.int8_scheme", "only openvino int8 reads it"))
     return found
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ def accuracy_and_agreement(engine: Runner, reference: Runner, batches: Iterable[
                            metric: str) -> dict[str, Any]:
     """Stream the evaluation data through both; top-1 or cosine agreement, errors, accuracy."""
     n = correct_eng = correct_ref = agree = labelled_n = 0
+    label_counts: Counter[int] = Counter()
     cos_sum, max_abs, abs_sum, numel = 0.0, 0.0, 0.0, 0
     for batch in batches:
         eng, ref = engine(batch.inputs), reference(batch.inputs)
@@ -49,6 +51,7 @@ def accuracy_and_agreement(engine: Runner, reference: Runner, batches: Iterable[
             agree += int((e.argmax(1) == r.argmax(1)).sum())
             if batch.labels is not None:
                 labelled_n += len(batch.labels)
+                label_counts.update(np.asarray(batch.labels).tolist())
                 correct_eng += int((e.argmax(1) == batch.labels).sum())
                 correct_ref += int((r.argmax(1) == batch.labels).sum())
         else:
@@ -65,6 +68,7 @@ def accuracy_and_agreement(engine: Runner, reference: Runner, batches: Iterable[
     if labelled:
         out["accuracy"] = correct_eng / n
         out["reference_accuracy"] = correct_ref / n
+        out["majority_fraction"] = max(label_counts.values()) / n  # for the chance floor
     return out
 
 
@@ -77,6 +81,11 @@ def check_gates(quality: dict[str, Any], speedup: float | None, gates: Gates,
     not failed, and its decision says "too noisy to compare (±x %)".
     """
     decisions = []
+    floor = accuracy_floor(quality, gates)
+    if floor is not None:
+        decisions.append({"gate": "min_accuracy", "measured": quality["accuracy"],
+                          "allowed": floor, "passed": quality["accuracy"] >= floor,
+                          "reference_accuracy": quality["reference_accuracy"]})
     if quality.get("labelled"):
         drop = quality["reference_accuracy"] - quality["accuracy"]
         decisions.append({"gate": "max_accuracy_drop", "measured": drop,
@@ -94,6 +103,22 @@ def check_gates(quality: dict[str, Any], speedup: float | None, gates: Gates,
             entry.update(passed=True, note=f"too noisy to compare (±{speedup_noise_pct:.1f} %)")
         decisions.append(entry)
     return {"passed": all(d["passed"] for d in decisions), "decisions": decisions}
+
+
+CHANCE_MARGIN = 0.2  # the default floor: this fraction of the way from chance to 1
+
+
+def accuracy_floor(quality: dict[str, Any], gates: Gates) -> float | None:
+    """The absolute accuracy floor (labelled data only): `gates.min_accuracy`, or by
+    default the accuracy of always answering the most common label plus CHANCE_MARGIN
+    of the way to 1. Relative gates compare the engine with its FP32 reference; an
+    untrained model passes them by agreeing with itself, never this one."""
+    if not quality.get("labelled"):
+        return None
+    if gates.min_accuracy is not None:
+        return gates.min_accuracy or None  # 0 turns the gate off
+    chance = float(quality.get("majority_fraction", 0.0))
+    return chance + CHANCE_MARGIN * (1 - chance)
 
 
 def gate_error(report: dict[str, Any], target: str) -> GateError:
