@@ -15,10 +15,29 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
-from trtflow.backends import Calibration, build_engine, load_engine, tensorrt_backend
-from trtflow.errors import BuildError
+from trtflow.backends import (
+    Calibration,
+    build_engine,
+    load_engine,
+    tensorrt_backend,
+    tensorrt_plan,
+)
+from trtflow.backends.tensorrt_plan import (
+    CACHE_FILE,
+    BuildPlan,
+    ConfigOptions,
+    check_cache_complete,
+    create_config,
+    plan_build,
+    profile_shapes,
+)
+from trtflow.backends.tensorrt_report import fusion_report
+from trtflow.errors import BuildError, CalibrationError
 from trtflow.params import Target
+from trtflow.quant.cache import write_calibration_cache
+from trtflow.quant.placement import float_activations
 
 from .test_gpu_backends import feeds, two_branch_graph
 
@@ -31,27 +50,108 @@ needs_tensorrt = pytest.mark.skipif(
 
 
 def test_plan_on_tensorrt_10_uses_flags_and_allows_the_calibrator() -> None:
-    fp16 = tensorrt_backend.plan_build(Target(device="cuda", precision="fp16"), 10, True)
-    assert fp16 == {"graph": "clean", "strongly_typed": False, "flags": ["FP16"],
-                    "calibrator": False}
-    qdq = tensorrt_backend.plan_build(Target(device="cuda", precision="int8"), 10, True)
-    assert qdq["graph"] == "qdq" and qdq["flags"] == ["INT8"]
-    legacy = tensorrt_backend.plan_build(
-        Target(device="cuda", precision="int8", int8_source="calibration_cache"), 10, True)
-    assert legacy["graph"] == "clean" and legacy["calibrator"] is True
-    best = tensorrt_backend.plan_build(Target(device="cuda", precision="best"), 10, True)
-    assert best["flags"] == ["INT8", "FP16"]
+    fp16 = plan_build(Target(device="cuda", precision="fp16"), 10)
+    assert fp16.as_dict() == {"graph": "clean", "strongly_typed": False, "flags": ["fp16"],
+                              "calibrator": False}
+    qdq = plan_build(Target(device="cuda", precision="int8"), 10)
+    assert qdq.graph == "qdq" and qdq.flags == ("int8",)
+    legacy = plan_build(
+        Target(device="cuda", precision="int8", int8_source="calibration_cache"), 10)
+    assert legacy.graph == "clean" and legacy.calibrator is True
+    assert plan_build(Target(device="cuda", precision="best"), 10).flags == ("int8", "fp16")
+    fp32 = plan_build(Target(device="cuda", precision="fp32"), 10)
+    assert fp32.flags == () and not fp32.strongly_typed
 
 
 def test_plan_on_tensorrt_11_is_strongly_typed() -> None:
-    fp16 = tensorrt_backend.plan_build(Target(device="cuda", precision="fp16"), 11, False)
-    assert fp16 == {"graph": "clean_fp16", "strongly_typed": True, "flags": [],
-                    "calibrator": False}
-    int8 = tensorrt_backend.plan_build(Target(device="cuda", precision="int8"), 11, False)
-    assert int8["graph"] == "qdq" and int8["strongly_typed"] and not int8["flags"]
+    fp16 = plan_build(Target(device="cuda", precision="fp16"), 11)
+    assert fp16.as_dict() == {"graph": "clean_fp16", "strongly_typed": True, "flags": [],
+                              "calibrator": False}
+    int8 = plan_build(Target(device="cuda", precision="int8"), 11)
+    assert int8.graph == "qdq" and int8.strongly_typed and not int8.flags
     with pytest.raises(BuildError, match="no calibrator interface"):
-        tensorrt_backend.plan_build(
-            Target(device="cuda", precision="int8", int8_source="calibration_cache"), 11, False)
+        plan_build(Target(device="cuda", precision="int8", int8_source="calibration_cache"), 11)
+
+
+def test_fp8_builds_the_fp8_qdq_graph_strongly_typed_on_10_and_11() -> None:
+    fp8 = Target.model_construct(backend="tensorrt", device="cuda", precision="fp8",
+                                 int8_source="qdq")
+    for major in (10, 11):
+        assert plan_build(fp8, major) == BuildPlan("fp8_qdq", strongly_typed=True)
+
+
+def _graph(inputs: list[tuple[str, list[int | str]]]) -> onnx.ModelProto:
+    nodes = [helper.make_node("Relu", [name], [f"{name}_out"], name=f"relu_{name}")
+             for name, _ in inputs]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(f"{n}_out", TensorProto.FLOAT, None) for n, _ in inputs])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_profile_covers_every_dynamic_axis_not_only_the_batch(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save_model(_graph([("input_ids", ["batch", "sequence"]),
+                            ("image", [1, 3, "height", 224]),
+                            ("fixed", [2, 4])]), str(path))
+    shapes = profile_shapes(path, max_batch=16)
+    assert shapes == {"input_ids": ((1, 1), (16, 128), (16, 512)),
+                      "image": ((1, 3, 1, 224), (1, 3, 128, 224), (1, 3, 512, 224))}
+
+
+def test_config_is_polygraphys_createconfig_with_tf32_off_and_the_profile(
+        tmp_path: Path) -> None:
+    from polygraphy.backend.trt import CreateConfig
+
+    shapes = {"input_ids": ((1, 1), (16, 128), (16, 512))}
+    timing = tmp_path / "timing.cache"
+    fp32 = create_config(plan_build(Target(device="cuda", precision="fp32"), 10), shapes,
+                         ConfigOptions(timing_cache=timing))
+    assert isinstance(fp32, CreateConfig)
+    assert (fp32.tf32, fp32.fp16, fp32.int8, fp32.fp8) == (False, False, False, False)
+    assert fp32.timing_cache_path == str(timing)
+    (profile,) = fp32.profiles
+    shape = profile["input_ids"]
+    assert (shape.min, shape.opt, shape.max) == ((1, 1), (16, 128), (16, 512))
+    best = create_config(plan_build(Target(device="cuda", precision="best"), 10), shapes,
+                         ConfigOptions())
+    assert (best.int8, best.fp16, best.tf32) == (True, True, False)
+    typed = create_config(plan_build(Target(device="cuda", precision="int8"), 11), shapes,
+                          ConfigOptions())
+    assert (typed.int8, typed.fp16) == (False, False)
+
+
+def _calibration(tmp_path: Path, model: onnx.ModelProto, drop: set[str]) -> Path:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    names = [n for n in float_activations(model) if n not in drop]
+    write_calibration_cache(calib / CACHE_FILE, dict.fromkeys(names, 0.05))
+    return calib
+
+
+def test_a_cache_missing_a_tensor_fails_the_tensorrt_build_naming_it(tmp_path: Path) -> None:
+    model = two_branch_graph()
+    source = tmp_path / "model.onnx"
+    onnx.save_model(model, str(source))
+    calib = _calibration(tmp_path, model, drop={"sm", "r"})
+    out = tmp_path / "engine"
+    out.mkdir()
+    target = Target(backend="tensorrt", device="cuda", precision="int8")
+    with pytest.raises(CalibrationError,
+                       match=r"no scale for 2 of the 11 float activation tensor\(s\) of "
+                             r".*model.onnx: sm, r;"):
+        build_engine(source, target, out, Calibration(calib))
+    assert not any(out.iterdir())
+
+
+def test_a_complete_cache_passes_the_check(tmp_path: Path) -> None:
+    model = two_branch_graph()
+    source = tmp_path / "model.onnx"
+    onnx.save_model(model, str(source))
+    calib = _calibration(tmp_path, model, drop=set())
+    scales = check_cache_complete(calib / CACHE_FILE, source)
+    assert sorted(scales) == sorted(["x", "img", "mm", "lin", "sm", "ln", "y", "c", "r", "g",
+                                     "z"])
 
 
 def test_fusion_report_from_inspector_json_10_and_11() -> None:
@@ -64,7 +164,7 @@ def test_fusion_report_from_inspector_json_10_and_11() -> None:
         {"Name": "fc", "LayerType": "CaskGemm", "Metadata": "[ONNX Layer: fc]",
          "Outputs": [{"Format/Datatype": "Float"}]}],
         "Bindings": ["image", "logits"]}
-    report = tensorrt_backend.fusion_report(info_10, nodes)
+    report = fusion_report(info_10, nodes)
     assert report["layers"] == 2 and report["fused_layers"] == 1
     assert report["fusion_patterns"] == {"Conv + Relu + Add": 1}
     assert report["rows"][0]["onnx_nodes"] == ["conv1", "relu1", "add1"]
@@ -75,7 +175,7 @@ def test_fusion_report_from_inspector_json_10_and_11() -> None:
     info_11 = {"Layers": [{"Name": "conv1 + relu1", "LayerType": "CaskConvolution",
                            "Outputs": [{"Format": "kLINEAR", "DataType": "Int8"}]}],
                "I/O Tensors": [{"Name": "image", "IOMode": "Input"}]}
-    report = tensorrt_backend.fusion_report(info_11, nodes)
+    report = fusion_report(info_11, nodes)
     assert report["rows"][0]["onnx_nodes"] == ["conv1", "relu1"]
     assert report["precisions"] == {"Int8": 1}
     assert report["io_tensors"][0]["Name"] == "image"
@@ -125,22 +225,64 @@ def test_build_run_and_reuse_the_timing_cache(tmp_path: Path, precision: str,
         np.testing.assert_allclose(got[name], ref, atol=tol, rtol=tol)
 
 
-@needs_tensorrt
-@pytest.mark.tensorrt
-def test_int8_from_the_qdq_graph(tmp_path: Path) -> None:
+def _quantized(tmp_path: Path, precision: str) -> tuple[Path, Path]:
+    """The clean graph and a calibrate-stage folder: complete cache plus the Q/DQ model."""
     from trtflow.quant.qdq import insert_qdq, quantizable_activations
 
     model = two_branch_graph()
     amax = dict.fromkeys(quantizable_activations(model, "tensorrt"), 4.0)
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    qdq, _ = insert_qdq(model, amax, "tensorrt")
-    onnx.save_model(qdq, str(calib / "model.qdq.onnx"))
+    calib = _calibration(tmp_path, model, drop=set())
+    qdq, _ = insert_qdq(model, amax, "tensorrt", precision=precision)  # type: ignore[arg-type]
+    name = tensorrt_plan.QDQ_FILE if precision == "int8" else tensorrt_plan.FP8_QDQ_FILE
+    onnx.save_model(qdq, str(calib / name))
     source = tmp_path / "model.onnx"
     onnx.save_model(model, str(source))
+    return source, calib
+
+
+@needs_tensorrt
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("int8_source", ["qdq", "calibration_cache"])
+def test_int8_builds_and_runs(tmp_path: Path, int8_source: str) -> None:
+    if int8_source == "calibration_cache" and tensorrt_backend.major_version() > 10:
+        pytest.skip("TensorRT 11 has no calibrator interface")
+    source, calib = _quantized(tmp_path, "int8")
     out = tmp_path / "engine"
     out.mkdir()
-    build_engine(source, Target(backend="tensorrt", device="cuda", precision="int8"), out,
-                 Calibration(calib))
+    target = Target(backend="tensorrt", device="cuda", precision="int8",
+                    int8_source=int8_source)  # type: ignore[arg-type]
+    build_engine(source, target, out, Calibration(calib))
     got = load_engine(out).run(feeds(2))
+    ref = _reference(feeds(2))
     assert np.isfinite(got["y"]).all()
+    cosine = float(np.dot(got["z"].ravel(), ref[1].ravel()) /
+                   (np.linalg.norm(got["z"]) * np.linalg.norm(ref[1])))
+    assert cosine > 0.9
+
+
+@needs_tensorrt
+@pytest.mark.tensorrt
+def test_fp8_builds_from_the_fp8_qdq_graph(tmp_path: Path) -> None:
+    source, calib = _quantized(tmp_path, "fp8")
+    out = tmp_path / "engine"
+    out.mkdir()
+    target = Target.model_construct(backend="tensorrt", device="cuda", precision="fp8",
+                                    int8_source="qdq")
+    report = tensorrt_backend.build(source, target, out, calib)
+    assert report["tensorrt"]["plan"]["graph"] == "fp8_qdq"
+    got = load_engine(out).run(feeds(2))
+    assert np.isfinite(got["z"]).all()
+
+
+@needs_tensorrt
+@pytest.mark.tensorrt
+def test_a_dynamic_sequence_axis_builds_and_runs_two_lengths(tmp_path: Path) -> None:
+    path = tmp_path / "seq.onnx"
+    onnx.save_model(_graph([("input", ["batch", "sequence", 8])]), str(path))
+    out = tmp_path / "engine"
+    out.mkdir()
+    build_engine(path, Target(backend="tensorrt", device="cuda"), out)
+    engine = load_engine(out)
+    for length in (7, 300):
+        x = np.random.default_rng(length).standard_normal((2, length, 8)).astype(np.float32)
+        np.testing.assert_allclose(engine.run({"input": x})["input_out"], np.maximum(x, 0))

@@ -1,0 +1,188 @@
+"""What a TensorRT build needs, decided before TensorRT is touched (tested everywhere).
+
+The build itself is NVIDIA Polygraphy's loaders (tensorrt_backend.py); this module
+only decides what to hand them, from the target and the graph:
+- `plan_build`: which graph (clean / mixed FP16 / INT8 Q/DQ / FP8 Q/DQ), whether the
+  network is strongly typed, and which precision flags TensorRT 10 gets (11 has none).
+- `profile_shapes`: an optimization profile covering EVERY dynamic axis of every
+  input (batch and sequence alike), read from the ONNX graph.
+- `create_config`: Polygraphy's `CreateConfig` for that plan (TF32 off for fp32,
+  precision flags, the profile, the timing cache, the cache-only calibrator).
+- `check_cache_complete`: a `tensorrt` int8 target refuses a calibration cache that
+  lacks a float activation tensor of its graph, naming the tensors (TensorRT <= 10
+  and ONNX Runtime's TensorRT provider keep any tensor without a scale out of INT8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from trtflow.errors import BuildError, CalibrationError
+from trtflow.params import Target
+
+# The calibrate stage's files a TensorRT build reads (trtflow/stages/calibrate.py).
+QDQ_FILE = "model.qdq.onnx"
+# FP8 (E4M3) Q/DQ model: the calibrate stage does not write it yet; this is the name the
+# build looks for (keep in step with trtflow/stages/calibrate.py when it does).
+FP8_QDQ_FILE = "model.fp8.qdq.onnx"
+CACHE_FILE = "calibration.cache"
+
+# min / opt / max of one input in an optimization profile
+ProfileShape = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+# Non-batch dynamic axes (sequence, spatial): min / opt / max of the one profile.
+OTHER_AXIS_RANGE = (1, 128, 512)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """graph: 'clean', 'clean_fp16', 'qdq' (INT8) or 'fp8_qdq'; flags: CreateConfig's
+    precision switches (TensorRT 10 only); calibrator: serve calibration.cache."""
+
+    graph: str
+    strongly_typed: bool
+    flags: tuple[str, ...] = ()
+    calibrator: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"graph": self.graph, "strongly_typed": self.strongly_typed,
+                "flags": list(self.flags), "calibrator": self.calibrator}
+
+
+def _plan_fp32(target: Target, weak: bool, major: int) -> BuildPlan:
+    return BuildPlan("clean", strongly_typed=not weak)
+
+
+def _plan_fp16(target: Target, weak: bool, major: int) -> BuildPlan:
+    # TensorRT 11 removed precision flags: a strongly typed network of the FP16 graph.
+    return BuildPlan("clean", False, ("fp16",)) if weak else BuildPlan("clean_fp16", True)
+
+
+def _plan_int8(target: Target, weak: bool, major: int) -> BuildPlan:
+    if target.int8_source == "calibration_cache":
+        if not weak:
+            raise BuildError(f"TensorRT {major} has no calibrator interface (implicit INT8 was "
+                             "removed in 11): use int8_source 'qdq'")
+        return BuildPlan("clean", False, ("int8",), calibrator=True)
+    return BuildPlan("qdq", False, ("int8",)) if weak else BuildPlan("qdq", True)
+
+
+def _plan_best(target: Target, weak: bool, major: int) -> BuildPlan:
+    return BuildPlan("qdq", False, ("int8", "fp16")) if weak else BuildPlan("qdq", True)
+
+
+def _plan_fp8(target: Target, weak: bool, major: int) -> BuildPlan:
+    # FP8 Q/DQ builds strongly typed on 10 and 11 (NVIDIA's ModelOpt/trtexec route).
+    return BuildPlan("fp8_qdq", True)
+
+
+PLANS = {"fp32": _plan_fp32, "fp16": _plan_fp16, "int8": _plan_int8, "best": _plan_best,
+         "fp8": _plan_fp8}
+
+
+def plan_build(target: Target, major: int) -> BuildPlan:
+    """Which graph, typing and flags `target` needs on TensorRT `major` (10: weak typing
+    with precision flags; 11: strongly typed only)."""
+    planner = PLANS.get(str(target.precision))
+    if planner is None:
+        raise BuildError(f"backend 'tensorrt' builds precision {sorted(PLANS)}, not "
+                         f"'{target.precision}'")
+    return planner(target, major <= 10, major)
+
+
+def graph_for(plan: BuildPlan, model_path: Path, calibration_dir: Path | None) -> Path:
+    """The ONNX file the plan builds from ('clean_fp16' is converted later, in out_dir)."""
+    if plan.graph in ("clean", "clean_fp16"):
+        return model_path
+    name = QDQ_FILE if plan.graph == "qdq" else FP8_QDQ_FILE
+    path = calibration_dir / name if calibration_dir else None
+    if path is None or not path.is_file():
+        raise BuildError(f"a tensorrt {plan.graph} build reads the calibrate stage's {name}, "
+                         f"which is missing ({path or 'no calibration given'})")
+    return path
+
+
+def _dynamic_axes(value: onnx.ValueInfoProto) -> list[int]:
+    """Axes without a fixed positive size (a dim_param, or nothing)."""
+    dims = value.type.tensor_type.shape.dim
+    return [axis for axis, d in enumerate(dims)
+            if not (d.HasField("dim_value") and d.dim_value > 0)]
+
+
+def profile_shapes(model_path: Path, max_batch: int) -> dict[str, ProfileShape]:
+    """min/opt/max per input for one optimization profile: axis 0, when dynamic, runs
+    1..max_batch (opt max_batch); every other dynamic axis OTHER_AXIS_RANGE. Inputs
+    without a dynamic axis are left out (TensorRT needs no profile entry for them)."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    shapes: dict[str, ProfileShape] = {}
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        dynamic = _dynamic_axes(value)
+        if not dynamic:
+            continue
+        fixed = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        lo, opt, hi = list(fixed), list(fixed), list(fixed)
+        for axis in dynamic:
+            lo[axis], opt[axis], hi[axis] = ((1, max_batch, max_batch) if axis == 0
+                                             else OTHER_AXIS_RANGE)
+        shapes[value.name] = (tuple(lo), tuple(opt), tuple(hi))
+    return shapes
+
+
+@dataclass
+class ConfigOptions:
+    """What CreateConfig gets besides the plan: TensorRT enums come from the caller (they
+    exist only where TensorRT does), so the rest is built and tested without it."""
+
+    timing_cache: Path | None = None
+    calibrator: Any = None
+    trt_options: dict[str, Any] = field(default_factory=dict)
+
+
+def create_config(plan: BuildPlan, shapes: dict[str, ProfileShape],
+                  options: ConfigOptions) -> Any:
+    """Polygraphy's CreateConfig for `plan`. TF32 stays off (Polygraphy clears the flag),
+    so an fp32 engine computes in FP32; the one profile is also the calibration profile
+    (Polygraphy calibrates with the last profile)."""
+    from polygraphy.backend.trt import CreateConfig, Profile
+    from polygraphy.logger import G_LOGGER
+
+    profile = Profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile.add(name, min=lo, opt=opt, max=hi)
+    flags = dict.fromkeys(plan.flags, True)
+    timing = str(options.timing_cache) if options.timing_cache else None
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):  # not its "TF32 is disabled" note
+        return CreateConfig(tf32=False, profiles=[profile], calibrator=options.calibrator,
+                            load_timing_cache=timing, **flags, **options.trt_options)
+
+
+def check_cache_complete(cache_path: Path, graph_path: Path) -> dict[str, float]:
+    """The cache's scales, if it names every float activation tensor of the graph (and
+    nothing else); else a CalibrationError naming the missing or unknown tensors."""
+    from trtflow.quant.cache import check_cache_matches
+    from trtflow.quant.placement import float_activations
+
+    if not cache_path.is_file():
+        raise CalibrationError(f"a tensorrt int8 target needs the calibrate stage's "
+                               f"{CACHE_FILE}; {cache_path} is missing")
+    model = onnx.load(str(graph_path), load_external_data=False)
+    wanted = float_activations(model)
+    names = {v.name for v in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    scales = check_cache_matches(cache_path, names, graph_path)
+    missing = [name for name in wanted if name not in scales]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8
+                                          else "")
+        raise CalibrationError(
+            f"calibration cache {cache_path} has no scale for {len(missing)} of the "
+            f"{len(wanted)} float activation tensor(s) of {graph_path}: {shown}; TensorRT "
+            "keeps a tensor without a scale out of INT8 (re-run the calibrate stage on this "
+            "graph)")
+    return scales
