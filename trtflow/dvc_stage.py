@@ -43,14 +43,16 @@ def default_output(root: Path, model: str, name: str, target: str | None) -> Pat
 
 
 def run_single_stage(name: str, params_path: Path, target: str | None, output: Path | None,
-                     root: Path) -> StageResult:
+                     root: Path) -> tuple[StageResult, Path]:
+    """Run (or look up) stage `name` and copy its artifact to `output` (default
+    build/<model>/<stage>[-target]); the result and where it was copied."""
     result = resolve_stages(name, params_path, target, root)[-1]
     params = load_params(params_path)
     dest = output or default_output(root, params.model.name, name, target)
     _copy_artifact(Path(result.path), dest)
     if name == "validate":
         write_validation_summaries(result.report, dest)
-    return result
+    return result, dest
 
 
 def metrics_path(validate_out: Path) -> Path:

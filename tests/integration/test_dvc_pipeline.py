@@ -33,11 +33,17 @@ PERCENTILE = "params/digits.yaml:calibration.method=percentile"
 INT8_CHAIN = {"calibrate", "build@int8", "validate@int8"}
 
 
+VENV_BIN = Path(sys.executable).parent
+
+
 def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
-    """Run a command in the repo (trtflow and dvc from this venv); return its output."""
+    """Run a command in the repo and return its output. The venv is NOT on PATH, as for a
+    user who runs `.venv/bin/dvc repro`: dvc.yaml's commands must find trtflow without it."""
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep)
+            if p and Path(p).resolve() != VENV_BIN.resolve()]
     env = {**os.environ, "DVC_SITE_CACHE_DIR": str(cwd / ".trtflow" / "dvc-site"),
-           "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "DVC_NO_ANALYTICS": "1", "PATH": os.pathsep.join(path)}
+    env.pop("VIRTUAL_ENV", None)
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env,
                          check=False)
     assert res.returncode == 0, f"{cmd}: {res.stdout}\n{res.stderr}"
@@ -85,6 +91,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(["git", "config", "user.name", "trtflow test"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "project"], root)
+    (root / ".venv").symlink_to(VENV_BIN.parent)  # the project's venv, as `make` creates it
     log = run([*DVC, "repro"], root)
     assert stages_run(log) == {"export", "cleanup", "calibrate", "build@fp32", "build@int8",
                                "validate@fp32", "validate@int8"}

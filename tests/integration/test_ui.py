@@ -199,7 +199,11 @@ def test_mlflow_compare_page_shows_each_engine_side_by_side(
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     try:
         page.goto(url)
-        page.get_by_text("engine.bs1.p50_ms").first.wait_for(timeout=120_000)  # React renders
+        # React renders; the metric table is virtualized: only the rows in view exist, so
+        # wait for its first row (`accuracy`), and read_metric_table scrolls for the rest
+        page.get_by_text("Comparing 3 Runs").first.wait_for(timeout=120_000)
+        page.locator(".ReactVirtualized__Grid").nth(1).get_by_text(
+            mlflow_format(runs[0].data.metrics["accuracy"])).first.wait_for(timeout=60_000)
         body = page.inner_text("body")
         assert "Comparing 3 Runs from 1 Experiment" in body
         params = {line.split("\t")[0]: line.split("\t")[1:] for line in body.splitlines()

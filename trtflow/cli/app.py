@@ -103,13 +103,17 @@ class Progress:
         stage_line(result, target)
 
 
-def stage_line(result: Any, target: str) -> None:
+def stage_line(result: Any, target: str, copied_to: str = "") -> None:
+    """One line per stage: run or cached, its time, and (for `trtflow stage`) where the
+    artifact was copied."""
     where = escape(f" [{target}]") if target else ""
+    dest = escape(f" -> {copied_to}") if copied_to else ""
     if result.cached:
         console.print(f"  [dim]○ {result.stage}{where}: cached ({result.key[:12]}; "
-                      f"took {result.seconds:.2f} s when built)[/]")
+                      f"took {result.seconds:.2f} s when built){dest}[/]", soft_wrap=True)
     else:
-        console.print(f"  [green]✓[/] {result.stage}{where}: {result.seconds:.2f} s")
+        console.print(f"  [green]✓[/] {result.stage}{where}: {result.seconds:.2f} s "
+                      f"({result.key[:12]}){dest}", soft_wrap=True)
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -30,13 +29,12 @@ def stage(
     try:
         from trtflow.dvc_stage import run_single_stage
 
-        result = run_single_stage(name, params, target, output, root)
+        result, dest = run_single_stage(name, params, target, output, root)
     except TrtflowError as exc:
         fail(exc)
         return
-    stage_line(result, target or "")
-    out.print(json.dumps({"stage": result.stage, "key": result.key, "digest": result.digest,
-                          "path": result.path}))
+    shown = dest.relative_to(root) if dest.is_relative_to(root) else dest
+    stage_line(result, target or "", str(shown))
 
 
 BUCKET = typer.Option("--bucket", help="S3 bucket")
