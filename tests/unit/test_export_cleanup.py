@@ -72,3 +72,14 @@ def test_compare_reports_missing_output_and_shape_mismatch() -> None:
         compare(ref, {}, 1e-4, 0, "t")
     with pytest.raises(ParityError, match=r"output 'y' has shape \[3, 2\]"):
         compare(ref, {"y": np.zeros((3, 2), np.float32)}, 1e-4, 0, "t")
+
+
+def test_compare_is_polygraphys_elementwise_check_and_names_the_worst_output() -> None:
+    ref = {"a": np.array([1.0, 100.0], np.float32), "b": np.array([1.0, 1.0], np.float32)}
+    # a: 0.5 off at 100 is beyond atol but within rtol=1%: Polygraphy passes the element
+    near = {"a": np.array([1.0, 100.5], np.float32), "b": ref["b"]}
+    assert compare(ref, near, atol=1e-3, rtol=1e-2, what="t").ok
+    far = {"a": near["a"], "b": np.array([1.0, 1.25], np.float32)}
+    with pytest.raises(ParityError, match=r"t: output 'b' differs by up to 0.25 \(abs\) and "
+                                          r"0.25 \(rel\), beyond both atol=0.001 and rtol=0.01"):
+        compare(ref, far, atol=1e-3, rtol=1e-2, what="t")

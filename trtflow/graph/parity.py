@@ -1,4 +1,12 @@
-"""Compare two sets of named outputs; name the worst tensor when they differ."""
+"""Parity checks through NVIDIA Polygraphy: its ONNX Runtime runner runs a graph, its
+`Comparator` judges two sets of named outputs; trtflow names the worst tensor.
+
+Polygraphy's element-wise check (`SimpleCompareFunc(check_error_stat="elemwise")`)
+fails an element only when it is beyond BOTH the absolute and the relative tolerance,
+the relative error taken against the reference. trtflow adds what Polygraphy only logs:
+a missing output or a shape mismatch is an error naming the output, and a failure
+names the worst output and its error (ParityError).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,8 @@ import numpy as np
 import onnxruntime as ort
 
 from trtflow.errors import ModelError, ParityError
+
+REFERENCE, CANDIDATE = "reference", "candidate"
 
 
 @dataclass
@@ -25,26 +35,37 @@ class ParityReport:
         return asdict(self)
 
 
-def ort_run(model_path: Path, inputs: dict[str, np.ndarray], threads: int | None = None
-            ) -> dict[str, np.ndarray]:
-    """Run a graph once on ONNX Runtime CPU with basic optimizations (a reference run)."""
+def _session(model_path: Path, threads: int | None) -> ort.InferenceSession:
+    """ONNX Runtime CPU with basic optimizations: a reference, not a tuned engine."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+
+
+_ORT_FAILURES = (ort.capi.onnxruntime_pybind11_state.Fail,
+                 ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                 ort.capi.onnxruntime_pybind11_state.RuntimeException)
+
+
+def ort_run(model_path: Path, inputs: dict[str, np.ndarray], threads: int | None = None
+            ) -> dict[str, np.ndarray]:
+    """Run a graph once through Polygraphy's OnnxrtRunner (a reference run)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
+    declared: dict[str, Any] = {}
     try:
-        sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
-        run_opts = ort.RunOptions()
-        run_opts.log_severity_level = 4  # a failure is raised below, without ORT's own log
-        return dict(zip(names, sess.run(names, feed, run_opts), strict=True))
-    except (ort.capi.onnxruntime_pybind11_state.Fail,
-            ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-            ort.capi.onnxruntime_pybind11_state.RuntimeException) as exc:
+        session = _session(model_path, threads)
+        declared = {i.name: i.shape for i in session.get_inputs()}
+        feed = {name: inputs[name] for name in declared if name in inputs}
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL), OnnxrtRunner(session) as runner:
+            return dict(runner.infer(feed))
+    except (*_ORT_FAILURES, PolygraphyException) as exc:
         shapes = {k: list(v.shape) for k, v in inputs.items()}
-        declared = {i.name: i.shape for i in sess.get_inputs()} if "sess" in locals() else {}
         raise ModelError(f"ONNX Runtime cannot run {model_path} on sample inputs {shapes} "
                          f"(declared {declared}): {' '.join(str(exc).split())[:300]}. Dynamic "
                          "dims other than the batch are filled with 16: if the model needs "
@@ -52,27 +73,43 @@ def ort_run(model_path: Path, inputs: dict[str, np.ndarray], threads: int | None
                          ) from None
 
 
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-            atol: float, rtol: float, what: str) -> ParityReport:
-    """Worst output by how far it exceeds atol + rtol*|ref|; raise ParityError beyond it."""
-    worst: tuple[float, str, float, float] | None = None
+def _check_names_and_shapes(reference: dict[str, np.ndarray],
+                            candidate: dict[str, np.ndarray], what: str) -> None:
+    if not reference:
+        raise ParityError(f"{what}: no outputs to compare")
     for name, ref in reference.items():
         if name not in candidate:
             raise ParityError(f"{what}: output '{name}' is missing (got {sorted(candidate)})")
-        got = candidate[name]
-        if got.shape != ref.shape:
-            raise ParityError(f"{what}: output '{name}' has shape {list(got.shape)}, "
-                              f"reference {list(ref.shape)}")
-        diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-        excess = float(np.max(diff - (atol + rtol * np.abs(ref)), initial=-np.inf))
-        abs_err = float(diff.max(initial=0.0))
-        rel_err = float((diff / np.maximum(np.abs(ref), 1e-12)).max(initial=0.0))
-        if worst is None or excess > worst[0]:
-            worst = (excess, name, abs_err, rel_err)
-    assert worst is not None, "no outputs to compare"
-    report = ParityReport(worst[1], worst[2], worst[3], atol, rtol, ok=worst[0] <= 0)
+        if candidate[name].shape != ref.shape:
+            raise ParityError(f"{what}: output '{name}' has shape "
+                              f"{list(candidate[name].shape)}, reference {list(ref.shape)}")
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+            atol: float, rtol: float, what: str) -> ParityReport:
+    """Polygraphy's Comparator on the two output sets; the worst output is a failing one
+    with the largest absolute error (else the largest overall); ParityError on failure."""
+    from polygraphy.comparator import Comparator, IterationResult, RunResults, SimpleCompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    _check_names_and_shapes(reference, candidate, what)
+    results = RunResults([
+        (CANDIDATE, [IterationResult({n: candidate[n] for n in reference}, runner_name=CANDIDATE)]),
+        (REFERENCE, [IterationResult(dict(reference), runner_name=REFERENCE)]),
+    ])
+    # reldiff is taken against the second runner of the pair: the reference
+    check = SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise")
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        accuracy = Comparator.compare_accuracy(results, compare_func=check,
+                                               comparisons=[(0, 1)])
+    (per_output,) = accuracy[0][(CANDIDATE, REFERENCE)]  # one comparison, one iteration
+    worst_name, worst = max(per_output.items(),
+                            key=lambda item: (not bool(item[1]), item[1].max_absdiff))
+    report = ParityReport(worst_name, float(worst.max_absdiff), float(worst.max_reldiff),
+                          atol, rtol, ok=bool(accuracy))
     if not report.ok:
         raise ParityError(f"{what}: output '{report.worst_output}' differs by up to "
-                          f"{report.max_abs_error:.3g} (abs), beyond the tolerance "
-                          f"atol={atol:g} + rtol={rtol:g}*|reference|")
+                          f"{report.max_abs_error:.3g} (abs) and {report.max_rel_error:.3g} "
+                          f"(rel), beyond both atol={atol:g} and rtol={rtol:g} (Polygraphy's "
+                          "element-wise check)")
     return report
