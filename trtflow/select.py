@@ -5,7 +5,9 @@ TensorRT's builder times each layer's kernels in every allowed precision and kee
 the fastest; trtflow does the same one level up. The candidates are every CPU
 backend of the policy in FP32, BF16 (where the CPU has it) and INT8 from the one
 calibration, plus INT8 with each class of layers INT8 tends to slow (depthwise
-convolutions, MatMul/Gemm) kept in float. Accuracy is judged on the *selection*
+convolutions, MatMul/Gemm) kept in float, OpenVINO INT8 in its other schemes
+(TensorRT's Q/DQ placement; dynamic per-token activations) and INT8 after
+SmoothQuant at each alpha of the policy. Accuracy is judged on the *selection*
 split (the calibration data, never the evaluation data validate reports on) as
 agreement with the FP32 graph; latency in alternating rounds, so drift and noise
 hit every candidate alike. A candidate is faster only if its median beats the
@@ -30,7 +32,7 @@ import numpy as np
 from trtflow.backends import REGISTRY, Calibration, build_engine, load_engine
 from trtflow.errors import BuildError
 from trtflow.latency import combined_noise_pct, median_interval
-from trtflow.params import Target
+from trtflow.params import SelectPolicy, Target
 
 SELECTION_FILE = "selection.json"
 CANDIDATES_DIR = "candidates"
@@ -42,6 +44,7 @@ class Candidate:
     name: str
     target: Target
     float_ops: tuple[str, ...] = ()  # op classes kept float on top of the calibration's
+    smooth_alpha: float | None = None  # SmoothQuant first, then re-calibrated
     agreement: float | None = None
     p50_ms: dict[int, float] = field(default_factory=dict)
     noise_pct: dict[int, float] = field(default_factory=dict)
@@ -106,12 +109,28 @@ def candidates(target: Target, model_path: Path | None, calibrated: bool) -> lis
                 continue
             concrete = target.model_copy(update={"backend": backend, "precision": precision})
             out.append(Candidate(f"{backend}-{precision}", concrete))
-            if precision == "int8" and policy.float_blocks and model_path is not None:
-                for cls in float_op_classes(model_path):
-                    out.append(Candidate(f"{backend}-int8-{cls}-float", concrete, (cls,)))
+            if precision == "int8" and model_path is not None:
+                out += _int8_variants(policy, concrete, float_op_classes(model_path))
     if not out:
         raise BuildError("precision 'best': the select policy leaves no candidate on this CPU "
                          f"(backends {policy.backends}, precisions {policy.precisions})")
+    return out
+
+
+def _int8_variants(policy: SelectPolicy, target: Target, classes: dict[str, list[str]]
+                   ) -> list[Candidate]:
+    """The int8 candidates besides the plain one: float blocks, OpenVINO's other schemes,
+    SmoothQuant (where the graph has MatMul/Gemm weights to take the outliers)."""
+    name = f"{target.backend}-int8"
+    out = [Candidate(f"{name}-{cls}-float", target, (cls,))
+           for cls in (classes if policy.float_blocks else ())]
+    if target.backend == "openvino" and policy.int8_schemes:
+        schemes = ["static-tensorrt"] + (["dynamic"] if "matmul" in classes else [])
+        out += [Candidate(f"{name}-{scheme}", target.model_copy(update={"int8_scheme": scheme}))
+                for scheme in schemes]
+    if "matmul" in classes:
+        out += [Candidate(f"{name}-smoothquant{alpha:g}", target, smooth_alpha=alpha)
+                for alpha in policy.smoothquant_alpha]
     return out
 
 
@@ -175,10 +194,13 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
         cand_dir = work / cand.name
         cand_dir.mkdir(parents=True)
         try:
-            calib = calibration
+            calib, source = calibration, model_path
             if cand.float_ops and calibration is not None:
                 calib = _with_float_ops(calibration, model_path, cand.float_ops, cand_dir)
-            reports[cand.name] = build_engine(model_path, cand.target, cand_dir, calib)
+            if cand.smooth_alpha is not None and calibration is not None:
+                source, calib = smoothed_calibration(model_path, calibration, cand.smooth_alpha,
+                                                     selection, metric, threads, cand_dir)
+            reports[cand.name] = build_engine(source, cand.target, cand_dir, calib)
             engine = load_engine(cand_dir, threads, spinning=False)
             cand.agreement = float(accuracy_and_agreement(
                 engine.run, lambda _: reference, [Batch(selection)], metric)["agreement"])
@@ -225,3 +247,55 @@ def _with_float_ops(calibration: Calibration, model_path: Path, classes: tuple[s
     meta["fallback"] = fallback
     (copy / ACCURACY_FILE).write_text(json.dumps(meta, indent=2))
     return Calibration(copy)
+
+
+SMOOTH_FILE = "model.smooth.onnx"
+SMOOTH_REPORT = "smoothquant.json"
+
+
+def smoothed_calibration(model_path: Path, calibration: Calibration, alpha: float,
+                         selection: dict[str, np.ndarray], metric: str, threads: int | None,
+                         cand_dir: Path) -> tuple[Path, Calibration]:
+    """SmoothQuant at `alpha`, then calibration re-run on the smoothed graph over the
+    selection split (the calibration data): the method with the best agreement, every
+    layer int8 unless that misses the calibration's fallback budget, in which case its
+    fallback keeps the most sensitive layers float. Returns the graph and a calibration
+    directory that fit each other (the smoothed tensors have new amax)."""
+    import onnx
+
+    from trtflow.graph.smoothquant import channel_amax, smooth, smoothable
+    from trtflow.quant import accuracy
+    from trtflow.quant.collect import collect_histograms
+    from trtflow.quant.methods import METHODS, compute_amax
+    from trtflow.stages.calibrate import ACCURACY_FILE, SCALES_FILE, calibration_tensors
+
+    workers = threads or 1
+    model = onnx.load(str(model_path))
+    smoothed, report = smooth(model, channel_amax(model, smoothable(model), [selection],
+                                                  workers), alpha)
+    onnx.save_model(smoothed, str(cand_dir / SMOOTH_FILE))
+    tensors = calibration_tensors(smoothed)
+    histograms = collect_histograms(smoothed, tensors, [selection], workers).collector
+    inputs = {i.name for i in smoothed.graph.input}  # bounded data: max, as calibrate does
+    by_method = {m: {t: compute_amax(histograms[t], "max" if t in inputs else m)
+                     for t in tensors} for m in METHODS}
+    evaluator = accuracy.Evaluator(smoothed, [selection], metric, workers)
+    method, scores = accuracy.choose_method(evaluator, by_method)
+    amax = by_method[method]
+    meta = json.loads((calibration.path / ACCURACY_FILE).read_text())
+    budget = (meta.get("fallback") or {}).get("min_agreement")
+    fallback = None
+    if budget is not None and scores[method]["agreement"] < budget:
+        ranked = accuracy.sensitivity(evaluator, amax)
+        fallback = accuracy.fallback(evaluator, amax, ranked, budget, max_layers=8)
+    copy = cand_dir / "calibration"
+    copy.mkdir()
+    (copy / SCALES_FILE).write_text(json.dumps(
+        {t: {"amax": a, "scale": a / 127.0, "method": method} for t, a in amax.items()},
+        indent=2))
+    (copy / ACCURACY_FILE).write_text(json.dumps(
+        {"method_scores": scores, "sensitivity": [], "fallback": fallback}, indent=2))
+    (cand_dir / SMOOTH_REPORT).write_text(json.dumps(
+        {**report.as_dict(), "method": method, "agreement": scores[method]["agreement"],
+         "float_layers": (fallback or {}).get("skip", [])}, indent=2))
+    return cand_dir / SMOOTH_FILE, Calibration(copy)

@@ -78,3 +78,73 @@ def test_bf16_needs_a_cpu_that_has_it(model: Path, tmp_path: Path) -> None:
 def test_unsupported_precision_is_refused_by_name(model: Path, tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="not 'fp16'"):
         build_engine(model, Target(backend="openvino", precision="fp16"), tmp_path)
+
+
+def _relu_conv_chain() -> onnx.ModelProto:
+    """x -> Conv -> Relu -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n)
+             for n, s in (("w0", (8, 3, 3, 3)), ("w1", (8, 8, 3, 3)), ("fc", (5, 8)))]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1] * 4),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("GlobalAveragePool", ["r1"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], name="fc0", transB=1)]
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_nonnegative_int8_becomes_uint8_with_the_same_values(tmp_path: Path) -> None:
+    from trtflow.graph.unsigned_qdq import unsigned_nonnegative
+    from trtflow.quant.qdq import insert_qdq
+
+    model = _relu_conv_chain()
+    amax = {"x": 3.0, "r0": 4.0, "r1": 5.0, "f": 5.0, "p": 5.0, "y": 9.0, "c0": 4.0, "c1": 5.0}
+    qdq, _ = insert_qdq(model, amax, "ort_cpu", "int8")
+    unsigned, count = unsigned_nonnegative(qdq)
+    zero_points = [onnx.numpy_helper.to_array(i) for i in unsigned.graph.initializer
+                   if i.name.endswith("_zero_point") and i.dims == []]
+    assert count >= 2  # the two Relu outputs
+    assert not any(z.dtype == np.int8 and int(z) == -128 for z in zero_points)
+    assert sum(z.dtype == np.uint8 for z in zero_points) == count
+    onnx.save_model(qdq, str(tmp_path / "signed.onnx"))
+    onnx.save_model(unsigned, str(tmp_path / "unsigned.onnx"))
+    x = _x(4, 3)
+    np.testing.assert_array_equal(ort_run(tmp_path / "signed.onnx", x)["y"],
+                                  ort_run(tmp_path / "unsigned.onnx", x)["y"])
+
+
+@pytest.mark.parametrize("scheme", ["auto", "static-tensorrt", "dynamic"])
+def test_each_int8_scheme_builds_and_agrees_with_fp32(tmp_path: Path, scheme: str) -> None:
+    onnx.save_model(_relu_conv_chain(), str(tmp_path / "m.onnx"))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    batches = [_x(8, seed) for seed in range(4)]
+    calibrate(tmp_path / "m.onnx", iter(batches), CalibrationConfig(method="max"), 1, calib,
+              selection=iter(batches))
+    out = tmp_path / "engine"
+    out.mkdir()
+    target = Target(backend="openvino", precision="int8", int8_scheme=scheme)  # type: ignore[arg-type]
+    report = build_engine(tmp_path / "m.onnx", target, out, Calibration(calib))
+    layers = report["runtime_layers"]
+    assert report["qdq"]["scheme"] == scheme
+    if scheme == "dynamic":  # weights only: the Gemm's, convs stay float
+        assert report["qdq"]["weight_only_nodes"] == 1
+        assert not any(k.startswith("Convolution:") and k.endswith(("i8", "u8")) for k in layers)
+    else:
+        assert any(k.startswith("Convolution:") and k.endswith(("i8", "u8")) for k in layers)
+    if scheme == "auto":  # the Relu outputs reach OpenVINO as uint8 convolutions
+        assert report["qdq"]["unsigned_tensors"] >= 2
+        assert any(k.startswith("Convolution:") and k.endswith("u8") for k in layers), layers
+    engine = load_engine(out)
+    got, ref = engine.run(_x(4, 9))["y"], ort_run(tmp_path / "m.onnx", _x(4, 9))["y"]
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.99

@@ -11,7 +11,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtflow.errors import BuildError
 from trtflow.params import Target
-from trtflow.select import Candidate, candidates, decide, float_op_classes, select_engine
+from trtflow.select import (
+    Candidate,
+    candidates,
+    decide,
+    float_op_classes,
+    select_engine,
+    smoothed_calibration,
+)
 
 from .tiny import conv_bn_graph
 
@@ -88,3 +95,77 @@ def test_a_real_selection_keeps_the_winner_and_lists_every_candidate(tmp_path: P
     assert all(c["passed"] and c["p50_ms"] for c in selection["candidates"])
     assert report["backend"] == selection["winner"].replace("-fp32", "-cpu")
     assert (out / "engine.json").is_file() and not (out / "candidates").exists()
+
+
+def _matmul_graph() -> onnx.ModelProto:
+    """x -> Mul(outlier gain) -> MatMul(w) -> Relu -> MatMul(w2) -> y."""
+    rng = np.random.default_rng(0)
+    gain = np.ones(8, np.float32)
+    gain[[1, 6]] = 30.0
+    inits = [numpy_helper.from_array(gain, "gain"),
+             numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Mul", ["x", "gain"], ["h"], name="gain0"),
+             helper.make_node("MatMul", ["h", "w"], ["a"], name="mm0"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu0"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm1")]
+    graph = helper.make_graph(
+        nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_int8_variants_follow_the_graph(tmp_path: Path) -> None:
+    onnx.save_model(_matmul_graph(), str(tmp_path / "mm.onnx"))
+    onnx.save_model(_depthwise_graph(), str(tmp_path / "dw.onnx"))
+    target = Target(precision="best", select={"smoothquant_alpha": [0.5, 0.8]})
+    names = {c.name for c in candidates(target, tmp_path / "mm.onnx", calibrated=True)}
+    assert {"openvino-int8-static-tensorrt", "openvino-int8-dynamic",
+            "onnxruntime-int8-smoothquant0.5", "openvino-int8-smoothquant0.8",
+            "onnxruntime-int8-matmul-float"} <= names
+    conv = {c.name for c in candidates(target, tmp_path / "dw.onnx", calibrated=True)}
+    assert "openvino-int8-static-tensorrt" in conv  # no MatMul: no dynamic, no smoothing
+    assert not any("dynamic" in n or "smoothquant" in n for n in conv)
+    plain = Target(precision="best", select={"int8_schemes": False, "float_blocks": False})
+    assert {c.name for c in candidates(plain, tmp_path / "mm.onnx", True)} & {
+        "openvino-int8-static-tensorrt", "openvino-int8-dynamic"} == set()
+
+
+def test_a_smoothquant_candidate_is_recalibrated_on_the_smoothed_graph(tmp_path: Path) -> None:
+    import json
+
+    from trtflow.backends import Calibration
+    from trtflow.params import CalibrationConfig
+    from trtflow.stages.calibrate import calibrate
+
+    onnx.save_model(_matmul_graph(), str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(1)
+    batches = [{"x": rng.standard_normal((32, 8)).astype(np.float32)} for _ in range(2)]
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    calibrate(tmp_path / "m.onnx", iter(batches), CalibrationConfig(method="max"), 1, calib,
+              selection=iter(batches))
+    out = tmp_path / "engine"
+    out.mkdir()
+    target = Target(precision="best", select={
+        "backends": ["onnxruntime"], "precisions": ["int8"], "float_blocks": False,
+        "smoothquant_alpha": [0.5], "rounds": 2})
+    report = select_engine(tmp_path / "m.onnx", target, out, Calibration(calib), batches[0],
+                           "cosine", 0.9, 1)
+    rows = {c["name"]: c for c in report["selection"]["candidates"]}
+    assert set(rows) == {"onnxruntime-int8", "onnxruntime-int8-smoothquant0.5"}
+    assert rows["onnxruntime-int8-smoothquant0.5"]["smooth_alpha"] == 0.5
+    assert rows["onnxruntime-int8-smoothquant0.5"]["agreement"] > 0.99
+    cand = tmp_path / "cand"
+    cand.mkdir()
+    graph, smoothed = smoothed_calibration(tmp_path / "m.onnx", Calibration(calib), 0.5,
+                                           batches[0], "cosine", 1, cand)
+    smoothing = json.loads((cand / "smoothquant.json").read_text())
+    assert [g["activation"] for g in smoothing["groups"]] == ["h", "r"]
+    assert smoothing["float_layers"] == []  # no fallback budget in this calibration
+    # the MatMul reads the smoothed tensor now, and the calibration has its amax
+    assert "h_smoothed" in smoothed.amax() and "h_smoothed" not in Calibration(calib).amax()
+    assert any(n.op_type == "Mul" and n.output[0] == "h_smoothed"
+               for n in onnx.load(str(graph)).graph.node)

@@ -1,12 +1,14 @@
 """OpenVINO on x86 CPUs: FP32, BF16 (where the CPU has it) and INT8 from trtflow's scales.
 
 INT8 is explicit quantization: the clean graph gets Q/DQ pairs from the calibrate
-stage's amax (no recalibration; the scales are trtflow's) in TensorRT's placement
-(Q/DQ on the inputs of Conv/Gemm/MatMul, symmetric int8), which OpenVINO's CPU
-plugin turns into int8 kernels. The placement ORT's CPU provider fuses ran faster
-on resnet18 (3.65x ORT FP32 against 3.1x, DESIGN.md 2026-12-04) but OpenVINO
-2026.4 computes it wrongly on the digits CNN (top-1 0.99 in ORT, 0.475 in
-OpenVINO, whichever single layer is left in float), so it is not used.
+stage's amax (no recalibration; the scales are trtflow's) in the placement ORT's CPU
+provider fuses (Q after each Conv/Add, so a layer hands int8 to the next), with Relu
+outputs re-encoded as uint8 zero point 0 (`trtflow.graph.unsigned_qdq`): the form
+NNCF emits and OpenVINO's CPU plugin fuses into u8 convolutions. Measured on
+resnet18 (AMX host, bs1, one run): 3.42 ms against 3.80 ms for the TensorRT
+placement and 3.37 ms for NNCF's own INT8 model. Left as int8 zero point -128, the
+same placement ran 25x slower (an Eltwise shift per tensor) and, on the digits CNN,
+computed wrongly.
 
 Precision is named as it really ran: OpenVINO's CPU plugin defaults to bf16 on
 hosts with AVX512_BF16, so an `fp32` target sets `INFERENCE_PRECISION_HINT=f32`
@@ -35,6 +37,7 @@ from trtflow.params import Target
 
 if TYPE_CHECKING:
     from trtflow.backends import Calibration
+    from trtflow.quant.qdq import Placement
 
 IR_FILE = "model.xml"
 BLOB_FILE = "compiled.blob"
@@ -42,6 +45,9 @@ CONFIG_FILE = "openvino.json"
 QDQ_FILE = "model.qdq.openvino.onnx"
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: float parts stay in f32
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# int8_scheme -> Q/DQ placement
+PLACEMENTS: dict[str, Placement] = {"auto": "ort_cpu", "static-tensorrt": "tensorrt"}
+DYNAMIC_GROUP = 32  # activation values per dynamic quantization scale (OpenVINO's default)
 
 
 def _openvino() -> Any:
@@ -53,9 +59,20 @@ def _openvino() -> Any:
     return openvino
 
 
-def _properties(target: Target, threads: int | None) -> dict[str, Any]:
-    props: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[target.precision],
+def _hint(precision: str, scheme: str) -> str:
+    """The float precision of what does not run in int8. Dynamic int8 keeps its float
+    parts in bf16 where the CPU has it: on minilm (AMX host) f32 left it slower than
+    plain bf16, bf16 made it the faster of the two at batch 1."""
+    if precision == "int8" and scheme == "dynamic" and set(cpu_flags()) & set(BF16_FLAGS):
+        return "bf16"
+    return _HINTS[precision]
+
+
+def _properties(precision: str, scheme: str, threads: int | None) -> dict[str, Any]:
+    props: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _hint(precision, scheme),
                              "PERFORMANCE_HINT": "LATENCY"}
+    if precision == "int8":  # 0 turns the plugin's own activation quantization off
+        props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = DYNAMIC_GROUP if scheme == "dynamic" else 0
     if threads:
         props["INFERENCE_NUM_THREADS"] = int(threads)
     return props
@@ -73,16 +90,27 @@ def runtime_precisions(compiled: Any) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _int8_model(model_path: Path, calibration: Calibration, out_dir: Path
+def _int8_model(model_path: Path, calibration: Calibration, scheme: str, out_dir: Path
                 ) -> tuple[Path, dict[str, Any]]:
     import onnx
 
+    from trtflow.graph.unsigned_qdq import unsigned_nonnegative
+    from trtflow.graph.weight_only import weight_only_int8
     from trtflow.quant.qdq import insert_qdq
 
-    qdq, report = insert_qdq(onnx.load(str(model_path)), calibration.amax(), "tensorrt",
-                             "int8", skip=frozenset(calibration.float_layers()))
+    model = onnx.load(str(model_path))
+    skip = frozenset(calibration.float_layers())
+    if scheme == "dynamic":
+        qdq, nodes = weight_only_int8(model, skip)
+        onnx.save_model(qdq, str(out_dir / QDQ_FILE))
+        return out_dir / QDQ_FILE, {"scheme": scheme, "weight_only_nodes": len(nodes),
+                                    "dynamic_group_size": DYNAMIC_GROUP}
+    qdq, report = insert_qdq(model, calibration.amax(), PLACEMENTS[scheme], "int8", skip=skip)
+    report["scheme"] = scheme
+    qdq, report["unsigned_tensors"] = unsigned_nonnegative(qdq)
     onnx.save_model(qdq, str(out_dir / QDQ_FILE))
-    keep = ("activation_dtype", "quantizable_ops", "float_ops", "float_fraction", "float_nodes")
+    keep = ("scheme", "placement", "activation_dtype", "unsigned_tensors", "quantizable_ops",
+            "float_ops", "float_fraction", "float_nodes")
     return out_dir / QDQ_FILE, {k: report[k] for k in keep if k in report}
 
 
@@ -109,11 +137,13 @@ class OpenVinoBackend:
         source = model_path
         if target.precision == "int8":
             assert calibration is not None
-            source, report["qdq"] = _int8_model(model_path, calibration, out_dir)
+            source, report["qdq"] = _int8_model(model_path, calibration, target.int8_scheme,
+                                                out_dir)
         core = ov.Core()
         try:
             model = core.read_model(str(source))
-            compiled = core.compile_model(model, "CPU", _properties(target, target.threads))
+            compiled = core.compile_model(model, "CPU", _properties(
+                target.precision, target.int8_scheme, target.threads))
         except Exception as exc:  # OpenVINO raises RuntimeError with a C++ message
             raise BuildError(f"OpenVINO {ov.__version__} could not compile {source}: "
                              f"{' '.join(str(exc).split())[:400]}") from None
@@ -123,7 +153,8 @@ class OpenVinoBackend:
                                           else bytes(blob))
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # what it really runs
         ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-        config = {"precision": target.precision, "inference_precision": ran,
+        config = {"precision": target.precision, "int8_scheme": target.int8_scheme,
+                  "inference_precision": ran,
                   "threads": target.threads, "openvino": ov.__version__,
                   "inputs": [i.get_any_name() for i in model.inputs],
                   "outputs": [o.get_any_name() for o in model.outputs]}
@@ -154,8 +185,8 @@ class OpenVinoEngine:
         if config["openvino"] != ov.__version__:
             raise BuildError(f"{engine_dir} was compiled by OpenVINO {config['openvino']}; this "
                              f"is {ov.__version__}: rebuild it")
-        target = Target(backend="openvino", precision=config["precision"])
-        props = _properties(target, threads or config.get("threads"))
+        props = _properties(config["precision"], config.get("int8_scheme", "auto"),
+                            threads or config.get("threads"))
         core = ov.Core()
         compiled = core.import_model(io.BytesIO((engine_dir / BLOB_FILE).read_bytes()), "CPU",
                                      props)
