@@ -62,7 +62,7 @@ def select_targets(ctx: Context, names: list[str] | None) -> list[str]:
 @flow(name="compile", validate_parameters=False)
 def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
                  remeasure: bool = False) -> dict[str, Any]:
-    start = time.perf_counter()
+    start, started_ms = time.perf_counter(), int(time.time() * 1000)
     params = load_params(params_path)
     ctx = Context.create(params, Path(root), remeasure=remeasure)
     reporter = _reporter.get()
@@ -84,9 +84,15 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
                               wall)
     with tracking_server_guard("registering the engines"):
         released = release(params, Path(root), per_target, run_ids, [exported, cleaned])
+        import mlflow
+
+        parent = mlflow.MlflowClient().get_run(run_ids["parent"])
     failed = [n for n, stages in per_target.items() if not stages[-1].report["gates"]["passed"]]
     summary = {"model": params.model.name, "run_ids": run_ids, "wall_seconds": wall,
-               "stages": {"model": [exported, cleaned], **per_target}, "released": released}
+               "stages": {"model": [exported, cleaned], **per_target}, "released": released,
+               "experiment_id": parent.info.experiment_id,
+               # a fully cached re-run links to the runs that built these engines
+               "reused_runs": parent.info.start_time < started_ms}
     if failed:
         raise gate_error(per_target[failed[0]][-1].report, failed[0])
     return summary

@@ -103,8 +103,17 @@ def print_summary(summary: dict[str, Any], wall: float) -> None:
     out.print(f"stages run: {len(all_stages) - n_cached}, cached: {n_cached}; "
               f"stage time this run {this_run:.2f} s (the same stages took {when_built:.2f} s "
               f"when built: {100 * this_run / max(when_built, 1e-9):.1f}%); wall time {wall:.2f} s "
-              f"(Prefect/MLflow start-up included); MLflow parent run "
-              f"{summary['run_ids']['parent']}")
+              f"(Prefect/MLflow start-up included)")
+    if summary.get("reused_runs"):
+        out.print(f"MLflow: nothing new to log; these engines are the runs of compile "
+                  f"{summary['run_ids']['parent']} (its tag trtflow.cached_reruns counts re-runs)")
+    else:
+        out.print(f"MLflow: compile run {summary['run_ids']['parent']}")
+    if "experiment_id" in summary:
+        from trtflow.track.mlflow_log import view_path
+
+        out.print(f"compare the engines: `make ui`, then http://127.0.0.1:5000/"
+                  f"{view_path(summary['experiment_id'])}", soft_wrap=True)
     for name, stages in summary["stages"].items():
         selection = stages[-2].report.get("selection") if name != "model" else None
         if selection:  # precision best: which candidate won, and why

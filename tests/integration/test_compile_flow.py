@@ -68,6 +68,8 @@ def test_digits_compiles_and_logs_to_mlflow(first_run: dict) -> None:
     assert "cleanup_report.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.name == "digits" and "mlartifacts" in exp.artifact_location
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI
+    assert not first_run["reused_runs"]
 
 
 def test_digits_int8_keeps_accuracy_and_logs_calibration(first_run: dict) -> None:
@@ -90,6 +92,10 @@ def test_cached_rerun_runs_no_stage(first_run: dict, digits_root: Path) -> None:
     stages = _stages(again)
     assert [s.prefect_state for s in stages] == ["Cached"] * 7
     assert [s.key for s in stages] == [s.key for s in _stages(first_run)]
+    # nothing new was built or measured: no duplicate runs, a link to the runs that did
+    assert again["run_ids"] == first_run["run_ids"] and again["reused_runs"]
+    parent = mlflow.MlflowClient().get_run(first_run["run_ids"]["parent"])
+    assert int(parent.data.tags["trtflow.cached_reruns"]) >= 1
 
 
 def test_validate_param_change_reruns_only_validate(first_run: dict, digits_root: Path) -> None:

@@ -224,6 +224,35 @@ def test_mlflow_compare_page_shows_each_engine_side_by_side(
         page.close()
 
 
+def test_mlflow_landing_page_lists_each_engine_with_its_headline_metrics(
+        compiled: dict[str, Any], mlflow_ui: str, browser: Any) -> None:
+    """The view `trtflow run` prints (and the experiment's description links): the model's
+    experiment in MLflow's model-training mode, one row per engine with a distinct name
+    and its quality, p50 and speed-up as columns, not nested under compile runs."""
+    from trtflow.track.mlflow_log import view_path
+
+    runs = compiled["runs"]
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    try:
+        page.goto(f"{mlflow_ui}/{view_path(runs[0].info.experiment_id)}")
+        names = [r.info.run_name for r in runs]
+        for name in names:
+            page.get_by_text(name).first.wait_for(timeout=120_000)
+        body = page.inner_text("body")
+        keep(page.screenshot(), "mlflow_runs.png")
+    finally:
+        page.close()
+    assert len(set(names)) == 3 and "3 matching runs" in body  # target runs only, flat
+    assert "compile " not in body  # compile (parent) runs are not rows of this view
+    assert "Token Usage" not in body  # not the GenAI overview
+    for column in ("accuracy", "engine.bs1.p50_ms", "speedup.bs1", "target.precision",
+                   "calibration.method_chosen"):
+        assert column in body, column
+    for run in runs:
+        for metric in ("accuracy", "engine.bs1.p50_ms", "speedup.bs1"):
+            assert repr(run.data.metrics[metric]) in body, (run.info.run_name, metric)
+
+
 def _ops(compiled: dict[str, Any], which: str, target: str) -> dict[str, int]:
     build = next(s for s in compiled[which]["stages"][target] if s.stage == "build")
     return dict(build.report["engine_ops"])

@@ -29,6 +29,14 @@ def load_commands() -> None:
 
 
 def main() -> None:
+    # `module:function` sources (model factories, data functions) import from the project
+    # as they do under `python -m trtflow.cli`: the current directory is importable. It is
+    # appended, so it never shadows an installed package.
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     load_commands()
     from trtflow.cli.app import main as run_app
 

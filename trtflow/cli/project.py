@@ -56,6 +56,12 @@ def init(
     source: Annotated[str, typer.Argument(help="same forms as `trtflow inspect`")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="params file to "
                                                 "write; default params/<name>.yaml")] = None,
+    calibration: Annotated[str | None, typer.Option(
+        help="calibration .npz (keys: the input names); adds an int8 target")] = None,
+    evaluation: Annotated[str | None, typer.Option(
+        help="evaluation .npz (input names + an integer labels array)")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="trained weights for a factory source (.safetensors or state-dict .pt)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
@@ -67,7 +73,7 @@ def init(
         from trtflow.errors import ParamsError
         from trtflow.sources.describe import describe, params_skeleton
 
-        info = describe(source, root.resolve())
+        info = describe(source, root.resolve(), weights)
         path = output or root / "params" / f"{info['name']}.yaml"
         if path.exists() and not force:
             raise ParamsError(f"{path} exists; pass --force to overwrite it")
@@ -75,8 +81,8 @@ def init(
         from trtflow.atomic import atomic_file
 
         with atomic_file(path, "w") as f:
-            f.write(params_skeleton(info))
+            f.write(params_skeleton(info, root.resolve(), calibration, evaluation, weights))
     except TrtflowError as exc:
         fail(exc)
         return
-    out.print(f"wrote {path}: edit data paths and targets, then `trtflow run {path}`")
+    out.print(f"wrote {path} (model '{info['name']}'): check it, then `trtflow run {path}`")

@@ -13,8 +13,8 @@ from trtflow.errors import ModelError, ParamsError
 from trtflow.params import BUILTIN_MODELS, ModelConfig, ModelSource, parse_params
 
 
-def source_from_arg(arg: str) -> ModelSource:
-    """Guess the source kind from how the argument looks."""
+def source_from_arg(arg: str, weights: str | None = None) -> ModelSource:
+    """Guess the source kind from how the argument looks (`weights`: for a factory)."""
     if arg in BUILTIN_MODELS:
         return ModelSource(builtin=arg)  # type: ignore[arg-type]
     if arg.startswith("models:/"):
@@ -24,18 +24,18 @@ def source_from_arg(arg: str) -> ModelSource:
     if arg.endswith(".pt2"):
         return ModelSource(exported_program=arg)
     if re.fullmatch(r"[\w.]+:\w+", arg):
-        return ModelSource(factory=arg)
+        return ModelSource(factory=arg, weights=weights or "none")
     raise ParamsError(f"cannot tell what kind of model source '{arg}' is: expected a .onnx "
                       f"or .pt2 path, 'package.module:function', models:/NAME/VERSION, or one "
                       f"of {', '.join(BUILTIN_MODELS)}")
 
 
-def describe(arg: str, root: Path) -> dict[str, Any]:
+def describe(arg: str, root: Path, weights: str | None = None) -> dict[str, Any]:
     """Inputs, outputs, op histogram and parameter count of a model source."""
     from trtflow import sources
     from trtflow.store import ArtifactStore
 
-    source = source_from_arg(arg)
+    source = source_from_arg(arg, weights)
     name = _model_name(arg)
     cfg = ModelConfig(name=name, source=source)
     info: dict[str, Any] = {"name": name, "source": source.model_dump(exclude_none=True)}
@@ -84,33 +84,99 @@ def _module_ops(module: Any) -> dict[str, int]:
     return dict(counts.most_common())
 
 
+# Names that say nothing about the model: `init` looks further (parent folders, module).
+GENERIC_NAMES = {"model", "models", "build", "out", "output", "outputs", "export", "exported",
+                 "onnx", "checkpoint", "checkpoints", "weights", "artifacts", "dist", "tmp",
+                 "net", "network", "main", "src", "examples", "example", "train", "training"}
+
+
+def _name_part(text: str) -> str:
+    text = re.sub(r"\.(onnx|pt2|pt|safetensors)$", "", text).split("@")[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
+
+
 def _model_name(arg: str) -> str:
-    base = arg.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-    base = re.sub(r"\.(onnx|pt2)$", "", base).split("@")[0]
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", base).strip("-") or "model"
+    """A name that says which model this is: `examples/out/sensor.pt2` -> sensor,
+    `runs/resnet50/model.onnx` -> resnet50, `examples.train_sensor:make_model` -> sensor,
+    `models:/churn/3` -> churn. Generic file names (model, build, ...) are skipped."""
+    if arg.startswith("models:/"):
+        return _name_part(arg.removeprefix("models:/").split("/")[0]) or "model"
+    if re.fullmatch(r"[\w.]+:\w+", arg):  # a factory: its function, then its module path
+        module, _, function = arg.partition(":")
+        candidates = [re.sub(r"^(make|build|create|get|new)_|_(model|net|factory)$", "",
+                             function), *reversed(module.split("."))]
+        candidates = [re.sub(r"^(train|model|models)_", "", c) for c in candidates]
+    else:
+        candidates = list(reversed(Path(arg).parts))
+    for candidate in map(_name_part, candidates):
+        if candidate and candidate.lower() not in GENERIC_NAMES:
+            return candidate
+    return "model"
 
 
-def params_skeleton(info: dict[str, Any]) -> str:
-    """A commented params file for the source; validated before it is returned."""
-    model: dict[str, Any] = {"name": info["name"], "source": info["source"]}
+def data_entry(path: str, root: Path, input_names: list[str], split: str) -> dict[str, Any]:
+    """`{npz: path[, labels: key]}` for an existing .npz: its keys must include every input
+    name; an integer array under another key is the labels."""
+    import numpy as np
+
+    full = Path(path) if Path(path).is_absolute() else root / path
+    if not full.is_file():
+        raise ParamsError(f"--{split} {path}: no such file (expected an .npz whose keys are "
+                          f"the model's input names {input_names})")
+    try:
+        with np.load(full, allow_pickle=False) as npz:
+            dtypes = {key: npz[key].dtype for key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ParamsError(f"--{split} {path}: not a readable .npz ({exc})") from None
+    missing = [n for n in input_names if n not in dtypes]
+    if missing:
+        raise ParamsError(f"--{split} {path}: no array named {missing[0]!r} (the model's "
+                          f"inputs are {input_names}; the file has {sorted(dtypes)})")
+    entry: dict[str, Any] = {"npz": path}
+    labels = [k for k, d in dtypes.items() if k not in input_names and d.kind in "iu"]
+    if split == "evaluation" and labels:
+        entry["labels"] = labels[0]
+    return entry
+
+
+def params_skeleton(info: dict[str, Any], root: Path | None = None,
+                    calibration: str | None = None, evaluation: str | None = None,
+                    weights: str | None = None) -> str:
+    """A commented params file for the source; validated before it is returned.
+
+    Data paths are the files given (checked, labels key found) or left out with a
+    comment saying what to add, never invented paths that do not exist."""
+    model: dict[str, Any] = {"name": info["name"], "source": dict(info["source"])}
+    if model["source"].get("factory"):
+        model["source"]["weights"] = weights or "none"
     if info.get("inputs") is None:
         model["inputs"] = [{"name": "input", "dtype": "float32",
                             "shape": ["batch", 3, 224, 224]}]
-    doc = {
-        "model": model,
-        "data": {"calibration": {"npz": f"data/{info['name']}/calibration.npz"},
-                 "evaluation": {"npz": f"data/{info['name']}/evaluation.npz",
-                                "labels": "label"}},
-        "targets": {"fp32": {"backend": "onnxruntime", "device": "cpu", "precision": "fp32"},
-                    "int8": {"backend": "onnxruntime", "device": "cpu", "precision": "int8"}},
-        "calibration": {"method": "entropy"},
-        "validate": {"batch_sizes": [1, 32], "gates": {"max_accuracy_drop": 0.01}},
-    }
+    names = [i["name"] for i in info.get("inputs") or model["inputs"]]
+    data = {split: data_entry(path, root or Path("."), names, split)
+            for split, path in (("calibration", calibration), ("evaluation", evaluation))
+            if path}
+    targets: dict[str, Any] = {
+        "fp32": {"backend": "onnxruntime", "device": "cpu", "precision": "fp32"}}
+    if calibration:  # int8 needs calibration data
+        targets["int8"] = {"backend": "onnxruntime", "device": "cpu", "precision": "int8"}
+    doc: dict[str, Any] = {"model": model, **({"data": data} if data else {}),
+                           "targets": targets}
+    if calibration:
+        doc["calibration"] = {"method": "entropy"}
+    doc["validate"] = {"batch_sizes": [1, 32], "gates": {"max_accuracy_drop": 0.01}}
     parse_params(doc, "skeleton")
     head = (f"# trtflow params for {info['name']} (written by `trtflow init`; edit, then\n"
-            f"# `trtflow run` this file). Data: .npz files whose keys are the input names\n"
-            f"# {[i['name'] for i in info.get('inputs') or model['inputs']]}; 'labels' is "
-            "optional.\n")
+            f"# `trtflow run` this file).\n")
+    if not calibration or not evaluation:
+        head += ("# Data: .npz files whose keys are the input names "
+                 f"{names}, plus an integer labels array\n# for evaluation. Add them as\n"
+                 "#   data: {calibration: {npz: cal.npz}, evaluation: {npz: eval.npz, "
+                 "labels: label}}\n# (or pass --calibration/--evaluation to `trtflow init`); "
+                 "an int8 target needs calibration data.\n")
+    if model["source"].get("weights") == "none":
+        head += ("# weights: none compiles the factory's untrained initial weights: set the "
+                 "trained\n# .safetensors (or state-dict .pt) file instead (or --weights).\n")
     if info.get("inputs") is None:
         head += "# model.inputs could not be read from the source: fill in names/shapes.\n"
     return head + yaml.safe_dump(doc, sort_keys=False)

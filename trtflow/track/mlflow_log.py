@@ -108,12 +108,61 @@ def experiment_id(name: str) -> str:
     location = os.environ.get("TRTFLOW_MLFLOW_ARTIFACTS")
     try:
         return mlflow.create_experiment(
-            name, artifact_location=Path(location, name).as_uri() if location else None)
+            name, artifact_location=Path(location, name).as_uri() if location else None,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another run
         exp = mlflow.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+# MLflow 3's UI opens an experiment as GenAI (traces) unless it is tagged as model
+# development; its "Model training" mode lists runs with metrics.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+VIEW_KEY = "trtflow"  # the shared view trtflow writes: `?viewStateShareKey=trtflow`
+SHARED_VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def headline_view(params: Params) -> dict[str, Any]:
+    """The runs list a user should land on: one row per engine (target runs only, so not
+    nested under their compile run), the headline metrics as columns, best quality first.
+    MLflow's UI loads it from the experiment tag `mlflow.sharedViewState.<key>`."""
+    bs = min(params.validate_.batch_sizes)
+    quality = "accuracy" if params.data.evaluation and params.data.evaluation.labels \
+        else "agreement"
+    metrics = [quality, *(["agreement"] if quality == "accuracy" else []),
+               f"engine.bs{bs}.p50_ms", f"speedup.bs{bs}", f"engine.bs{bs}.noise_pct",
+               "engine_bytes"]
+    columns = [f"params.`{p}`" for p in ("target.backend", "target.precision",
+                                         "calibration.method_chosen")]
+    columns += [f"metrics.`{m}`" for m in metrics]
+    columns += ["tags.`trtflow.gates_passed`", "tags.`trtflow.registered_version`"]
+    return {"selectedColumns": columns, "searchFilter": "tags.`trtflow.target` LIKE '%'",
+            # sorting by a metric (not start time) also lists nested runs flat
+            "orderByKey": f"metrics.`{quality}`", "orderByAsc": False}
+
+
+def describe_experiment(exp_id: str, params: Params) -> None:
+    """Tag the model's experiment for MLflow's UI: model development, the headline view,
+    and a description linking that view (idempotent: every compile refreshes them)."""
+    import json
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    client.set_experiment_tag(exp_id, SHARED_VIEW_TAG, json.dumps(headline_view(params)))
+    client.set_experiment_tag(exp_id, "mlflow.note.content", (
+        f"Engines compiled by trtflow for `{params.model.name}`: one run per target "
+        f"(nested under its compile run). The headline view lists every engine with its "
+        f"quality, p50 latency and speed-up: [{VIEW_KEY} view]({view_path(exp_id)})."))
+
+
+def view_path(exp_id: str) -> str:
+    """The URL fragment of the headline view (append to the MLflow UI's address)."""
+    return (f"#/experiments/{exp_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
 
 
 def log_compile(params: Params, params_path: str, root: Path,
@@ -124,6 +173,7 @@ def log_compile(params: Params, params_path: str, root: Path,
 
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
     exp = experiment_id(params.model.name)
+    describe_experiment(exp, params)
     tags = {"trtflow.git_commit": git_commit(root), "trtflow.params_digest": params.digest(),
             "trtflow.params_file": params_path, "trtflow.model": params.model.name,
             "trtflow.source": params.model.source.kind}
@@ -131,6 +181,12 @@ def log_compile(params: Params, params_path: str, root: Path,
     if params.model.source.mlflow:
         tags["trtflow.source.mlflow"] = params.model.source.mlflow
         tags["trtflow.source.pickle_allowed"] = str(params.model.source.allow_pickle).lower()
+    key = compile_key(params, model_stages, targets)
+    tags["trtflow.compile_key"] = key
+    if all(s.cached for s in [*model_stages, *(s for st in targets.values() for s in st)]):
+        earlier = _runs_of_compile(exp, key, list(targets))
+        if earlier is not None:  # nothing was built or measured: no new runs
+            return earlier
     run_ids: dict[str, str] = {}
     commit = tags["trtflow.git_commit"][:7]
     with mlflow.start_run(experiment_id=exp, run_name=f"{params.model.name} compile "
@@ -156,6 +212,41 @@ def log_compile(params: Params, params_path: str, root: Path,
     for run_id in failed + ([run_ids["parent"]] if failed else []):
         client.set_terminated(run_id, status="FAILED")
     return run_ids
+
+
+def compile_key(params: Params, model_stages: list[StageResult],
+                targets: dict[str, list[StageResult]]) -> str:
+    """What a compile run stands for: the params and every stage key of every target."""
+    import hashlib
+    import json
+
+    keys = {"model": [s.key for s in model_stages],
+            **{name: [s.key for s in stages] for name, stages in sorted(targets.items())}}
+    return hashlib.sha256(json.dumps([params.digest(), keys], sort_keys=True).encode()
+                          ).hexdigest()
+
+
+def _runs_of_compile(exp: str, key: str, targets: list[str]) -> dict[str, str] | None:
+    """The run ids of the compile run that built exactly these artifacts, if one exists:
+    a fully cached re-run links to it (tag `trtflow.cached_reruns`) instead of logging the
+    same engines again."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([exp], f"tags.`trtflow.compile_key` = '{key}'",
+                              order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if "trtflow.target" not in r.data.tags]
+    if not parents:
+        return None
+    parent = parents[0]  # children carry the compile key too
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    run_ids = {"parent": parent.info.run_id,
+               **{c.data.tags.get("trtflow.target", ""): c.info.run_id for c in children}}
+    if not set(targets) <= set(run_ids):
+        return None
+    reruns = int(parent.data.tags.get("trtflow.cached_reruns", "0")) + 1
+    client.set_tag(parent.info.run_id, "trtflow.cached_reruns", str(reruns))
+    return {name: run_ids[name] for name in ["parent", *targets]}
 
 
 def target_run_name(params: Params, target: str, stages: list[StageResult]) -> str:
