@@ -196,6 +196,13 @@ class CalibrationConfig(_Strict):
         "'same' uses `method`")
     percentile: float = Field(default=99.99, gt=0, le=100)
     num_bins: int = Field(default=2048, ge=128, description="histogram bins (TensorRT: 2048)")
+    histogram: Literal["exact", "streaming"] = Field(
+        default="streaming", description="exact: a max pass, then histograms over each "
+        "tensor's global max (TensorRT's EntropyCalibration2 grid, two passes); streaming: "
+        "one pass, range grown by powers of two and re-gridded (docs/quantization.md)")
+    fp8_method: Literal["entropy", "percentile", "mse", "max"] = Field(
+        default="max", description="amax method of fp8 targets (scale = amax/448): E4M3 "
+        "gains no resolution from clipping, so max, ModelOpt's FP8 default")
     max_samples: int | None = Field(default=None, gt=0, description="use at most this many")
     min_samples: int = Field(default=32, ge=1, description="warn below this many samples")
     selection_samples: int = Field(default=32, ge=1, description="calibration samples used "
@@ -251,7 +258,7 @@ class SelectPolicy(_Strict):
 class Target(_Strict):
     backend: Literal["onnxruntime", "tensorrt", "onnxruntime-tensorrt", "openvino"] = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
-    precision: Literal["fp32", "fp16", "bf16", "int8", "best"] = Field(
+    precision: Literal["fp32", "fp16", "bf16", "int8", "fp8", "best"] = Field(
         default="fp32", description="bf16: openvino on CPUs with AVX512_BF16 or AMX")
     threads: int | None = Field(default=None, gt=0, description="intra-op threads; default: cores")
     optimization: Literal["disable", "basic", "extended", "all"] = "all"

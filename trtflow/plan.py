@@ -121,7 +121,8 @@ def _calibrate(ctx: Context, target: str | None, out: Path, cleaned: StageResult
     return calibrate_stage.calibrate(
         cleaned.file(CLEAN_FILE), (b.inputs for b in stream), ctx.params.calibration,
         default_threads(), out, progress, metric=metric(ctx),
-        selection=(b.inputs for b in stream), status=ctx.progress)
+        selection=(b.inputs for b in stream), status=ctx.progress,
+        batches_again=lambda: (b.inputs for b in stream))
 
 
 CALIBRATE = Step(
@@ -184,7 +185,7 @@ def _select(ctx: Context, spec: Target, model: Path, out: Path,
 
 
 BUILD = Step(
-    "build", "build-2", _build,
+    "build", "build-3", _build,  # 3: the Q/DQ graph TensorRT gets kept beside the engine
     inputs=(Upstream("cleanup"), Upstream("calibrate", when=needs_calibration)),
     reads=("targets.{target}",),
     libraries=("onnx",),  # the backend adds its own (backend_fingerprint)
@@ -238,8 +239,11 @@ def _validate(ctx: Context, target: str | None, out: Path, engine_art: StageResu
     gates = ctx.target(name).gates
     if gates is not None:
         cfg = cfg.model_copy(update={"gates": gates})
+    from trtflow.backends.onnxruntime_backend import TENSORRT_QDQ_FILE
+
     return validate_stage.validate(engine, reference, label, batches,
-                                   lambda bs: tile_batch(pool, bs), cfg, metric(ctx), name, out)
+                                   lambda bs: tile_batch(pool, bs), cfg, metric(ctx), name, out,
+                                   qdq_model=Path(engine_art.path) / TENSORRT_QDQ_FILE)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from trtflow.errors import CalibrationError
 from trtflow.quant.cache import (
     DEFAULT_TRT_VERSION,
     CalibrationCacheHeader,
+    check_trustworthy,
     read_calibration_cache,
     trt_version_number,
     write_calibration_cache,
@@ -114,3 +115,45 @@ def test_write_rejects_scales_that_are_not_positive_finite_float32(tmp_path, sca
 def test_write_rejects_names_with_newlines(tmp_path) -> None:
     with pytest.raises(CalibrationError, match="one line"):
         write_calibration_cache(tmp_path / "c.cache", {"a\nb": 1.0})
+
+
+# --- caches that must not be trusted (issue 18, item 8) ------------------------------------
+
+def _cache(tmp_path, *lines: str) -> str:
+    path = tmp_path / "calibration.cache"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _hex(value: float) -> str:
+    return struct.pack(">f", value).hex()
+
+
+@pytest.mark.parametrize("lines, message", [
+    (("TRT-100300-EntropyCalibration2", "a: 3c010204", f"b: {_hex(1e-39)}"),
+     r"line 3: tensor 'b' has a subnormal scale"),
+    (("TRT-100300-EntropyCalibration2", f"a: {_hex(3.0e36)}"),
+     r"line 2: tensor 'a' has scale 3e\+36, whose 127x overflows float32"),
+    (("TRT-100300-EntropyCalibration2", "a: 7fc00000"), r"line 2: tensor 'a' has scale nan"),
+    (("TRT-100300-EntropyCalibration2", "a: 7f800000"), r"line 2: tensor 'a' has scale inf"),
+    (("TRT-100300-PercentileCalibration", "a: 3c010204"),
+     r"line 1: foreign header .*'PercentileCalibration' is not one TensorRT writes"),
+    (("TRT-4242-EntropyCalibration2", "a: 3c010204"),
+     r"line 1: header .* unknown TensorRT version 4242"),
+    (("TRT-999999-MinMaxCalibration", "a: 3c010204"), r"unknown TensorRT version 999999"),
+])
+def test_untrustworthy_caches_are_refused_naming_the_line(tmp_path, lines, message) -> None:
+    with pytest.raises(CalibrationError, match=message):
+        check_trustworthy(_cache(tmp_path, *lines))
+
+
+def test_fp8_check_refuses_scales_whose_448x_overflows(tmp_path) -> None:
+    path = _cache(tmp_path, "TRT-8601-EntropyCalibration2", f"a: {_hex(1.0e36)}")
+    assert check_trustworthy(path).version == 8601  # 127 x 1e36 fits in float32
+    with pytest.raises(CalibrationError, match=r"line 2: .* whose 448x overflows float32"):
+        check_trustworthy(path, 448.0)
+
+
+def test_trusted_cache_passes_with_its_header(tmp_path) -> None:
+    path = write_calibration_cache(tmp_path / "c.cache", {"x": 0.01, "y": 2.0**-120})
+    assert check_trustworthy(path) == CalibrationCacheHeader(DEFAULT_TRT_VERSION)

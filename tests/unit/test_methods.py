@@ -241,3 +241,134 @@ def test_entropy_never_pours_outliers_into_a_bin_that_may_be_empty() -> None:
     assert np.isinf(kl[maybe_empty]).all()
     chosen = int(round(amax_entropy(hist) / grid.bin_width))
     assert sure[chosen - 1]
+
+
+# --- exact entropy: bit-equal to NVIDIA's _compute_amax_entropy ---------------------------
+
+def nvidia_compute_amax_entropy(calib_hist: np.ndarray, calib_bin_edges: np.ndarray,
+                                num_bits: int = 8, unsigned: bool = False, stride: int = 1,
+                                start_bin: int = 128) -> float:
+    """A direct numpy transcription of ``_compute_amax_entropy`` in NVIDIA ModelOpt
+    (modelopt/torch/quantization/calib/histogram.py, 0.47; the same function as
+    pytorch-quantization's), loop for loop; ``scipy.stats.entropy`` as there."""
+    from collections import Counter
+
+    from scipy.stats import entropy
+
+    bins = calib_hist[:].astype(np.float64)
+    bins[0] = bins[1]
+    total_data = np.sum(bins)
+    divergences = []
+    nbins = 1 << (num_bits - 1 + int(unsigned))
+    stop = len(bins)
+    new_density_counts = np.zeros(nbins, dtype=np.float64)
+    for i in range(start_bin, stop + 1, stride):
+        new_density_counts.fill(0)
+        space = np.linspace(0, i, num=nbins + 1)
+        digitized_space = np.digitize(range(i), space) - 1
+        digitized_space[bins[:i] == 0] = -1
+        for idx, digitized in enumerate(digitized_space):
+            if digitized != -1:
+                new_density_counts[digitized] += bins[idx]
+        counter = Counter(digitized_space)
+        for key, val in counter.items():
+            if key != -1:
+                new_density_counts[key] = new_density_counts[key] / val
+        new_density = np.zeros(i, dtype=np.float64)
+        for idx, digitized in enumerate(digitized_space):
+            if digitized != -1:
+                new_density[idx] = new_density_counts[digitized]
+        total_counts_new = np.sum(new_density) + np.sum(bins[i:])
+        reference_density = np.array(bins[: len(digitized_space)])
+        reference_density[-1] += np.sum(bins[i:])
+        total_counts_old = np.sum(reference_density)
+        assert round(total_counts_new) == total_data and round(total_counts_old) == total_data
+        divergences.append(entropy(reference_density, new_density))
+    divergences_array = np.array(divergences)
+    last_argmin = len(divergences_array) - 1 - np.argmin(divergences_array[::-1])
+    return float(calib_bin_edges[last_argmin * stride + start_bin])
+
+
+def nvidia_histogram(batches: list[np.ndarray], num_bins: int = 2048
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """TensorRT's grid, computed directly: 2048 bins of |x| over [0, global max]."""
+    amax = max(float(np.abs(b).max()) for b in batches)
+    counts = np.zeros(num_bins, dtype=np.int64)
+    edges = np.linspace(0.0, amax, num_bins + 1)
+    for batch in batches:
+        counts += np.histogram(np.abs(batch.astype(np.float64)), bins=num_bins,
+                               range=(0.0, amax))[0]
+    return counts, edges
+
+
+def exact_collected(batches: list[np.ndarray], name: str = "t") -> TensorHistogram:
+    from trtflow.quant.exact import ExactHistogramCollector, MaxCollector
+
+    maxima = MaxCollector()
+    for batch in batches:
+        maxima.update({name: batch})
+    exact = ExactHistogramCollector(maxima.amax, threads=2)
+    for batch in batches:
+        exact.update({name: batch})
+    return exact.collector()[name]
+
+
+@pytest.mark.parametrize("kind", [
+    "gaussian", "relu6_outliers",
+    pytest.param("relu", marks=pytest.mark.slow), pytest.param("uniform", marks=pytest.mark.slow)])
+def test_exact_entropy_is_bit_equal_to_nvidia_transcription(kind: str) -> None:
+    rng = np.random.default_rng(11)
+    batches = []
+    for _ in range(3):
+        x = rng.standard_normal(20000).astype(np.float32)
+        if kind == "relu":
+            x = np.maximum(x, 0)
+        elif kind == "relu6_outliers":
+            x = np.minimum(np.maximum(x * 2, 0), 6)
+            x[:3] = rng.uniform(20, 40, 3)
+        elif kind == "uniform":
+            x = rng.uniform(-3, 3, 20000).astype(np.float32)
+        batches.append(x)
+    counts, edges = nvidia_histogram(batches)
+    hist = exact_collected(batches)
+    np.testing.assert_array_equal(hist.counts, counts)
+    assert amax_entropy(hist) == nvidia_compute_amax_entropy(counts, edges)
+
+
+@pytest.mark.slow
+def test_exact_entropy_is_bit_equal_on_every_resnet18_tensor(demo_root, tmp_path) -> None:
+    """Every float activation of the cleaned resnet18 graph, 64 calibration images: the
+    exact calibration's entropy amax equals the transcription's on NVIDIA's grid."""
+    from pathlib import Path
+
+    import onnx
+
+    from trtflow.context import Context
+    from trtflow.params import CalibrationConfig, load_params
+    from trtflow.plan import CLEAN_FILE, CLEANUP, EXPORT
+    from trtflow.quant.collect import collect_histograms
+    from trtflow.quant.qdq import float_activations
+    from trtflow.stage import run_step
+
+    params = load_params(Path(__file__).resolve().parents[2] / "params" / "resnet18.yaml")
+    ctx = Context.create(params, demo_root, tmp_path / "store")
+    cleaned = run_step(CLEANUP, ctx, None, [run_step(EXPORT, ctx, None, [])])
+    model = onnx.load(str(cleaned.file(CLEAN_FILE)))
+    images = np.load(demo_root / "data" / "resnet18" / "calibration.npz")["image"][:64]
+    feeds = [{"image": images[i:i + 16]} for i in range(0, 64, 16)]
+    tensors = float_activations(model)
+    exact = collect_histograms(model, tensors, iter(feeds), 2, mode="exact",
+                               batches_again=lambda: iter(feeds)).collector
+    cfg = CalibrationConfig()
+    assert cfg.num_bins == 2048
+    mismatches = []
+    for name in tensors:
+        hist = exact[name]
+        if hist.amax == 0.0:
+            continue
+        edges = np.linspace(0.0, hist.amax, hist.num_bins + 1)
+        theirs = nvidia_compute_amax_entropy(hist.counts.copy(), edges)
+        if amax_entropy(hist) != max(theirs, AMAX_FLOOR):
+            mismatches.append((name, amax_entropy(hist), theirs))
+    print(f"resnet18: {len(tensors)} tensors, {len(mismatches)} mismatches")
+    assert mismatches == []

@@ -1,5 +1,11 @@
 """ONNX Runtime engines: an offline-optimized graph plus the session config to run it.
 
+fp8 on the CPU is a numerical stand-in, not an FP8 engine: the calibrate stage's FP8
+Q/DQ model (``model.qdq.fp8.onnx``, what TensorRT builds FP8 engines from) run by ORT,
+which simulates E4M3 rounding in float. It runs at ORT's *basic* level: ORT 1.32's
+extended QDQ fusions treat FP8 Q/DQ as integer ones (digits: top-1 agreement 0.98 at
+basic, 0.13 at extended), so they are kept off.
+
 The saved graph is optimized at most to ORT's *extended* level, which is
 portable across CPUs; layout-specific (`all`) transformations are applied when
 the session is created on the machine that runs it, so a cached engine never
@@ -46,6 +52,9 @@ def _providers(target: Target) -> list[str]:
 
 
 QDQ_FILE = "model.qdq.cpu.onnx"
+# The Q/DQ graph TensorRT is handed for this target (the calibrate stage's model.qdq.onnx,
+# or model.qdq.fp8.onnx for fp8), kept beside the engine so validate can report it.
+TENSORRT_QDQ_FILE = "tensorrt.qdq.onnx"
 
 
 def int8_encoding(target: Target, cpu_flags: list[str]) -> tuple[str, bool]:
@@ -81,10 +90,13 @@ def prepare_int8(model_path: Path, amax: dict[str, float], target: Target,
 
 def build(model_path: Path, target: Target, out_dir: Path,
           config_entries: dict[str, str] | None = None) -> dict[str, Any]:
-    if target.precision not in ("fp32", "int8"):
+    if target.precision not in ("fp32", "int8", "fp8"):
         raise BuildError(f"onnxruntime on {target.device}: precision '{target.precision}' is "
                          "not supported yet")
-    offline = _OFFLINE_CAP.get(target.optimization, target.optimization)
+    optimization = target.optimization
+    if target.precision == "fp8" and optimization in ("extended", "all"):
+        optimization = "basic"  # see the module docstring: ORT's QDQ fusions break FP8
+    offline = _OFFLINE_CAP.get(optimization, optimization)
     opts = ort.SessionOptions()
     for key, value in (config_entries or {}).items():
         opts.add_session_config_entry(key, value)
@@ -98,7 +110,7 @@ def build(model_path: Path, target: Target, out_dir: Path,
                          f"{str(exc).splitlines()[0][:400]}") from None
     config = {
         "providers": _providers(target),
-        "optimization": target.optimization,
+        "optimization": optimization,
         "offline_optimization": offline,
         "intra_op_threads": target.threads,
         "config_entries": config_entries or {},
@@ -109,6 +121,44 @@ def build(model_path: Path, target: Target, out_dir: Path,
     ops = Counter(n.op_type for n in engine.graph.node)
     return {"engine_file": ENGINE_FILE, "session": config, "engine_ops": dict(sorted(ops.items())),
             "engine_bytes": (out_dir / ENGINE_FILE).stat().st_size}
+
+
+def prepare_fp8(calibration: Calibration) -> tuple[Path, dict[str, Any]]:
+    """The calibrate stage's FP8 Q/DQ model, refused if a quantized tensor overflows E4M3."""
+    from trtflow.errors import CalibrationError
+    from trtflow.stages.calibrate import FP8_QDQ_FILE, SCALES_FILE
+
+    path = calibration.path / FP8_QDQ_FILE
+    scales = json.loads((calibration.path / SCALES_FILE).read_text())
+    if not path.is_file() or not all("fp8" in row for row in scales.values()):
+        raise BuildError(f"{calibration.path}: no FP8 Q/DQ model or FP8 scales (a calibration "
+                         "from before fp8 support?); recalibrate")
+    overflow = {t: row["fp8"] for t, row in scales.items()
+                if row.get("in_qdq_model") and row["fp8"]["overflow"] > 0}
+    if overflow:
+        worst = max(overflow, key=lambda t: overflow[t]["overflow"])
+        row = overflow[worst]
+        raise CalibrationError(
+            f"fp8 target: {len(overflow)} quantized tensor(s) overflow E4M3 after scaling, "
+            f"worst {worst!r}: {row['overflow']:.2%} of its calibration values exceed "
+            f"448 x scale (scale {row['scale']:.6g} = amax {row['amax']:.6g} / 448 from "
+            f"method {row['method']!r}; max |x| {row['max']:.6g}) and would saturate. E4M3 "
+            "gains nothing from clipping: use calibration.fp8_method: max")
+    return path, {"fp8_qdq_model": FP8_QDQ_FILE, "numerical_stand_in": True,
+                  "note": "ONNX Runtime runs TensorRT's FP8 Q/DQ graph on the CPU, simulating "
+                          "E4M3 in float32: accuracy here, not FP8 speed"}
+
+
+def keep_tensorrt_qdq(calibration: Calibration, target: Target, out_dir: Path) -> str:
+    """Copy the Q/DQ graph TensorRT gets for this precision next to the engine."""
+    import shutil
+
+    from trtflow.stages.calibrate import FP8_QDQ_FILE
+    from trtflow.stages.calibrate import QDQ_FILE as INT8_QDQ_FILE
+
+    source = FP8_QDQ_FILE if target.precision == "fp8" else INT8_QDQ_FILE
+    shutil.copyfile(calibration.path / source, out_dir / TENSORRT_QDQ_FILE)
+    return source
 
 
 def _options(spinning: bool) -> ort.SessionOptions:
@@ -183,7 +233,15 @@ class OrtCpuBackend:
                 model_path, calibration.amax(), target, host_fingerprint()["simd"].split(),
                 out_dir, calibration.float_layers())
             entries = qdq_report["ort_session_config"]
+        fp8_report = None
+        if target.precision == "fp8":
+            assert calibration is not None
+            model_path, fp8_report = prepare_fp8(calibration)
         report = build(model_path, target, out_dir, entries)
+        if calibration is not None:
+            report["tensorrt_qdq_model"] = keep_tensorrt_qdq(calibration, target, out_dir)
+        if fp8_report is not None:
+            report["fp8"] = fp8_report
         if qdq_report is not None:
             report["qdq"] = {k: qdq_report[k] for k in (
                 "activation_dtype", "reduce_range", "weight_qmax", "quantizable_ops",

@@ -172,17 +172,24 @@ def params_references(params_path: Path, root: Path, store_dir: Path
 def check_cache(
     cache: Annotated[Path, typer.Argument(help="TensorRT calibration cache (text format)")],
     model: Annotated[Path, typer.Argument(help="the ONNX graph it is meant for")],
+    fp8: Annotated[bool, typer.Option(
+        "--fp8", help="also refuse scales whose 448x (E4M3's max) overflows float32")] = False,
 ) -> None:
-    """Check a calibration cache (e.g. from TensorRT) against an ONNX graph, before use."""
+    """Check a calibration cache (e.g. from TensorRT) against an ONNX graph, before use.
+
+    Refused, naming the line: a malformed line, NaN/Inf/zero/negative, subnormal scales,
+    scales whose 127x (448x with --fp8) overflows float32, a foreign header (a calibrator
+    TensorRT does not write, a version outside TensorRT 8/10/11), tensors not in the graph.
+    """
     try:
-        from trtflow.quant.cache import check_cache_matches, read_calibration_cache
+        from trtflow.quant.cache import check_cache_matches, check_trustworthy
         from trtflow.sources import check_onnx_file
 
+        header = check_trustworthy(cache, 448.0 if fp8 else 127.0)
         graph = check_onnx_file(model)
         names = {v.name for v in graph.graph.input} | {
             o for node in graph.graph.node for o in node.output}
         scales = check_cache_matches(cache, names, model)
-        header, _ = read_calibration_cache(cache)
     except TrtflowError as exc:
         fail(exc)
         return

@@ -36,6 +36,11 @@ DEFAULT_ALGORITHM = "EntropyCalibration2"
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration",
               "LegacyCalibration")
 _HEADER = re.compile(r"TRT-(\d+)-([A-Za-z0-9]+)")
+# Versions a cache header may carry: TensorRT 8.x (major*1000+...) and 10.x/11.x
+# (major*10000+...); anything else is a version trtflow does not know.
+KNOWN_VERSIONS = (range(8000, 9000), range(100000, 120000))
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32
 # TensorRT writes 8 digits; some tools (hex() without padding) write fewer.
 _HEX_SCALE = re.compile(r"[0-9a-fA-F]{1,8}")
 
@@ -117,7 +122,11 @@ def read_calibration_cache(path: str | Path) -> tuple[CalibrationCacheHeader, di
         raise CalibrationError(f"calibration cache {path}: not UTF-8 text ({exc})") from exc
     lines = [line.removesuffix("\r") for line in text.split("\n")]
     header_match = _HEADER.fullmatch(lines[0].strip())
-    if header_match is None or header_match.group(2) not in ALGORITHMS:
+    if header_match is not None and header_match.group(2) not in ALGORITHMS:
+        raise CalibrationError(
+            f"calibration cache {path}: line 1: foreign header {lines[0][:80]!r}: calibrator"
+            f" {header_match.group(2)!r} is not one TensorRT writes ({list(ALGORITHMS)})")
+    if header_match is None:
         raise CalibrationError(
             f"calibration cache {path}: line 1: bad header {lines[0][:80]!r}; expected"
             f" 'TRT-<version>-<algorithm>' such as"
@@ -143,6 +152,43 @@ def read_calibration_cache(path: str | Path) -> tuple[CalibrationCacheHeader, di
                 f" (0x{value}); a scale must be positive and finite")
         scales[name] = scale
     return header, scales
+
+
+def check_trustworthy(path: str | Path, qmax: float = 127.0) -> CalibrationCacheHeader:
+    """Refuse a cache that must not be trusted, naming the line: a foreign header (an
+    algorithm TensorRT does not write, or a version outside TensorRT 8, 10 and 11), and
+    scales that are subnormal, or whose ``qmax``x (127 for int8, 448 for FP8) overflows
+    float32. NaN/Inf, zero and negative scales are refused by the reader itself."""
+    path = Path(path)
+    header, scales = read_calibration_cache(path)
+    first = path.read_bytes().decode("utf-8").split("\n", 1)[0].strip()
+    if header.algorithm not in ALGORITHMS:
+        raise CalibrationError(f"calibration cache {path}: line 1: foreign header {first!r}:"
+                               f" unknown calibrator, expected one of {list(ALGORITHMS)}")
+    if not any(header.version in known for known in KNOWN_VERSIONS):
+        raise CalibrationError(
+            f"calibration cache {path}: line 1: header {first!r} has an unknown TensorRT "
+            f"version {header.version}; expected 8xxx (TensorRT 8) or 10xxxx/11xxxx "
+            f"(TensorRT 10/11, e.g. {DEFAULT_TRT_VERSION})")
+    for number, (name, scale) in enumerate(scales.items(), start=2):
+        if scale < FLOAT32_TINY:
+            raise CalibrationError(
+                f"calibration cache {path}: line {_line_of(path, name, number)}: tensor "
+                f"{name!r} has a subnormal scale {scale:.3g} (below {FLOAT32_TINY:.3g}): "
+                "its inverse overflows and TensorRT cannot use it")
+        if scale * qmax > FLOAT32_MAX:
+            raise CalibrationError(
+                f"calibration cache {path}: line {_line_of(path, name, number)}: tensor "
+                f"{name!r} has scale {scale:.3g}, whose {qmax:g}x overflows float32")
+    return header
+
+
+def _line_of(path: Path, name: str, fallback: int) -> int:
+    """The 1-based line number of ``name``'s entry (blank lines counted)."""
+    for number, line in enumerate(path.read_text("utf-8").split("\n"), start=1):
+        if number > 1 and line.rpartition(":")[0] == name:
+            return number
+    return fallback
 
 
 def check_cache_matches(path: str | Path, tensor_names: set[str],

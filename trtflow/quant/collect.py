@@ -8,9 +8,10 @@ updates fixed-size histograms: memory does not grow with the data set.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -18,6 +19,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from trtflow.errors import CalibrationError
+from trtflow.quant.exact import ExactHistogramCollector, MaxCollector
 from trtflow.quant.histogram import DEFAULT_NUM_BINS, HistogramCollector
 
 Progress = Callable[[int], None]
@@ -47,11 +49,14 @@ class CollectResult:
     seconds: float
 
 
-def collect_histograms(model: onnx.ModelProto, tensors: list[str],
-                       batches: Iterable[dict[str, np.ndarray]], threads: int,
-                       num_bins: int = DEFAULT_NUM_BINS, max_samples: int | None = None,
-                       progress: Progress | None = None) -> CollectResult:
-    """One pass over `batches`; histograms of every tensor in `tensors`."""
+class _Updater(Protocol):
+    """What a pass feeds each batch's activations to (a histogram or a max collector)."""
+
+    def update(self, batch: Mapping[str, np.ndarray]) -> None: ...
+
+
+def _session(model: onnx.ModelProto, tensors: list[str], threads: int
+             ) -> ort.InferenceSession:
     exposed = expose_outputs(model, tensors)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -60,11 +65,16 @@ def collect_histograms(model: onnx.ModelProto, tensors: list[str],
     # ORT's idle workers spin between runs by default, taking the cores the histogram
     # threads need right after each batch.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(exposed.SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(exposed.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def _run_pass(session: ort.InferenceSession, tensors: list[str],
+              batches: Iterable[dict[str, np.ndarray]], sink: _Updater,
+              max_samples: int | None, progress: Progress | None) -> tuple[int, int]:
+    """Stream ``batches`` through ``session`` into ``sink``; returns (samples, batches)."""
     input_names = [i.name for i in session.get_inputs()]
-    collector = HistogramCollector(num_bins)
-    start, samples, n_batches = time.perf_counter(), 0, 0
+    samples, n_batches = 0, 0
     for feed in batches:
         if max_samples is not None and samples >= max_samples:
             break
@@ -80,7 +90,7 @@ def collect_histograms(model: onnx.ModelProto, tensors: list[str],
             raise CalibrationError(f"calibration batch {n_batches + 1} (shapes {shapes}) does "
                                    f"not fit the model: {str(exc).splitlines()[0][:300]}"
                                    ) from None
-        collector.update(dict(zip(tensors, outputs, strict=True)))
+        sink.update(dict(zip(tensors, outputs, strict=True)))
         size = len(next(iter(feed.values())))
         samples += size
         n_batches += 1
@@ -88,7 +98,42 @@ def collect_histograms(model: onnx.ModelProto, tensors: list[str],
             progress(size)
     if samples == 0:
         raise CalibrationError("the calibration data set is empty: no batch was read")
-    return CollectResult(collector, samples, n_batches, time.perf_counter() - start)
+    return samples, n_batches
+
+
+def collect_histograms(model: onnx.ModelProto, tensors: list[str],
+                       batches: Iterable[dict[str, np.ndarray]], threads: int,
+                       num_bins: int = DEFAULT_NUM_BINS, max_samples: int | None = None,
+                       progress: Progress | None = None, mode: str = "streaming",
+                       batches_again: Callable[[], Iterator[dict[str, np.ndarray]]] | None
+                       = None) -> CollectResult:
+    """Histograms of every tensor in ``tensors``.
+
+    ``streaming``: one pass over ``batches``, power-of-two range growth (``histogram``).
+    ``exact``: a max pass over ``batches``, then a second pass over ``batches_again()``
+    binning over each tensor's global max (``exact``): TensorRT's grid, at twice the
+    inference cost.
+    """
+    session = _session(model, tensors, threads)
+    start = time.perf_counter()
+    if mode == "streaming":
+        collector = HistogramCollector(num_bins)
+        samples, n_batches = _run_pass(session, tensors, batches, collector, max_samples,
+                                       progress)
+        return CollectResult(collector, samples, n_batches, time.perf_counter() - start)
+    if mode != "exact":
+        raise CalibrationError(f"calibration.histogram must be 'exact' or 'streaming', "
+                               f"got {mode!r}")
+    if batches_again is None:
+        raise CalibrationError("exact histograms need a second pass over the calibration "
+                               "data, and no way to re-read it was given")
+    maxima = MaxCollector()
+    _run_pass(session, tensors, batches, maxima, max_samples, None)
+    exact = ExactHistogramCollector({t: maxima.amax[t] for t in tensors}, num_bins,
+                                    HistogramCollector(num_bins).threads)
+    samples, n_batches = _run_pass(session, tensors, batches_again(), exact, max_samples,
+                                   progress)
+    return CollectResult(exact.collector(), samples, n_batches, time.perf_counter() - start)
 
 
 def float_inputs(model_path: Path) -> list[str]:

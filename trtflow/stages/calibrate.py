@@ -4,9 +4,15 @@ Outputs (one directory, content-addressed like every stage):
 - `histograms.npz`   the raw per-tensor histograms (methods can be compared later);
 - `scales.json`      tensor -> {amax, scale, method} for the chosen method, plus every
                      method's amax so reports can compare them;
-- `calibration.cache` TensorRT's text cache of the chosen scales (TensorRT <= 10, ORT-TRT);
-- `model.qdq.onnx`   explicit quantization placed the TensorRT way (TensorRT 11 builds
-                     only from Q/DQ graphs).
+- `calibration.cache` TensorRT's text cache of the chosen scales for *every* float
+                     activation of the graph, as TensorRT's own calibrator writes it
+                     (TensorRT <= 10, ORT-TRT); the header names the chosen method's
+                     TensorRT algorithm, scales.json each tensor's own method;
+- `model.qdq.onnx`   explicit INT8 quantization placed the TensorRT way (TensorRT 11 builds
+                     only from Q/DQ graphs): the subset of the cache's tensors it needs;
+- `model.qdq.fp8.onnx` the same placement in FP8 (E4M3FN, opset 19, scale = amax/448 with
+                     `fp8_method`'s amax): what a TensorRT fp8 build reads, and what an
+                     ONNX Runtime fp8 target runs on the CPU as its numerical stand-in.
 A graph that already carries Q/DQ (from QAT) keeps its scales; it still gets a cache.
 """
 
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import json
 import resource
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +34,29 @@ from trtflow.params import CalibrationConfig
 from trtflow.quant import accuracy as accuracy_mod
 from trtflow.quant.cache import write_calibration_cache
 from trtflow.quant.collect import Progress, collect_histograms
+from trtflow.quant.histogram import HistogramCollector
 from trtflow.quant.methods import METHODS, compute_amax, scale_from_amax
-from trtflow.quant.qdq import Placement, insert_qdq, quantizable_activations
+from trtflow.quant.qdq import (
+    FP8_MAX,
+    Placement,
+    float_activations,
+    insert_qdq,
+    quantizable_activations,
+)
 
 VERSION = "calibrate-3"  # 3: NVIDIA residual rule, MaxPool inputs, complete cache, fp8 Q/DQ
 SCALES_FILE = "scales.json"
 CACHE_FILE = "calibration.cache"
 HISTOGRAMS_FILE = "histograms.npz"
 QDQ_FILE = "model.qdq.onnx"
+FP8_QDQ_FILE = "model.qdq.fp8.onnx"
+# The TensorRT calibrator whose cache each method's scales stand for (the header).
+CACHE_ALGORITHM = {"entropy": "EntropyCalibration2", "max": "MinMaxCalibration",
+                   "percentile": "LegacyCalibration", "mse": "LegacyCalibration",
+                   "qat": "EntropyCalibration2"}
+# E4M3 rounds |x| / scale below 464 (halfway to the next binade step) to 448; above
+# that a value saturates: it overflows E4M3 after scaling.
+FP8_OVERFLOW = 464.0
 ACCURACY_FILE = "accuracy.json"
 PLACEMENTS: tuple[Placement, ...] = ("tensorrt", "ort_cpu")
 
@@ -97,20 +118,23 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
               cfg: CalibrationConfig, threads: int, out_dir: Path,
               progress: Progress | None = None, metric: str = "cosine",
               selection: Iterable[dict[str, np.ndarray]] | None = None,
-              status: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """`batches` streams the calibration data once; `selection` (a re-read of its start)
-    scores methods, layer sensitivity and the float fallback."""
+              status: Callable[[str], None] | None = None,
+              batches_again: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None
+              ) -> dict[str, Any]:
+    """`batches` streams the calibration data once (`histogram: exact` reads it again
+    through `batches_again`); `selection` (a re-read of its start) scores methods, layer
+    sensitivity and the float fallback."""
     model = onnx.load(str(model_path))
     qat = existing_qdq_amax(model)
     if qat:
         return _from_qat(model, qat, out_dir)
-    tensors = calibration_tensors(model)
-    if not tensors:
+    if not calibration_tensors(model):
         raise CalibrationError(f"{model_path}: the graph has no float activation feeding a "
                                "Conv/Gemm/MatMul, so there is nothing to calibrate")
+    tensors = float_activations(model)  # the complete cache: every float activation
     rss_before = _peak_rss_mb()
     result = collect_histograms(model, tensors, batches, threads, cfg.num_bins,
-                                cfg.max_samples, progress)
+                                cfg.max_samples, progress, cfg.histogram, batches_again)
     if result.samples < cfg.min_samples:
         import warnings
 
@@ -140,11 +164,16 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
     methods = tensor_methods(model, tensors, cfg, method)
     chosen = {t: all_amax[methods[t]][t] for t in tensors}
     skip = accuracy.fallback["skip"] if accuracy.fallback else []
-    qdq_report = _write_outputs(model, chosen, methods, all_amax, skip, out_dir)
+    fp8 = fp8_table(result.collector, {t: all_amax[cfg.fp8_method][t] for t in tensors},
+                    cfg.fp8_method)
+    qdq_report = _write_outputs(model, chosen, methods, all_amax, skip, out_dir, method, fp8)
     (out_dir / ACCURACY_FILE).write_text(json.dumps(accuracy.as_dict(), indent=2))
     return {
         "method": method, "requested_method": cfg.method, "input_method": cfg.input_method,
-        "tensors": len(tensors), "float_layers": skip,
+        "tensors": len(tensors), "histogram": cfg.histogram,
+        "cache_coverage": qdq_report["cache_coverage"], "fp8_method": cfg.fp8_method,
+        "fp8_overflowing_tensors": sorted(t for t, row in fp8.items() if row["overflow"] > 0),
+        "float_layers": skip,
         "float_fraction": qdq_report["float_fraction"],
         "method_scores": accuracy.method_scores,
         "fallback_met": accuracy.fallback["met"] if accuracy.fallback else None,
@@ -172,21 +201,52 @@ def _from_qat(model: onnx.ModelProto, amax: dict[str, float], out_dir: Path) -> 
             "float_layers": []}
 
 
+def fp8_table(collector: HistogramCollector, amax: dict[str, float], method: str
+              ) -> dict[str, dict[str, Any]]:
+    """Per tensor: FP8 amax and scale (amax/448) and the fraction of calibration values
+    that overflow E4M3 after scaling (|x| / scale past ``FP8_OVERFLOW``: they saturate)."""
+    table = {}
+    for name, a in amax.items():
+        scale = float(np.float32(max(a, 2.0**-24) / FP8_MAX))
+        hist = collector[name].finalized()
+        limit = FP8_OVERFLOW * scale
+        if hist.amax <= limit or hist.num_values == 0:
+            overflow = 0.0
+        else:  # bins wholly above the limit: a lower bound of the values that saturate
+            first = int(np.ceil(limit / hist.bin_width))
+            overflow = float(hist.counts[first:].sum()) / hist.num_values
+        table[name] = {"amax": a, "scale": scale, "method": method, "overflow": overflow,
+                       "max": collector[name].amax}
+    return table
+
+
 def _write_outputs(model: onnx.ModelProto, amax: dict[str, float], methods: dict[str, str],
-                   all_amax: dict[str, dict[str, float]], skip: list[str], out_dir: Path
+                   all_amax: dict[str, dict[str, float]], skip: list[str], out_dir: Path,
+                   method: str = "entropy", fp8: dict[str, dict[str, Any]] | None = None
                    ) -> dict[str, Any]:
     write_calibration_cache(out_dir / CACHE_FILE,
-                            {t: scale_from_amax(a, t) for t, a in amax.items()})
-    _write_scales(out_dir, amax, methods, all_amax)
+                            {t: scale_from_amax(a, t) for t, a in amax.items()},
+                            algorithm=CACHE_ALGORITHM.get(method, "EntropyCalibration2"))
     qdq_model, report = insert_qdq(model, amax, "tensorrt", skip=frozenset(skip))
     onnx.save_model(qdq_model, str(out_dir / QDQ_FILE))
+    in_qdq = {row["amax_from"] for row in report["activations"].values()}
+    if fp8 is not None:
+        fp8_model, _ = insert_qdq(model, {t: row["amax"] for t, row in fp8.items()},
+                                  "tensorrt", skip=frozenset(skip), precision="fp8")
+        onnx.save_model(fp8_model, str(out_dir / FP8_QDQ_FILE))
+    _write_scales(out_dir, amax, methods, all_amax, in_qdq, fp8)
+    report["cache_coverage"] = {"float_activations": len(amax), "in_cache": len(amax),
+                                "in_qdq_model": len(in_qdq)}
     return report
 
 
 def _write_scales(out_dir: Path, amax: dict[str, float], methods: dict[str, str],
-                  all_amax: dict[str, dict[str, float]]) -> None:
+                  all_amax: dict[str, dict[str, float]], in_qdq: set[str] | None = None,
+                  fp8: dict[str, dict[str, Any]] | None = None) -> None:
     table = {t: {"amax": a, "scale": a / 127.0, "method": methods[t],
-                 "amax_by_method": {m: all_amax[m][t] for m in all_amax}}
+                 "amax_by_method": {m: all_amax[m][t] for m in all_amax},
+                 "in_qdq_model": in_qdq is None or t in in_qdq,
+                 **({"fp8": fp8[t]} if fp8 else {})}
              for t, a in amax.items()}
     (out_dir / SCALES_FILE).write_text(json.dumps(table, indent=2))
 

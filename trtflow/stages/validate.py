@@ -141,10 +141,34 @@ def latency_side_by_side(engine: Runner, baseline: Runner, make_inputs: Callable
     return rows
 
 
+def qdq_model_quality(qdq_path: Path, reference: Runner, eval_batches: Any, metric: str
+                      ) -> dict[str, Any]:
+    """Accuracy/agreement of the Q/DQ graph TensorRT is handed, run by ONNX Runtime at its
+    basic level (no QDQ fusion: it computes what the Q/DQ says), as TensorRT's stand-in."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(qdq_path), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(outputs, session.run(outputs, {n: inputs[n] for n in names}),
+                        strict=True))
+
+    return {"file": qdq_path.name,
+            **accuracy_and_agreement(run, reference, eval_batches, metric)}
+
+
 def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batches: Any,
              make_inputs: Callable[[int], dict], cfg: ValidateConfig, metric: str,
-             target: str, out_dir: Path) -> dict[str, Any]:
-    """Write validation.json and latency.png; the caller raises `gate_error` if not passed."""
+             target: str, out_dir: Path, qdq_model: Path | None = None) -> dict[str, Any]:
+    """Write validation.json and latency.png; the caller raises `gate_error` if not passed.
+
+    `qdq_model`: the Q/DQ graph TensorRT gets for a quantized target; its accuracy is
+    reported beside the engine's (`qdq_model`), not gated."""
     import torch  # inference mode for a PyTorch reference; its thread count is reported
 
     quality = accuracy_and_agreement(engine.run, reference, eval_batches, metric)
@@ -161,6 +185,8 @@ def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batche
                                                 latency["baseline"][0].get("noise_pct", 0.0))),
         "threads": torch.get_num_threads(),
     }
+    if qdq_model is not None and qdq_model.is_file():
+        report["qdq_model"] = qdq_model_quality(qdq_model, reference, eval_batches, metric)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
     plot_latency(report, out_dir / PLOT_FILE)
     return report
