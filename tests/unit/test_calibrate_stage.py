@@ -111,3 +111,60 @@ def test_cache_for_another_graph_is_refused(tmp_path: Path) -> None:
     cache.write_text("TRT-100300-EntropyCalibration2\nconv_out: 3c010204\nother: 3c010204\n")
     with pytest.raises(CalibrationError, match=r"2 tensor\(s\) are not in the model"):
         check_cache_matches(cache, {"x", "y"})
+
+
+def _calibrated(model: onnx.ModelProto, tmp_path: Path, **cfg) -> tuple[Path, dict]:
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "cal"
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    shape = [d.dim_value or 8 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    data = [{model.graph.input[0].name: rng.standard_normal(shape).astype(np.float32)}
+            for _ in range(4)]
+    report = calibrate(path, iter(data), CalibrationConfig(min_samples=1, sensitivity=False,
+                                                           **cfg),
+                       1, out, selection=data, batches_again=lambda: iter(data))
+    return out, report
+
+
+@pytest.mark.parametrize("build", ["conv_bn", "attention"])
+def test_cache_names_every_float_activation_as_modelopt_reads_it(build, tmp_path: Path
+                                                                 ) -> None:
+    """The complete cache (issue 16): read with ModelOpt's own importer, no float
+    activation of the graph is missing; the Q/DQ model uses a subset."""
+    calib_utils = pytest.importorskip("modelopt.onnx.quantization.calib_utils")
+    from trtflow.quant.qdq import float_activations
+
+    from .test_qdq import attention_block
+
+    model = conv_bn_graph() if build == "conv_bn" else attention_block()
+    out, report = _calibrated(model, tmp_path)
+    imported = calib_utils.import_scales_from_calib_cache(str(out / CACHE_FILE))
+    names = {k.removesuffix("_scale") for k in imported}
+    assert set(float_activations(model)) <= names
+    coverage = report["cache_coverage"]
+    assert coverage["in_cache"] == coverage["float_activations"] == len(names)
+    assert coverage["in_qdq_model"] < coverage["in_cache"]
+    scales = json.loads((out / SCALES_FILE).read_text())
+    assert sum(row["in_qdq_model"] for row in scales.values()) == coverage["in_qdq_model"]
+    _, cache = read_calibration_cache(out / CACHE_FILE)
+    assert imported == {f"{k}_scale": v for k, v in cache.items()}
+
+
+def test_cache_header_names_the_chosen_methods_calibrator(tmp_path: Path) -> None:
+    out, _ = _calibrated(conv_bn_graph(), tmp_path, method="max")
+    header, _ = read_calibration_cache(out / CACHE_FILE)
+    assert header.algorithm == "MinMaxCalibration"
+    scales = json.loads((out / SCALES_FILE).read_text())
+    assert {row["method"] for row in scales.values()} == {"max"}
+
+
+def test_exact_histograms_are_on_the_global_max_grid(tmp_path: Path) -> None:
+    out, report = _calibrated(conv_bn_graph(), tmp_path, histogram="exact")
+    assert report["histogram"] == "exact" and report["samples"] == 32
+    hist = HistogramCollector.load_npz(out / HISTOGRAMS_FILE)
+    scales = json.loads((out / SCALES_FILE).read_text())
+    for name in hist:
+        assert hist[name].oversampling == 1 and hist[name].num_bins == 2048
+        assert hist[name].amax_range == hist[name].amax == scales[name]["amax_by_method"]["max"]
