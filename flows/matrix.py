@@ -61,10 +61,11 @@ class Cell:
         return f"{self.model}/{self.target}/{self.method}"
 
 
-def plan(params_files: list[str], targets: list[str], methods: list[str], root: Path
-         ) -> list[Cell]:
+def plan(params_files: list[str], targets: list[str], methods: list[str], root: Path,
+         promote: bool = False) -> list[Cell]:
     """The cells, model-major then method then target, so cells that share a calibration
-    are neighbours (and, on two workers, run at the same time)."""
+    are neighbours (and, on two workers, run at the same time). A matrix explores: its
+    cells register engines but never move `production` unless `promote`."""
     from trtflow.params import load_params
 
     cells: list[Cell] = []
@@ -78,9 +79,11 @@ def plan(params_files: list[str], targets: list[str], methods: list[str], root: 
                               f"params.targets (defined: {sorted(params.targets)})")
         float_targets = [n for n in names if params.targets[n].precision != "int8"]
         int8_targets = [n for n in names if params.targets[n].precision == "int8"]
-        cells += [Cell(params.model.name, n, "-", str(path), str(path)) for n in float_targets]
+        float_params = with_method(path, None, root, promote)
+        cells += [Cell(params.model.name, n, "-", str(float_params), str(path))
+                  for n in float_targets]
         for method in methods or [params.calibration.method]:
-            method_params = with_method(path, method, root)
+            method_params = with_method(path, method, root, promote)
             cells += [Cell(params.model.name, n, method, str(method_params), str(path))
                       for n in int8_targets]
     if not cells:
@@ -89,16 +92,24 @@ def plan(params_files: list[str], targets: list[str], methods: list[str], root: 
     return cells
 
 
-def with_method(params_file: Path, method: str, root: Path) -> Path:
-    """A copy of the params with `calibration.method` set (validated by the schema)."""
+def with_method(params_file: Path, method: str | None, root: Path, promote: bool = True
+                ) -> Path:
+    """A copy of the params with `calibration.method` set (None: kept) and, unless
+    `promote`, `registry.promote: manual` (validated by the schema)."""
     from trtflow.params import parse_params
 
     doc = yaml.safe_load(params_file.read_text())
-    if (doc.get("calibration") or {}).get("method") == method:
+    same_method = method is None or (doc.get("calibration") or {}).get("method") == method
+    manual = (doc.get("registry") or {}).get("promote") == "manual"
+    if same_method and (promote or manual):
         return params_file
-    doc.setdefault("calibration", {})["method"] = method
+    if method is not None:
+        doc.setdefault("calibration", {})["method"] = method
+    if not promote:
+        doc.setdefault("registry", {})["promote"] = "manual"
     parse_params(doc, f"{params_file} with calibration.method={method}")
-    out = root / ".trtflow" / "params" / f"{params_file.stem}-{method}.yaml"
+    suffix = (f"-{method}" if method else "") + ("" if promote else "-explore")
+    out = root / ".trtflow" / "params" / f"{params_file.stem}{suffix}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
@@ -212,9 +223,9 @@ class MatrixError(TrtflowError):
 
 def run_matrix(params_files: list[str], root: Path, targets: list[str] | None = None,
                methods: list[str] | None = None, runner: str = "processes", workers: int = 2,
-               address: str | None = None) -> dict[str, Any]:
+               address: str | None = None, promote: bool = False) -> dict[str, Any]:
     """Plan the cells and run the matrix flow on the chosen task runner; {cell: result}."""
-    cells = plan(params_files, targets or [], methods or [], root)
+    cells = plan(params_files, targets or [], methods or [], root, promote)
     _init_tracking_store()
     matrix = compile_matrix.with_options(task_runner=task_runner(runner, root, workers, address))
     state = matrix([asdict(c) for c in cells], str(root), return_state=True)

@@ -268,9 +268,13 @@ def matrix(
                                        "Prefect's local process pool")] = False,
     address: Annotated[str | None, typer.Option(help="Dask scheduler address")] = None,
     workers: Annotated[int, typer.Option(help="concurrent cells (worker processes)")] = 2,
+    promote: Annotated[bool, typer.Option(
+        help="let each cell's engine through the promotion gate (move `production`); "
+        "default: register only, as an exploration")] = False,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
-    """Compile models × targets × calibration methods, cells side by side."""
+    """Compile models × targets × calibration methods, cells side by side (registers
+    engines; moves `production` only with --promote)."""
     from trtflow.project import configure_environment
 
     root = root.resolve()
@@ -288,7 +292,7 @@ def matrix(
         from flows.matrix import run_matrix
 
         results = run_matrix([str(p) for p in params], root, target, method,
-                             "dask" if dask else "processes", workers, address)
+                             "dask" if dask else "processes", workers, address, promote)
     except TrtflowError as exc:
         fail(exc)
         return

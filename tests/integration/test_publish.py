@@ -230,3 +230,7 @@ def test_cli_publishes_a_compiled_engine_and_fetches_it_back(
     manifest = json.loads((tmp_path / "engine" / "manifest.json").read_text())
     assert manifest["metadata"]["target"] == "fp32"
     assert set(manifest["metadata"]["stages"]) == {"export", "cleanup", "build", "validate"}
+    quality = manifest["metadata"]["quality"]  # the figures travel with the engine
+    assert quality["gates_passed"] and 0.9 < quality["accuracy"] <= 1.0
+    assert set(quality["p50_ms"]) == {"1", "32"}
+    assert manifest["metadata"]["git_commit"] and manifest["metadata"]["git_commit_at_publish"]

@@ -129,6 +129,10 @@ def test_a_worse_engine_is_registered_as_candidate_but_refused_production(
     assert aliases(f"{model}-int8")["production"] == "2"
     assert "forced" in mlflow.MlflowClient().get_model_version(
         f"{model}-int8", "2").tags["trtflow.promotion.reason"]
+    hist = subprocess.run([*TRTFLOW, "history", model, "--json", *env_root],
+                          capture_output=True, text=True, timeout=120)
+    assert [(r["version"], r["status"]) for r in json.loads(hist.stdout)] == [
+        ("1", "superseded by v2"), ("2", "promoted")]  # v1 is no longer production
 
 
 def test_history_of_an_unknown_model_names_it(root: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from trtflow.errors import RegistryError
 from trtflow.params import RegistryConfig
-from trtflow.track.registry import EngineFacts, decide
+from trtflow.track.registry import EngineFacts, decide, status
 
 POLICY = RegistryConfig(max_drop_vs_fp32=0.01, max_drop_vs_production=0.005,
                         max_latency_regression_pct=20.0)
@@ -155,3 +155,29 @@ def test_the_median_interval_covers_the_median_and_widens_with_noise() -> None:
     assert lo <= float(np.median(calm)) <= hi
     blo, bhi = median_interval(busy)
     assert bhi - blo > 5 * (hi - lo)
+
+
+def test_a_version_production_has_left_is_superseded_not_promoted() -> None:
+    assert status("promoted", ["production"], "1") == "promoted"
+    assert status("promoted", [], "3") == "superseded by v3"
+    assert status("promoted", ["candidate"], None) == "promoted"  # production removed by hand
+    assert status("refused", [], "3") == "refused"
+    assert status(None, [], "3") == ""
+
+
+def test_a_matrix_explores_without_moving_production(tmp_path) -> None:
+    """`trtflow matrix` registers its engines but its cells never move `production`
+    unless --promote: each cell compiles a params copy with registry.promote: manual."""
+    import yaml
+
+    from flows.matrix import plan
+    from trtflow.params import load_params
+
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({
+        "model": {"name": "tiny", "source": {"onnx": "m.onnx"}},
+        "targets": {"fp32": {}, "int8": {"precision": "int8"}}}))
+    explore = plan([str(tmp_path / "p.yaml")], [], ["max", "entropy"], tmp_path)
+    assert {c.target for c in explore} == {"fp32", "int8"} and len(explore) == 3
+    assert {load_params(c.params).registry.promote for c in explore} == {"manual"}
+    promoting = plan([str(tmp_path / "p.yaml")], [], ["entropy"], tmp_path, promote=True)
+    assert {load_params(c.params).registry.promote for c in promoting} == {"auto"}

@@ -174,6 +174,12 @@ def _client() -> Any:
     return mlflow.MlflowClient()
 
 
+def version_of_engine(name: str, engine_key: str) -> Any | None:
+    """The registered version of `name` holding the engine with this build key, if any."""
+    return next((v for v in _versions(_client(), name)
+                 if v.tags.get(f"{TAG}engine_key") == engine_key), None)
+
+
 def _versions(client: Any, name: str) -> list[Any]:
     from mlflow.exceptions import MlflowException
 
@@ -269,6 +275,14 @@ def candidate_version(name: str) -> str:
     return str(mv.version)
 
 
+def status(promotion: str | None, aliases: list[str], superseded_by: str | None) -> str:
+    """What a version is now: a version the gate once promoted that `production` has since
+    left is 'superseded by vN', not 'promoted'."""
+    if promotion == "promoted" and PRODUCTION not in aliases and superseded_by:
+        return f"superseded by v{superseded_by}"
+    return promotion or ""
+
+
 def history(model: str) -> list[dict[str, Any]]:
     """Every registered version of every target of `model`, oldest first."""
     client = _client()
@@ -277,10 +291,14 @@ def history(model: str) -> list[dict[str, Any]]:
         aliases: dict[str, list[str]] = {}
         for alias, version in (rm.aliases or {}).items():
             aliases.setdefault(str(version), []).append(alias)
+        production = str((rm.aliases or {}).get(PRODUCTION, "")) or None
         for mv in _versions(client, rm.name):
             t = mv.tags
+            version_aliases = sorted(aliases.get(str(mv.version), []))
             rows.append({"name": rm.name, "version": str(mv.version),
-                         "aliases": sorted(aliases.get(str(mv.version), [])),
+                         "aliases": version_aliases,
+                         "status": status(t.get(f"{TAG}promotion"), version_aliases,
+                                          production),
                          "created": mv.creation_timestamp, "run_id": mv.run_id,
                          "quality": t.get(f"{TAG}quality"),
                          "quality_metric": t.get(f"{TAG}quality_metric"),
@@ -288,6 +306,7 @@ def history(model: str) -> list[dict[str, Any]]:
                          "promotion": t.get(f"{TAG}promotion"),
                          "reason": t.get(f"{TAG}promotion.reason", ""),
                          "published": t.get(f"{TAG}published_uri", ""),
+                         "git_commit": t.get(f"{TAG}git_commit", ""),
                          "data": t.get(f"{TAG}data.calibration.dvc_md5", "")})
     if not rows:
         raise RegistryError(f"no registered engines for model '{model}' (registered models "

@@ -41,13 +41,41 @@ def publish_engine(params: Params, root: Path, target: str, stages: list[StageRe
     validated = [s for s in stages if s.stage == "validate"]
     if validated and not validated[-1].report["gates"]["passed"]:
         raise gate_error(validated[-1].report, target)  # never publish a failed engine
+    registered = registry.version_of_engine(
+        registry.registered_name(params.model.name, target), build.key)
     metadata = {"params": params.model_dump(mode="json", by_alias=True),
                 "params_digest": params.digest(), "target": target,
-                "git_commit": git_commit(root), "lineage": lineage_tags(params, root),
-                "stages": {s.stage: {"version": s.version, "key": s.key} for s in stages}}
-    return publish(Path(build.path), bucket, prefix, params.model.name,
-                   version or engine_version_label(target, build), metadata,
-                   client=s3_client(endpoint_url) if endpoint_url else None)
+                **built_at(root, registered), "lineage": lineage_tags(params, root),
+                "stages": {s.stage: {"version": s.version, "key": s.key} for s in stages},
+                "quality": quality_figures(validated[-1].report) if validated else None}
+    if registered is not None:
+        metadata["registered"] = f"{registered.name}/{registered.version}"
+    result = publish(Path(build.path), bucket, prefix, params.model.name,
+                     version or engine_version_label(target, build), metadata,
+                     client=s3_client(endpoint_url) if endpoint_url else None)
+    if registered is not None:  # `trtflow history` shows where the engine went
+        import mlflow
+
+        mlflow.MlflowClient().set_model_version_tag(
+            registered.name, registered.version, f"{registry.TAG}published_uri", result.uri)
+    return result
+
+
+def built_at(root: Path, registered: Any | None) -> dict[str, str]:
+    """The commit that built the engine: the one its registered version recorded at
+    compile time; unregistered (or just compiled), the current one."""
+    commit = (registered.tags.get(f"{registry.TAG}git_commit") if registered else None)
+    now = git_commit(root)
+    return {"git_commit": commit or now, "git_commit_at_publish": now}
+
+
+def quality_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The validation's headline numbers, as the manifest carries them."""
+    quality = {k: v for k, v in report["quality"].items() if isinstance(v, int | float | str)}
+    return {**quality, "gates_passed": bool(report["gates"]["passed"]),
+            "p50_ms": {str(r["batch_size"]): r["p50_ms"] for r in report["latency"]["engine"]},
+            "speedup_p50": report.get("speedup_p50", {}),
+            "baseline": report.get("baseline", "")}
 
 
 def release(params: Params, root: Path, per_target: dict[str, list[StageResult]],
