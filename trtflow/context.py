@@ -121,7 +121,16 @@ def preflight(ctx: Context) -> None:
         from trtflow.sources import synthetic_shapes
 
         synthetic_shapes(specs, max(ctx.params.export.samples, ctx.params.data.batch_size))
+    if src.onnx and any(isinstance(d, str) for s in specs or [] for d in s.shape[1:]):
+        from trtflow.graph.parity import ort_run
+
+        # dynamic dims past the batch are filled with a guess: try it once, now
+        ort_run(ctx.model().onnx_path, ctx.sample_inputs(ctx.params.export.samples))  # type: ignore[arg-type]
     data = ctx.params.data
     for ds, classes in ((data.calibration, None), (data.evaluation, num_classes)):
         if ds is not None and specs:
-            open_data(ds, specs, ctx.root, data.batch_size, classes if ds.labels else None)
+            stream = open_data(ds, specs, ctx.root, data.batch_size,
+                               classes if ds.labels else None)
+            if not ds.npz:  # npz is checked whole; other sources sample by sample: one batch
+                next(iter(stream), None)
+

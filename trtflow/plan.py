@@ -379,6 +379,9 @@ def run_up_to(ctx: Context, stage: str, target: str | None = None) -> list[Stage
     check_data(ctx, nodes)
     from trtflow.context import preflight
 
+    if target and needs_calibration(ctx.target(target)) and ctx.params.data.calibration is None:
+        raise ParamsError(f"target '{target}': an int8 target needs data.calibration (an .npz "
+                          "of representative inputs) in params")
     preflight(ctx)  # bad inputs fail before any stage stores an artifact
     done: dict[Node, StageResult] = {}
     for node in nodes:

@@ -443,7 +443,7 @@ CASES: list[Case] = [
     Case("model-weights-mismatch", "model file", "weights whose keys do not fit the factory",
          _factory("w.safetensors", _wrong_keys), "does not fit 'tiny_factory:make_model'"),
     Case("model-factory-missing", "model file", "factory module that does not exist",
-         _factory(None, None, factory="no_such_module:make"),
+         _factory("none", None, factory="no_such_module:make"),
          "model.source.factory 'no_such_module:make' is not importable"),
     # --- ONNX graphs ---------------------------------------------------------------------
     Case("graph-custom-op", "ONNX graph", "op from a custom domain (`com.example:FancyOp`)",
@@ -530,6 +530,15 @@ SLOW = {
 CASES = [Case(c.id, c.group, c.what, c.setup, c.expect, c.exit_code, c.id in SLOW)
          for c in CASES]
 
+# issue 18's classes (they use the helpers above, hence the late import; run as a script,
+# the table comes from the imported module instead: see the end)
+if __name__ != "__main__":
+    from .catalogue_hardening import CHANGES_STATE, COMMANDS, HARDENING
+
+    CASES += HARDENING
+else:
+    CHANGES_STATE, COMMANDS = {}, {}
+
 # Extra assertions on the message beyond the excerpt (what the input was, what was expected).
 ALSO = {
     "env-disk-full": "No space left on device",
@@ -570,8 +579,21 @@ _COMMANDS = {
     "env-tampered-store": "store verify", "data-push-missing": "data push",
     "data-push-outside": "data push", "data-push-no-remote": "data push",
     "data-push-no-server": "data push",
+    **COMMANDS,
+}
+# Cases whose store is damaged on purpose (verify must say so), and cases that change
+# the project's state by design (a gate failing after the stages ran).
+CORRUPT_ON_PURPOSE = {"env-tampered-store", "store-verify-linked-stage",
+                      "store-verify-linked-file", "store-linked-stage", "store-linked-artifact"}
+STATE_CHANGES = {
+    **CHANGES_STATE,
+    # publish builds the engine (kept in the store, a cache) before it finds S3 down;
+    # nothing is published, logged or registered
+    "env-s3-publish-down": {"store"},
 }
 
 
 if __name__ == "__main__":
-    print(render_table(), end="")
+    from tests.reliability.catalogue import render_table as render_all
+
+    print(render_all(), end="")

@@ -7,6 +7,7 @@ traceback, and leave nothing half-written in the project or its store.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,13 +16,49 @@ from pathlib import Path
 
 import pytest
 
-from trtflow.store import verify_store
+from trtflow.store import file_digest, verify_store
 
 from ..conftest import REPO
-from .catalogue import ALSO, CASES, Call, Case, render_table
+from .catalogue import ALSO, CASES, CORRUPT_ON_PURPOSE, STATE_CHANGES, Call, Case, render_table
 from .conftest import new_project, project_env, trtflow
 
-Result = tuple[Path, Call, subprocess.CompletedProcess[str] | None]
+# (project, the call, its result, the project's state before and after the call)
+Result = tuple[Path, Call, subprocess.CompletedProcess[str] | None, dict, dict]
+
+_TABLES = {"mlflow": ("mlflow.db", ("runs", "metrics", "registered_models", "model_versions")),
+           "prefect": ("prefect/prefect.db", ("flow_run", "task_run"))}
+
+
+def _row_counts(db: Path, tables: tuple[str, ...]) -> dict[str, int]:
+    counts = dict.fromkeys(tables, 0)
+    if not db.is_file():
+        return counts
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        present = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table in tables:
+            if table in present:
+                counts[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return counts
+
+
+def project_state(root: Path) -> dict:
+    """What a rejected input must leave as it was: every file of the store (by sha256;
+    links by target), MLflow's runs/metrics/registry rows, Prefect's flow and task runs
+    and its persisted results."""
+    state = root / ".trtflow"
+    store: dict[str, str] = {}
+    if (state / "store").is_dir():
+        for p in sorted((state / "store").rglob("*")):
+            rel = str(p.relative_to(state / "store"))
+            if p.is_symlink():
+                store[rel] = f"-> {os.readlink(p)}"
+            elif p.is_file() and p.name != ".lock" and os.access(p, os.R_OK):
+                store[rel] = file_digest(p)
+    results = state / "prefect" / "results"
+    return {"store": store,
+            **{name: _row_counts(state / db, tables) for name, (db, tables) in _TABLES.items()},
+            "prefect_results": sorted(str(p.relative_to(results)) for p in results.rglob("*"))
+            if results.is_dir() else []}
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +78,12 @@ def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     def run(item: tuple[str, tuple[Path, Call]]) -> tuple[str, Result]:
         case_id, (root, call) = item
         if call.skip:
-            return case_id, (root, call, None)
+            return case_id, (root, call, None, {}, {})
+        before = project_state(root)
         start = time.perf_counter()
         res = trtflow(*call.args, cwd=root, env=project_env(**call.env), timeout=300)
         (root / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
-        return case_id, (root, call, res)
+        return case_id, (root, call, res, before, project_state(root))
 
     try:
         with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
@@ -72,7 +110,7 @@ def half_written(root: Path) -> list[str]:
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow
                                                 else []) for c in CASES])
 def test_bad_input_fails_cleanly(case: Case, results: dict[str, Result]) -> None:
-    root, call, res = results[case.id]
+    root, call, res, before, after = results[case.id]
     if res is None:
         pytest.skip(call.skip or "not run")
     assert " ".join(call.args).startswith(case.command), "the table names another command"
@@ -83,12 +121,18 @@ def test_bad_input_fails_cleanly(case: Case, results: dict[str, Result]) -> None
         assert ALSO[case.id] in message, res.stderr
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
     assert res.stderr.count("error:") == 1, res.stderr
-    if case.id != "env-tampered-store":  # that case's store is corrupt on purpose
+    if case.id not in CORRUPT_ON_PURPOSE:  # those stores are damaged by the setup
         assert half_written(root) == []
+    may_change = STATE_CHANGES.get(case.id, set())  # stages that ran by design (see there)
+    assert after["mlflow"]["model_versions"] == before["mlflow"]["model_versions"], \
+        "a rejected engine was registered"
+    assert {k: v for k, v in after.items() if k not in may_change} == \
+        {k: v for k, v in before.items() if k not in may_change}, \
+        "a rejected input changed the store, MLflow or Prefect"
 
 
 def test_bad_input_count() -> None:
-    assert len(CASES) >= 30
+    assert len(CASES) >= 90
     assert len({c.id for c in CASES}) == len(CASES)
 
 

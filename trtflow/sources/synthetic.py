@@ -28,12 +28,13 @@ def synthetic_shapes(specs: list[TensorSpec], batch: int, dynamic_size: int = 16
         need = nbytes(shape, np.dtype(spec.dtype).itemsize)
         if need > budget:
             axis = max(range(len(shape)), key=lambda a: shape[a])
+            dim = spec.shape[axis]
+            named = f"{dim} = {shape[axis]}" if isinstance(dim, str) else str(dim)
             raise DataError(f"synthetic input '{spec.name}' would be {shape} {spec.dtype} = "
                             f"{human(need)}, over the memory budget of {human(budget)} (axis "
-                            f"{axis}: {spec.shape[axis]} = {shape[axis]}, declared by the "
-                            "model); give data.calibration/data.evaluation with real inputs, "
-                            "set model.inputs with smaller dims, or raise "
-                            "$TRTFLOW_MEMORY_BUDGET")
+                            f"{axis}: {named}, declared by the model); give "
+                            "data.calibration/data.evaluation with real inputs, set "
+                            "model.inputs with smaller dims, or raise $TRTFLOW_MEMORY_BUDGET")
         if spec.dtype in ("int64", "int32") and spec.range is None:
             raise ParamsError(f"model input '{spec.name}' is {spec.dtype}, and nothing in the "
                               "model says which values are valid (no embedding/Gather table "
