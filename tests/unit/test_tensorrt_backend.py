@@ -9,6 +9,10 @@ and are tested everywhere.
 
 from __future__ import annotations
 
+import ast
+import inspect
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +290,161 @@ def test_a_dynamic_sequence_axis_builds_and_runs_two_lengths(tmp_path: Path) -> 
     for length in (7, 300):
         x = np.random.default_rng(length).standard_normal((2, length, 8)).astype(np.float32)
         np.testing.assert_allclose(engine.run({"input": x})["input_out"], np.maximum(x, 0))
+
+
+# --- the stubs mypy checks the backend against, checked against NVIDIA's own API ---------
+
+TYPINGS = Path(__file__).resolve().parents[2] / "typings"
+API = json.loads((TYPINGS / "tensorrt_api" / "tensorrt_python_api.json").read_text())
+TRT10, TRT11 = "10.16.1", "11.1.0"
+
+
+def _stub_names(path: Path) -> list[tuple[str, str, list[str], str]]:
+    """(class or '', member or '', parameter names, source line) for each stub declaration."""
+    source = path.read_text()
+    lines = source.splitlines()
+    found: list[tuple[str, str, list[str], str]] = []
+
+    def walk(body: list[ast.stmt], owner: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                qualified = f"{owner}.{node.name}" if owner else node.name
+                found.append((owner, node.name, [], lines[node.lineno - 1]))
+                walk(node.body, qualified)
+            elif isinstance(node, ast.FunctionDef):
+                params = [a.arg for a in node.args.args + node.args.kwonlyargs][
+                    1 if owner else 0:]
+                found.append((owner, node.name, params, lines[node.lineno - 1]))
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                found.append((owner, node.target.id, [], lines[node.lineno - 1]))
+            elif isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith("polygraphy"):  # a re-export: the name must be there
+                found.extend((owner, a.asname or a.name, [], lines[node.lineno - 1])
+                             for a in node.names)
+
+    walk(ast.parse(source).body, "")
+    return found
+
+
+def _lookup(version: str, owner: str, name: str) -> list[str] | None:
+    """The keyword names NVIDIA's bindings give `owner.name` (following bases), or None."""
+    api = API["versions"][version]
+    if not owner:
+        if name in api["classes"] or name in api["functions"] or name in api["module_attributes"]:
+            return []
+        return None
+    pending = [owner]
+    while pending:
+        cls = api["classes"].get(pending.pop())
+        if cls is None:
+            continue
+        if name in cls["members"]:
+            return list(cls["members"][name])
+        pending.extend(cls["bases"])
+    return None
+
+
+def test_the_api_fixture_was_extracted_from_nvidias_bindings() -> None:
+    assert API["source"] == "https://github.com/NVIDIA/TensorRT"
+    for version in (TRT10, TRT11):
+        assert len(API["versions"][version]["classes"]) > 150
+        assert API["versions"][version]["classes"]["Builder"]["members"]["create_network"] == [
+            "flags"]
+    # what 11 removed: implicit INT8 and the weak-typing precision flags
+    assert "IInt8EntropyCalibrator2" in API["versions"][TRT10]["classes"]
+    assert "IInt8EntropyCalibrator2" not in API["versions"][TRT11]["classes"]
+    assert "FP16" in API["versions"][TRT10]["classes"]["BuilderFlag"]["members"]
+    assert "FP16" not in API["versions"][TRT11]["classes"]["BuilderFlag"]["members"]
+
+
+def test_every_tensorrt_stub_name_is_in_nvidias_api_with_its_parameter_names() -> None:
+    problems = []
+    declared = _stub_names(TYPINGS / "tensorrt" / "__init__.pyi")
+    for owner, name, params, line in declared:
+        if name == "__init__":  # pybind11 py::init: no name to look up
+            continue
+        only_10 = "10.x only" in line or (owner and any(
+            n == owner and "10.x only" in src for o, n, _, src in declared if not o))
+        in_10, in_11 = _lookup(TRT10, owner, name), _lookup(TRT11, owner, name)
+        label = f"{owner}.{name}" if owner else name
+        if in_10 is None:
+            problems.append(f"{label}: not in TensorRT {TRT10}")
+        if only_10 and in_11 is not None:
+            problems.append(f"{label}: marked 10.x only but in TensorRT {TRT11}")
+        if not only_10 and in_11 is None:
+            problems.append(f"{label}: not in TensorRT {TRT11} (mark it '10.x only'?)")
+        keywords = set(in_10 or []) | set(in_11 or [])
+        if params and keywords and not set(params) <= keywords:
+            problems.append(f"{label}: parameters {params}, NVIDIA's bindings {sorted(keywords)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_wrong_name_fails_the_check() -> None:
+    assert _lookup(TRT10, "", "IEngineInspector") is None  # the C++ name, not the Python one
+    assert _lookup(TRT10, "", "EngineInspector") == []
+    assert _lookup(TRT10, "ICudaEngine", "create_inspector") is None
+    assert _lookup(TRT11, "Logger", "WARNING") == []  # through its base ILogger
+
+
+def test_every_tensorrt_stub_class_names_its_reference_page() -> None:
+    lines = (TYPINGS / "tensorrt" / "__init__.pyi").read_text().splitlines()
+    unnamed = [line for i, line in enumerate(lines) if line.startswith("class ")
+               and not re.match(r"# infer/\w+/\w+\.html", lines[i - 1])]
+    assert not unnamed
+
+
+def _polygraphy_stubs() -> list[tuple[str, str, str, list[str]]]:
+    """(module, class or '', member, parameter names) for every Polygraphy stub declaration."""
+    found = []
+    for path in sorted((TYPINGS / "polygraphy").rglob("*.pyi")):
+        parts = path.relative_to(TYPINGS).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for owner, name, params, _ in _stub_names(path):
+            found.append((module, owner, name, params))
+    return found
+
+
+def _parameters(obj: object) -> set[str] | None:
+    """Parameter names of a callable, following **kwargs into base classes' __init__."""
+    names: set[str] = set()
+    for cls in (obj.__mro__ if isinstance(obj, type) else [obj]):
+        target = cls.__init__ if isinstance(obj, type) else cls
+        if target is object.__init__:
+            break
+        params = inspect.signature(target).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+    return names
+
+
+def test_every_polygraphy_stub_name_and_parameter_exists_in_polygraphy() -> None:
+    import importlib
+
+    problems = []
+    for module, owner, name, params in _polygraphy_stubs():
+        real = importlib.import_module(module)
+        for part in [*owner.split(".")] if owner else []:
+            real = getattr(real, part)
+        label = f"{module}.{owner + '.' if owner else ''}{name}"
+        if name == "__init__":
+            actual = _parameters(real)
+        elif not hasattr(real, name):
+            # attributes set in __init__/activate (CreateConfig.fp16, TrtRunner.engine)
+            sources = "".join(inspect.getsource(c) for c in real.__mro__[:-1]
+                              ) if isinstance(real, type) else ""
+            if f"self.{name} =" not in sources:
+                problems.append(f"{label}: not in polygraphy {polygraphy_version()}")
+            continue
+        else:
+            member = getattr(real, name)
+            actual = _parameters(member) if callable(member) and params else set()
+        if params and actual is not None and not set(params) - {"self"} <= actual:
+            problems.append(f"{label}: parameters {params}, polygraphy's {sorted(actual)}")
+    assert not problems, "\n".join(problems)
+
+
+def polygraphy_version() -> str:
+    import polygraphy
+
+    return str(polygraphy.__version__)

@@ -119,7 +119,8 @@ def _fp16_graph(model_path: Path, out_dir: Path) -> Path:
     return path
 
 
-def _calibrator(plan: BuildPlan, calibration_dir: Path | None, out_dir: Path) -> Any:
+def _calibrator(plan: BuildPlan, calibration_dir: Path | None, out_dir: Path
+                ) -> trt.IInt8Calibrator | None:
     """TensorRT <= 10 implicit INT8: Polygraphy's IInt8EntropyCalibrator2 serving a copy of
     trtflow's calibration.cache (a copy, since TensorRT writes the cache back) and no
     batches: with a cache TensorRT reads the scales and skips calibrating."""
@@ -160,8 +161,8 @@ def build(model_path: Path, target: Target, out_dir: Path, calibration_dir: Path
     options = ConfigOptions(
         timing_cache=timing_path if reused else None,
         calibrator=_calibrator(plan, calibration_dir, out_dir),
-        trt_options={"profiling_verbosity": trt.ProfilingVerbosity.DETAILED,
-                     "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: WORKSPACE_BYTES}})
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: WORKSPACE_BYTES})
     config = create_config(plan, profile_shapes(graph, max_batch), options)
     network = NetworkFromOnnxPath(str(graph), strongly_typed=plan.strongly_typed)
     engine_path = out_dir / ENGINE_FILE

@@ -15,14 +15,19 @@ only decides what to hand them, from the target and the graph:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from trtflow.errors import BuildError, CalibrationError
 from trtflow.params import Target
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig
 
 # The calibrate stage's files a TensorRT build reads (trtflow/stages/calibrate.py).
 QDQ_FILE = "model.qdq.onnx"
@@ -137,16 +142,17 @@ def profile_shapes(model_path: Path, max_batch: int) -> dict[str, ProfileShape]:
 
 @dataclass
 class ConfigOptions:
-    """What CreateConfig gets besides the plan: TensorRT enums come from the caller (they
-    exist only where TensorRT does), so the rest is built and tested without it."""
+    """What CreateConfig gets besides the plan. The TensorRT objects come from the caller
+    (they exist only where TensorRT does), so the rest is built and tested without it."""
 
     timing_cache: Path | None = None
-    calibrator: Any = None
-    trt_options: dict[str, Any] = field(default_factory=dict)
+    calibrator: trt.IInt8Calibrator | None = None
+    profiling_verbosity: trt.ProfilingVerbosity | None = None
+    memory_pool_limits: Mapping[trt.MemoryPoolType, int] | None = None
 
 
 def create_config(plan: BuildPlan, shapes: dict[str, ProfileShape],
-                  options: ConfigOptions) -> Any:
+                  options: ConfigOptions) -> CreateConfig:
     """Polygraphy's CreateConfig for `plan`. TF32 stays off (Polygraphy clears the flag),
     so an fp32 engine computes in FP32; the one profile is also the calibration profile
     (Polygraphy calibrates with the last profile)."""
@@ -156,11 +162,13 @@ def create_config(plan: BuildPlan, shapes: dict[str, ProfileShape],
     profile = Profile()
     for name, (lo, opt, hi) in shapes.items():
         profile.add(name, min=lo, opt=opt, max=hi)
-    flags = dict.fromkeys(plan.flags, True)
     timing = str(options.timing_cache) if options.timing_cache else None
     with G_LOGGER.verbosity(G_LOGGER.WARNING):  # not its "TF32 is disabled" note
-        return CreateConfig(tf32=False, profiles=[profile], calibrator=options.calibrator,
-                            load_timing_cache=timing, **flags, **options.trt_options)
+        return CreateConfig(tf32=False, fp16="fp16" in plan.flags, int8="int8" in plan.flags,
+                            fp8="fp8" in plan.flags, calibrator=options.calibrator,
+                            profiles=[profile], load_timing_cache=timing,
+                            profiling_verbosity=options.profiling_verbosity,
+                            memory_pool_limits=options.memory_pool_limits)
 
 
 def check_cache_complete(cache_path: Path, graph_path: Path) -> dict[str, float]:
