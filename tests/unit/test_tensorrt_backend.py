@@ -78,8 +78,7 @@ def test_plan_on_tensorrt_11_is_strongly_typed() -> None:
 
 
 def test_fp8_builds_the_fp8_qdq_graph_strongly_typed_on_10_and_11() -> None:
-    fp8 = Target.model_construct(backend="tensorrt", device="cuda", precision="fp8",
-                                 int8_source="qdq")
+    fp8 = Target(backend="tensorrt", device="cuda", precision="fp8")
     for major in (10, 11):
         assert plan_build(fp8, major) == BuildPlan("fp8_qdq", strongly_typed=True)
 
@@ -270,8 +269,7 @@ def test_fp8_builds_from_the_fp8_qdq_graph(tmp_path: Path) -> None:
     source, calib = _quantized(tmp_path, "fp8")
     out = tmp_path / "engine"
     out.mkdir()
-    target = Target.model_construct(backend="tensorrt", device="cuda", precision="fp8",
-                                    int8_source="qdq")
+    target = Target(backend="tensorrt", device="cuda", precision="fp8")
     report = tensorrt_backend.build(source, target, out, calib)
     assert report["tensorrt"]["plan"]["graph"] == "fp8_qdq"
     got = load_engine(out).run(feeds(2))

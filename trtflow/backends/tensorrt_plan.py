@@ -25,16 +25,13 @@ import onnx
 from trtflow.errors import BuildError, CalibrationError
 from trtflow.params import Target
 
+# the calibrate stage's files a TensorRT build reads: the INT8 and FP8 Q/DQ models, the cache
+from trtflow.stages.calibrate import CACHE_FILE, FP8_QDQ_FILE, QDQ_FILE
+
 if TYPE_CHECKING:
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig
 
-# The calibrate stage's files a TensorRT build reads (trtflow/stages/calibrate.py).
-QDQ_FILE = "model.qdq.onnx"
-# FP8 (E4M3) Q/DQ model: the calibrate stage does not write it yet; this is the name the
-# build looks for (keep in step with trtflow/stages/calibrate.py when it does).
-FP8_QDQ_FILE = "model.fp8.qdq.onnx"
-CACHE_FILE = "calibration.cache"
 
 # min / opt / max of one input in an optimization profile
 ProfileShape = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
