@@ -106,3 +106,123 @@ def test_tile_batch_repeats_samples_to_the_batch_size() -> None:
     tiled = tile_batch(pool, 7)
     assert tiled["x"][:, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert tiled["ids"].shape == (7, 1) and tile_batch(pool, 2)["x"].shape == (2, 1)
+
+
+# --- issue 18: headers before allocation, casts by rule, graph preflight -------------
+
+def test_npz_header_declaring_terabytes_is_refused_before_reading(tmp_path: Path) -> None:
+    import zipfile
+
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 3, 8, 8), }"
+    header += b" " * (64 - (10 + len(header) + 1) % 64) + b"\n"
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
+        z.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+                   + b"\0" * 64)
+    with pytest.raises(DataError, match=r"array 'x': its header declares shape "
+                       r"\[1000000000000, 3, 8, 8\] float32 \(.* TiB\) but the member holds 64 B"):
+        open_data(DataSource(npz="d.npz"), SPEC, tmp_path, batch_size=4)
+
+
+def test_object_arrays_and_bare_npy_are_named(tmp_path: Path) -> None:
+    objects = np.empty(2, dtype=object)
+    np.savez(tmp_path / "o.npz", x=objects)
+    with pytest.raises(DataError, match="holds Python objects .* pickle is refused"):
+        open_data(DataSource(npz="o.npz"), SPEC, tmp_path, batch_size=4)
+    with open(tmp_path / "b.npz", "wb") as f:
+        np.save(f, np.ones((2, 3, 8, 8), np.float32))
+    with pytest.raises(DataError, match="a bare .npy array"):
+        open_data(DataSource(npz="b.npz"), SPEC, tmp_path, batch_size=4)
+
+
+def test_float16_data_is_cast_with_a_warning_float64_overflow_refused(tmp_path: Path) -> None:
+    from trtflow.errors import DataCastWarning
+
+    src = _npz(tmp_path, x=np.ones((4, 3, 8, 8), np.float16))
+    with pytest.warns(DataCastWarning, match="has dtype float16; cast to float32"):
+        batch = next(iter(open_data(src, SPEC, tmp_path, batch_size=4)))
+    assert batch.inputs["x"].dtype == np.float32
+    big = np.ones((4, 3, 8, 8), np.float64)
+    big[1, 0, 0, 0] = 1e40
+    with pytest.raises(DataError, match="values up to 1e\\+40, beyond float32's range"):
+        open_data(_npz(tmp_path, x=big), SPEC, tmp_path, batch_size=4)
+
+
+def _ids_graph(rows: int) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    table = numpy_helper.from_array(np.ones((rows, 4), np.float32), "table")
+    nodes = [helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64),
+             helper.make_node("Gather", ["table", "ids64"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT32, ["N", "S"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 4])], [table])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_integer_ids_take_their_range_from_the_embedding_table() -> None:
+    from trtflow.sources import synthetic_inputs
+
+    (spec,) = onnx_inputs(_ids_graph(rows=7))
+    assert spec.range == (0.0, 6.0)
+    ids = synthetic_inputs([spec], batch=64)["ids"]
+    assert ids.dtype == np.int32 and ids.min() == 0 and ids.max() == 6
+
+
+def test_synthetic_inputs_refuse_sizes_over_the_budget_and_ids_without_range(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from trtflow.errors import ParamsError
+    from trtflow.sources import synthetic_inputs
+
+    huge = TensorSpec(name="x", shape=["N", 3, 100000, 100000])
+    with pytest.raises(DataError, match=r"would be \[4, 3, 100000, 100000\] float32 = 447.0 "
+                       r"GiB, over the memory budget .* \(axis 2: 100000, declared"):
+        synthetic_inputs([huge], batch=4)
+    monkeypatch.setenv("TRTFLOW_MEMORY_BUDGET", "1K")
+    with pytest.raises(DataError, match="axis 0: N = 65"):
+        synthetic_inputs([TensorSpec(name="x", shape=["N", 4])], batch=65)
+    with pytest.raises(ParamsError, match="model input 'ids' is int64"):
+        synthetic_inputs([TensorSpec(name="ids", dtype="int64", shape=["N"])], batch=2)
+
+
+def test_graph_preflight_names_cycles_non_finite_weights_and_new_opsets(tmp_path: Path) -> None:
+    from trtflow.preflight import cycle_nodes, nonfinite_initializers, runtime_limits
+
+    model = conv_bn_graph()
+    assert cycle_nodes(model.graph) == [] and nonfinite_initializers(model) == []
+    model.graph.node[0].input[0] = "y"  # conv0 now reads relu0's output: a loop
+    assert cycle_nodes(model.graph) == ["conv0", "bn0", "ident0", "scale", "relu0"]
+    model = conv_bn_graph()
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(
+        np.float32([1, np.nan, 1, 1]), "gamma"))
+    assert nonfinite_initializers(model) == ["gamma"]
+    model = conv_bn_graph()
+    model.opset_import[0].version = runtime_limits()[0] + 1
+    onnx.save(model, tmp_path / "new.onnx")
+    with pytest.raises(ModelError, match=f"uses opset {runtime_limits()[0] + 1} > supported "
+                       f"{runtime_limits()[0]}"):
+        check_onnx_file(tmp_path / "new.onnx")
+
+
+def test_safetensors_headers_are_checked_against_the_file(tmp_path: Path) -> None:
+    import struct
+
+    import torch
+    from safetensors.torch import save_file
+
+    from trtflow.sources.weights_file import check_safetensors
+
+    save_file({"w": torch.ones(2, 3)}, str(tmp_path / "ok.safetensors"))
+    check_safetensors(tmp_path / "ok.safetensors")
+    torch.save({"w": torch.ones(2, 3)}, tmp_path / "pt.safetensors")
+    with pytest.raises(ModelError, match="a torch.save archive .*; pickle is refused"):
+        check_safetensors(tmp_path / "pt.safetensors")
+    (tmp_path / "long.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    with pytest.raises(ModelError, match="its header claims 1099511627776 bytes, but the "
+                       "file has 2"):
+        check_safetensors(tmp_path / "long.safetensors")
+    header = b'{"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}'
+    (tmp_path / "short.safetensors").write_bytes(struct.pack("<Q", len(header)) + header
+                                                 + b"\0" * 12)
+    with pytest.raises(ModelError, match="tensor 'w' claims bytes 0..24, but the data section "
+                       "holds 12 bytes"):
+        check_safetensors(tmp_path / "short.safetensors")
