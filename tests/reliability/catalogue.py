@@ -547,6 +547,53 @@ ALSO = {
 }
 
 
+# The rules the cases check, as users read them (docs/bad_inputs.md).
+RULES = [
+    "## Rules",
+    "",
+    "- **YAML** (params and MLmodel files) is read as YAML 1.2: only `true`/`false` are "
+    "booleans (`yes`/`no`/`on`/`off` are strings), `1e-4` is a float, a number with a "
+    "leading zero (`010`) is refused (YAML 1.1 would read octal), a key given twice is "
+    "refused naming both lines, and anchors/aliases (`&x`, `*x`, `<<`) are refused "
+    "outright: params are written out in full.",
+    "- **Types are strict:** `true` is not an integer, `'5'` is not a number, a bool "
+    "field takes only `true`/`false`.",
+    "- **Nothing set is ignored:** a field no stage would read (`export.opset` for an ONNX "
+    "source, `model.inputs` of a builtin, `preprocess` on `.npz` data, `select` on a "
+    "target that is not `best`...) is an error; `export.opset` is honoured or the export "
+    "fails naming the opset written (torch's exporter writes >= 18; lower ones only where "
+    "ONNX's version converter manages).",
+    "- **Declared sizes are checked before allocation** against the memory budget (a "
+    "quarter of RAM, at most 8 GiB; `$TRTFLOW_MEMORY_BUDGET`, e.g. `2G`): `.npy` headers "
+    "in an `.npz` (and against the member's bytes), safetensors headers (against the "
+    "file), image dimensions, synthetic inputs from a model's dims (the error names the "
+    "dim). Pickle is refused everywhere (object arrays, pickles named `.npz` or "
+    "`.safetensors`, pickled `.pt` objects).",
+    "- **Integer inputs without data** take their range from the embedding/Gather table "
+    "they index (ONNX graphs, `.pt2` programs); otherwise `model.inputs[].range` is "
+    "required.",
+    "- **Data types:** data of another dtype than the input is cast only when every value "
+    "fits (float16 -> float32, float64 within float32's range, int64 ids within int32), "
+    "with a warning naming both dtypes; otherwise refused.",
+    "- **Before any stage stores an artifact:** the graph's opset/IR against this ONNX "
+    "Runtime, cycles (named nodes), NaN/Inf initializers or weights (named), labels "
+    "against the model's classes (where the class count is known without running it), "
+    "the first batch of image/text/function data.",
+    "- **The store stays inside itself:** a stage folder, artifact or file inside the "
+    "store that is a symlink is refused (and reported by `trtflow store verify`; `gc` "
+    "removes the link, never its target). The store itself may be a link "
+    "(`.trtflow/store -> /big/disk/store`): a store on another disk is allowed.",
+    "- **Untrained models:** a factory source needs `weights`, or `weights: none` said "
+    "explicitly; and every labelled validation has an absolute floor, "
+    "`gates.min_accuracy` (default: the share of the most common label plus a fifth of "
+    "the way to 1, i.e. 0.28 for ten balanced classes; `0` turns it off).",
+    "- **Nothing changes on rejection:** each case below checks that the store's files, "
+    "MLflow's runs and registry and Prefect's runs and results are as they were (the "
+    "untrained-model gate case compiles on purpose and checks nothing is registered).",
+    "",
+]
+
+
 def render_table() -> str:
     lines = ["# Bad inputs and what trtflow says",
              "",
@@ -558,6 +605,7 @@ def render_table() -> str:
              "",
              f"{len(CASES)} bad inputs.",
              "",
+             *RULES,
              "| # | group | bad input | command | message contains | exit |",
              "| --- | --- | --- | --- | --- | --- |"]
     for i, case in enumerate(CASES, 1):

@@ -1,0 +1,62 @@
+"""Issue 18's rules where the input is accepted: what the CLI says and does instead of
+failing (a cast it warns about, ids it takes from the graph, a store on another disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .catalogue import _params
+from .catalogue_hardening import _graph
+from .conftest import new_project, project_env, trtflow
+
+pytestmark = pytest.mark.slow  # each runs the ML stack (seconds): `make reliability`
+
+
+def test_float16_calibration_data_is_cast_with_a_warning(tmp_path: Path,
+                                                         digits_data: Path) -> None:
+    root = new_project(tmp_path, digits_data, "f16")
+    cal = root / "data" / "digits" / "calibration.npz"
+    with np.load(cal) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["image"] = arrays["image"].astype(np.float16)
+    np.savez(cal, **arrays)
+    _params(root)
+    res = trtflow("stage", "export", "--params", "p.yaml", cwd=root, env=project_env())
+    assert res.returncode == 0, res.stderr
+    assert "array 'image' has dtype float16; cast to float32 for model input 'image' " \
+           "(every value fits)" in " ".join(res.stderr.split())
+
+
+def test_integer_ids_are_drawn_from_the_embedding_table(tmp_path: Path) -> None:
+    """No `range` in params: the Gather's 10-row table bounds the synthetic ids, so the
+    export and cleanup parity runs index inside it (ONNX Runtime refuses ids past it)."""
+    from onnx import TensorProto
+
+    _graph(tmp_path / "m.onnx", gather_rows=10, x_type=TensorProto.INT64, x_shape=["N"])
+    _params(tmp_path, {"model": {"name": "m", "source": {"onnx": "m.onnx"}}})
+    res = trtflow("stage", "cleanup", "--params", "p.yaml", cwd=tmp_path, env=project_env())
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_store_on_another_disk_through_a_link_is_used(tmp_path: Path) -> None:
+    """The decision of class 7: `.trtflow/store` may itself be a link (a bigger disk);
+    links inside it may not."""
+    import onnx
+
+    from ..unit.tiny import conv_bn_graph
+
+    root, disk = tmp_path / "project", tmp_path / "disk"
+    root.mkdir()
+    disk.mkdir()
+    (root / ".trtflow").mkdir()
+    (root / ".trtflow" / "store").symlink_to(disk)
+    onnx.save(conv_bn_graph(), root / "m.onnx")
+    _params(root, {"model": {"name": "m", "source": {"onnx": "m.onnx"}}})
+    res = trtflow("stage", "export", "--params", "p.yaml", cwd=root, env=project_env())
+    assert res.returncode == 0, res.stderr
+    assert len(list((disk / "export").glob("*/model.onnx"))) == 1
+    verify = trtflow("store", "verify", cwd=root, env=project_env())
+    assert verify.returncode == 0 and "all intact" in verify.stdout, verify.stderr
