@@ -59,7 +59,23 @@ def select_targets(ctx: Context, names: list[str] | None) -> list[str]:
     return cpu
 
 
-@flow(name="compile", validate_parameters=False)
+def _run_name() -> str:
+    """`compile digits [fp32,int8]`, not a random `daffy-bandicoot` (a subflow of a matrix
+    or a triggered compile is found by its name in the Prefect UI)."""
+    import yaml
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.get_parameters()
+    path = Path(str(parameters.get("params_path", "")))
+    try:
+        name = str(yaml.safe_load(path.read_text())["model"]["name"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        name = path.stem
+    targets = parameters.get("targets") or []
+    return f"compile {name}" + (f" [{','.join(targets)}]" if targets else "")
+
+
+@flow(name="compile", flow_run_name=_run_name, validate_parameters=False)
 def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
                  remeasure: bool = False) -> dict[str, Any]:
     start, started_ms = time.perf_counter(), int(time.time() * 1000)

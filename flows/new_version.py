@@ -167,9 +167,18 @@ def _summarize(model: str, run_ids: dict[str, str], released: dict[str, dict[str
     to the MLflow UI when `trtflow serve` started one (TRTFLOW_MLFLOW_UI)."""
     from prefect.artifacts import create_markdown_artifact
 
+    from trtflow.track.release import ReleaseSummary
+
     ui = os.environ.get("TRTFLOW_MLFLOW_UI", "").rstrip("/")
     table = engines_table(model, run_ids, released, ui)
-    get_run_logger().info("%s", table)
+    logger = get_run_logger()  # plain lines: the log view shows markdown as raw text
+    for target, info in released.items():
+        summary = ReleaseSummary.of(info)
+        said = (f"{summary.registered}" + ("" if summary.created else " (same engine)")
+                if summary.registered else "not registered (failed a validation gate)")
+        if summary.verdict:
+            said += f"; {summary.verdict}: {summary.reason}"
+        logger.info("%s/%s: %s; MLflow run %s", model, target, said, run_ids.get(target, ""))
     key = re.sub(r"[^a-z0-9-]+", "-", model.lower()) + "-engines"  # Prefect's key alphabet
     create_markdown_artifact(markdown=f"{table}\nTriggered by: {reason}", key=key,
                              description=f"{model} engines compiled by this run")

@@ -232,16 +232,18 @@ def test_mlflow_landing_page_lists_each_engine_with_its_headline_metrics(
     from trtflow.track.mlflow_log import view_path
 
     runs = compiled["runs"]
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    # wide: the runs table renders only the columns in view
+    page = browser.new_page(viewport={"width": 2800, "height": 900})
     try:
         page.goto(f"{mlflow_ui}/{view_path(runs[0].info.experiment_id)}")
         names = [r.info.run_name for r in runs]
         for name in names:
             page.get_by_text(name).first.wait_for(timeout=120_000)
-        body = page.inner_text("body")
         assistant = page.locator("button[aria-label='Close']")  # the assistant side panel
         if assistant.count():
             assistant.first.click()
+        page.get_by_text("target.precision").first.wait_for(timeout=30_000)
+        body = page.inner_text("body")
         keep(page.screenshot(), "mlflow_runs.png")
     finally:
         page.close()

@@ -64,9 +64,26 @@ def latency_figure(targets: list[TargetRun]) -> str | None:
         ax.set_title(q.removesuffix("_ms"))
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
-               fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(3, len(labels)) or 1, fontsize=12, frameon=False)
     return _png(fig)
+
+
+NOISY_TAIL = 3.0  # p99 beyond this many p50s: a tail no engine explains (host load)
+NOISY_PCT = 10.0  # or a p50 interval wider than ±10 %
+
+
+def noise_flag(quantiles: dict[str, float]) -> str:
+    """'' for a steady measurement, else why its p99 (and the p50 behind any speed-up)
+    should not be trusted: a tail of many times p50, or a wide p50 interval."""
+    p50, p99 = quantiles.get("p50_ms"), quantiles.get("p99_ms")
+    noise = quantiles.get("noise_pct")
+    why = []
+    if p50 and p99 and p99 > NOISY_TAIL * p50:
+        why.append(f"p99 {p99 / p50:.1f}x p50")
+    if noise is not None and noise > NOISY_PCT:
+        why.append(f"p50 ±{noise:.0f} %")
+    return f"noisy: {', '.join(why)}" if why else ""
 
 
 def _quality(t: TargetRun) -> tuple[str, float | None, float | None]:
@@ -106,7 +123,7 @@ def accuracy_figure(targets: list[TargetRun]) -> str | None:
     ax.set_ylabel(rows[0][1])
     ax.set_title("test-split quality by calibration method")
     if refs:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=11, loc="lower right")
     if scored:
         ax2 = axes[0][1]
         width = 0.8 / len(scored)
@@ -119,7 +136,7 @@ def accuracy_figure(targets: list[TargetRun]) -> str | None:
         ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(methods))], methods)
         ax2.set_ylabel("agreement with FP32")
         ax2.set_title("method: auto — selection-split scores")
-        ax2.legend(fontsize=7)
+        ax2.legend(fontsize=11)
     return _png(fig)
 
 
@@ -205,9 +222,10 @@ def _latency_table(targets: list[TargetRun]) -> str:
                 rows.append([t.label, label, bs, *(_ms(qs.get(q)) for q in QUANTILES),
                              f"{qs.get('throughput_per_s', 0):.1f}",
                              f"{t.metrics[f'speedup.bs{bs}']:.2f}x"
-                             if label == "engine" and f"speedup.bs{bs}" in t.metrics else ""])
+                             if label == "engine" and f"speedup.bs{bs}" in t.metrics else "",
+                             noise_flag(qs)])
     return _table(["engine", "measured", "batch size", "p50 ms", "p95 ms", "p99 ms",
-                   "throughput /s", "speed-up p50"], rows)
+                   "throughput /s", "speed-up p50", "noise"], rows)
 
 
 def _scales_table(group: list[TargetRun]) -> str:
@@ -266,13 +284,22 @@ def _fusion(data: ReportData) -> str:
 
 
 def _promotions(targets: list[TargetRun]) -> str:
+    """The registry's decision per engine; runs of an identical engine (one registered
+    version) refer to the first instead of repeating its decision."""
     parts = []
+    shown: dict[str, str] = {}
     for t in targets:
         p = t.promotion or {}
         head = f"{t.label}: {p.get('state', '?')}"
         if p.get("registered"):
             aliases = ", ".join(p.get("aliases", [])) or "no alias"
             head += f" — {p['registered']} ({aliases})"
+            if p["registered"] in shown:
+                parts.append(f"<h3 class=promo-{_e(p.get('state', ''))}>{_e(head)}</h3>")
+                parts.append(f"<p>the same engine as {_e(shown[p['registered']])}: its "
+                             "decision above applies</p>")
+                continue
+            shown[p["registered"]] = t.label
         parts.append(f"<h3 class=promo-{_e(p.get('state', ''))}>{_e(head)}</h3>")
         parts.append(f"<p>reason: {_e(p.get('reason', ''))}</p>")
         if p.get("checks"):

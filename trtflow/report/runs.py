@@ -13,7 +13,7 @@ from typing import Any
 from trtflow.errors import TrtflowError
 
 _LATENCY_METRIC = re.compile(
-    r"^(engine|baseline)\.bs(\d+)\.(p50_ms|p95_ms|p99_ms|throughput_per_s)$")
+    r"^(engine|baseline)\.bs(\d+)\.(p50_ms|p95_ms|p99_ms|throughput_per_s|noise_pct)$")
 QUANTILES = ("p50_ms", "p95_ms", "p99_ms")
 METHODS = ("entropy", "percentile", "mse", "max")
 
