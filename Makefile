@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-all reliability lint typecheck bench clean ui chromium-installed serve
+.PHONY: demo test test-all reliability lint typecheck bench clean ui chromium-installed serve \
+	trt-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -42,6 +43,15 @@ typecheck: $(STAMP)
 # The browser checks of the UIs (tests/integration/test_ui.py) drive Debian's chromium.
 chromium-installed:
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# Where TensorRT exists: the tensorrt-marked tests and a resnet18 INT8 and FP8 TensorRT
+# engine (docker/trt-check.sh). Runs in place where `tensorrt.Builder` imports, else in
+# NVIDIA's TensorRT container (docker/tensorrt.Dockerfile; needs an NVIDIA GPU and the
+# NVIDIA container toolkit). Never run on this project's machines: docs/tensorrt.md.
+trt-check:
+	if python3 -c "import tensorrt; tensorrt.Builder" 2>/dev/null; then bash docker/trt-check.sh; \
+	else docker build -f docker/tensorrt.Dockerfile -t trtflow-tensorrt . \
+	  && docker run --rm --gpus all trtflow-tensorrt; fi
 
 # The MLflow UI over the project's runs (sqlite + artifacts under .trtflow/): compare runs there.
 ui: $(STAMP)
