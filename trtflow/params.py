@@ -366,24 +366,31 @@ def ignored_fields(params: Params) -> list[tuple[str, str]]:
     if source.onnx:
         found += [(f"export.{f}", "an ONNX source is not exported (its graph is used as is, "
                    "at its own opset)") for f in ("opset", "atol", "rtol")
-                  if f in params.export.model_fields_set]
+                  if _given(params.export, f)]
     for split in ("calibration", "evaluation"):
         ds = getattr(params.data, split)
         if ds is None:
             continue
         where = f"data.{split}"
-        if not ds.images and "preprocess" in ds.model_fields_set:
+        if not ds.images and _given(ds, "preprocess"):
             found.append((f"{where}.preprocess", "only image folders are preprocessed"))
         if not ds.text:
             found += [(f"{where}.{f}", "only a text source is tokenized")
-                      for f in ("tokenizer", "max_length") if f in ds.model_fields_set]
+                      for f in ("tokenizer", "max_length") if _given(ds, f)]
     for name, target in params.targets.items():
-        if target.precision != "best" and "select" in target.model_fields_set:
+        if target.precision != "best" and _given(target, "select"):
             found.append((f"targets.{name}.select", "only `precision: best` selects"))
-        if "int8_scheme" in target.model_fields_set and (
+        if _given(target, "int8_scheme") and (
                 target.backend, target.precision) != ("openvino", "int8"):
             found.append((f"targets.{name}.int8_scheme", "only openvino int8 reads it"))
     return found
+
+
+def _given(section: BaseModel, field: str) -> bool:
+    """Set in the file to something other than its default (a dumped and re-read params,
+    which names every field, sets nothing)."""
+    default = type(section).model_fields[field].get_default(call_default_factory=True)
+    return field in section.model_fields_set and getattr(section, field) != default
 
 
 def _dig(tree: dict[str, Any], dotted: str) -> Any:

@@ -130,3 +130,11 @@ def test_factory_needs_weights_or_an_explicit_none() -> None:
 def test_fields_that_would_be_ignored_are_refused(section: dict, field: str) -> None:
     with pytest.raises(ParamsError, match=re.escape("set but never read: " + field)):
         parse_params(section)
+
+
+def test_a_dumped_params_reads_back_although_it_names_every_field() -> None:
+    params = parse_params({"model": {"name": "x", "source": {"onnx": "m.onnx"}},
+                           "data": {"calibration": {"npz": "a.npz"}},
+                           "targets": {"int8": {"precision": "int8"}}})
+    again = parse_params(params.model_dump(mode="json", by_alias=True))
+    assert again.digest() == params.digest()
