@@ -37,6 +37,9 @@ def main() -> None:
 
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
+    # Prefect (and MLflow) send usage telemetry unless DO_NOT_TRACK is set, and Prefect
+    # prints a banner about it on first use: trtflow opts out unless the user decided
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     load_commands()
     from trtflow.cli.app import main as run_app
 
