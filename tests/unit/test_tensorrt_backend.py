@@ -446,3 +446,15 @@ def polygraphy_version() -> str:
     import polygraphy
 
     return str(polygraphy.__version__)
+
+
+def test_the_onnxruntime_tensorrt_route_refuses_an_incomplete_cache_too(tmp_path: Path) -> None:
+    model = two_branch_graph()
+    source = tmp_path / "model.onnx"
+    onnx.save_model(model, str(source))
+    calib = _calibration(tmp_path, model, drop={"lin"})
+    out = tmp_path / "engine"
+    out.mkdir()
+    target = Target(backend="onnxruntime-tensorrt", device="cuda", precision="int8")
+    with pytest.raises(CalibrationError, match=r"no scale for 1 of the 11 .*: lin;"):
+        build_engine(source, target, out, Calibration(calib))

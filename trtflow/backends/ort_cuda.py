@@ -414,6 +414,12 @@ class OrtGpuBackend:
 
     def build(self, model_path: Path, target: Target, out_dir: Path,
               calibration: Calibration | None) -> dict[str, Any]:
+        if self.name == "onnxruntime-tensorrt" and target.precision in ("int8", "best") \
+                and calibration:
+            # TensorRT's provider keeps a tensor without a scale out of INT8: refuse that cache
+            from trtflow.backends.tensorrt_plan import check_cache_complete
+
+            check_cache_complete(calibration.path / "calibration.cache", model_path)
         return build(model_path, target, out_dir,
                      calibration.amax() if calibration else None,
                      calibration.float_layers() if calibration else None,
