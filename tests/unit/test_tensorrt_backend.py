@@ -75,6 +75,9 @@ def test_plan_on_tensorrt_11_is_strongly_typed() -> None:
     assert int8.graph == "qdq" and int8.strongly_typed and not int8.flags
     with pytest.raises(BuildError, match="no calibrator interface"):
         plan_build(Target(device="cuda", precision="int8", int8_source="calibration_cache"), 11)
+    with pytest.raises(BuildError, match=r"builds precision \['best', 'fp16', 'fp32', 'fp8', "
+                                         r"'int8'\], not 'bf16'"):
+        plan_build(Target(device="cuda", precision="bf16"), 11)
 
 
 def test_fp8_builds_the_fp8_qdq_graph_strongly_typed_on_10_and_11() -> None:
