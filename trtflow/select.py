@@ -265,9 +265,17 @@ def smoothed_calibration(model_path: Path, calibration: Calibration, alpha: floa
 
     from trtflow.graph.smoothquant import channel_amax, smooth, smoothable
     from trtflow.quant import accuracy
+    from trtflow.quant.cache import write_calibration_cache
     from trtflow.quant.collect import collect_histograms
-    from trtflow.quant.methods import METHODS, compute_amax
-    from trtflow.stages.calibrate import ACCURACY_FILE, SCALES_FILE, calibration_tensors
+    from trtflow.quant.methods import METHODS, compute_amax, scale_from_amax
+    from trtflow.quant.qdq import insert_qdq
+    from trtflow.stages.calibrate import (
+        ACCURACY_FILE,
+        CACHE_FILE,
+        QDQ_FILE,
+        SCALES_FILE,
+        calibration_tensors,
+    )
 
     workers = threads or 1
     model = onnx.load(str(model_path))
@@ -290,6 +298,10 @@ def smoothed_calibration(model_path: Path, calibration: Calibration, alpha: floa
         fallback = accuracy.fallback(evaluator, amax, ranked, budget, max_layers=8)
     copy = cand_dir / "calibration"
     copy.mkdir()
+    skip = frozenset((fallback or {}).get("skip", []))  # a complete calibration directory:
+    write_calibration_cache(copy / CACHE_FILE,  # TensorRT's cache and Q/DQ model too
+                            {t: scale_from_amax(a, t) for t, a in amax.items()})
+    onnx.save_model(insert_qdq(smoothed, amax, "tensorrt", skip=skip)[0], str(copy / QDQ_FILE))
     (copy / SCALES_FILE).write_text(json.dumps(
         {t: {"amax": a, "scale": a / 127.0, "method": method} for t, a in amax.items()},
         indent=2))

@@ -165,6 +165,9 @@ def test_a_smoothquant_candidate_is_recalibrated_on_the_smoothed_graph(tmp_path:
     smoothing = json.loads((cand / "smoothquant.json").read_text())
     assert [g["activation"] for g in smoothing["groups"]] == ["h", "r"]
     assert smoothing["float_layers"] == []  # no fallback budget in this calibration
+    # a complete calibration directory: TensorRT's Q/DQ model and cache for the new graph
+    assert {"model.qdq.onnx", "calibration.cache", "scales.json", "accuracy.json"} <= {
+        p.name for p in smoothed.path.iterdir()}
     # the MatMul reads the smoothed tensor now, and the calibration has its amax
     assert "h_smoothed" in smoothed.amax() and "h_smoothed" not in Calibration(calib).amax()
     assert any(n.op_type == "Mul" and n.output[0] == "h_smoothed"
