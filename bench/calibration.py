@@ -6,7 +6,10 @@ Each measurement runs in its own subprocess so peak RSS is its own:
 
 - floor:        a plain ORT FP32 forward pass over the same data (ORT_ENABLE_ALL,
                 intra-op threads = cores, loading excluded);
-- trtflow:      histogram collection + max/percentile/MSE/entropy from one pass;
+- trtflow:      streaming histograms (calibration.histogram: streaming) of every float
+                activation + max/percentile/MSE/entropy, from one pass;
+- trtflow-exact: calibration.histogram: exact, a max pass then 2048-bin histograms over
+                each tensor's global max (TensorRT's grid), + the four methods;
 - ort-minmax / ort-entropy / ort-percentile: `onnxruntime.quantization`'s calibrators
                 on the same tensors' producing nodes (each its own pass).
 
@@ -15,8 +18,13 @@ this machine, DESIGN.md): they run at 64 and 256 images; at 1024 they are record
 "not run: memory". Entropy fidelity: trtflow's streamed-grid entropy amax vs a direct
 TensorRT-algorithm KL search on one 2048-bin histogram over the global max, same data.
 
+Fidelity of the streaming mode: its entropy amax vs the exact mode's on the same data
+(the exact mode is bit-equal to NVIDIA's _compute_amax_entropy: tests/unit/test_methods.py).
+
     python bench/calibration.py            # full run (~several minutes)
     python bench/calibration.py --quick    # 64 images only
+    python bench/calibration.py --modes    # floor, streaming and exact at 64 and 256 images
+                                           # -> bench/results/calibration-modes.json
 """
 
 from __future__ import annotations
@@ -75,11 +83,11 @@ def run_one(kind: str, model_path: Path, n: int) -> dict:
     import onnxruntime as ort
 
     from trtflow.backends.onnxruntime_backend import default_threads
-    from trtflow.stages.calibrate import calibration_tensors
+    from trtflow.quant.qdq import float_activations
 
     threads = default_threads()
     model = onnx.load(str(model_path))
-    tensors = calibration_tensors(model)
+    tensors = float_activations(model)  # the complete cache, as the calibrate stage does
     rss_loaded = _rss_mb()
     if kind == "floor":
         opts = ort.SessionOptions()
@@ -90,12 +98,14 @@ def run_one(kind: str, model_path: Path, n: int) -> dict:
             sess.run(None, feed)
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "peak_rss_mb": _rss_mb(), "rss_loaded_mb": rss_loaded}
-    if kind == "trtflow":
+    if kind in ("trtflow", "trtflow-exact"):
         from trtflow.quant.collect import collect_histograms
         from trtflow.quant.methods import METHODS, compute_amax
 
         start = time.perf_counter()
-        result = collect_histograms(model, tensors, images(n), threads)
+        result = collect_histograms(model, tensors, images(n), threads,
+                                    mode="exact" if kind == "trtflow-exact" else "streaming",
+                                    batches_again=lambda: images(n))
         setup = time.perf_counter() - start - result.seconds  # exposing outputs + session
         methods_start = time.perf_counter()
         amax = {m: {t: compute_amax(result.collector[t], m) for t in tensors} for m in METHODS}
@@ -191,15 +201,66 @@ def child(kind: str, model: Path, n: int) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def modes_run() -> None:
+    """Streaming vs exact: time against the FP32 floor, and entropy amax agreement."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "resnet18.onnx"
+        build_model(model)
+        results: dict = {"cpu": cpu_info(), "model": "resnet18-shaped (BN folded)",
+                         "batch": BATCH, "sizes": {}}
+        for n in (64, 256):
+            row = {}
+            for kind in ("floor", "trtflow", "trtflow-exact"):
+                print(f"[{n} images] {kind} ...", flush=True)
+                row[kind] = child(kind, model, n)
+            floor = row["floor"]["seconds"]
+            for r in row.values():
+                r["x_floor"] = r["seconds"] / floor
+            streaming = row["trtflow"].pop("entropy_amax")
+            exact = row["trtflow-exact"].pop("entropy_amax")
+            rel = np.array([abs(streaming[t] - exact[t]) / exact[t] for t in exact])
+            row["streaming_vs_exact_entropy"] = {
+                "tensors": int(rel.size), "identical": int((rel == 0).sum()),
+                "within_2pct": int((rel <= 0.02).sum()), "max_rel_diff": float(rel.max()),
+                "median_rel_diff": float(np.median(rel))}
+            row["exact_over_streaming"] = row["trtflow-exact"]["seconds"] / \
+                row["trtflow"]["seconds"]
+            results["sizes"][n] = row
+        at256 = results["sizes"][256]["trtflow-exact"]["x_floor"]
+        results["exact_default"] = {
+            "rule": "exact becomes the default if it takes <= 1.5x one FP32 forward pass "
+                    "at 256 images", "exact_x_floor_256": at256, "met": at256 <= 1.5}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "calibration-modes.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\n{'images':>6} {'mode':<15} {'seconds':>8} {'x floor':>8} {'peak RSS MB':>12}")
+    for n, row in results["sizes"].items():
+        for kind in ("floor", "trtflow", "trtflow-exact"):
+            r = row[kind]
+            print(f"{n:>6} {kind:<15} {r['seconds']:>8.2f} {r['x_floor']:>8.2f} "
+                  f"{r['peak_rss_mb']:>12.0f}")
+        f = row["streaming_vs_exact_entropy"]
+        print(f"       streaming entropy vs exact: {f['identical']} identical, "
+              f"{f['within_2pct']}/{f['tensors']} within 2%, max diff "
+              f"{100 * f['max_rel_diff']:.1f}%")
+    print(f"exact default: {results['exact_default']}")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="64 images only")
+    ap.add_argument("--modes", action="store_true",
+                    help="streaming vs exact histograms (and the FP32 floor) at 64 and 256")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run_one(args.child, args.model, args.n)))
+        return
+    if args.modes:
+        modes_run()
         return
     sizes = [64] if args.quick else [64, 256, 1024]
     with tempfile.TemporaryDirectory() as tmp:
