@@ -142,6 +142,50 @@ def _raw_pickle(path: Path) -> None:
     path.write_bytes(pickle.dumps({"1.weight": _Shell()}, protocol=2))
 
 
+class _Touch:
+    """Unpickling it creates `path`: proof that a loader ran code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.path, "w"))
+
+
+def evil_pt2(path: Path, marker: Path) -> None:
+    """A real torch.export archive whose sample inputs are a pickle that creates `marker`
+    (torch.export.load falls back to weights_only=False for them)."""
+    import io
+
+    import torch
+
+    program = torch.export.export(torch.nn.Linear(4, 3), (torch.randn(2, 4),))
+    plain = path.with_suffix(".plain.pt2")
+    torch.export.save(program, str(plain))
+    payload = io.BytesIO()
+    torch.save({"x": _Touch(marker)}, payload)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as out:
+        for name in src.namelist():
+            out.writestr(name, payload.getvalue() if name.endswith("sample_inputs/model.pt")
+                         else src.read(name))
+    plain.unlink()
+
+
+def _evil_pt2_project(root: Path) -> Call:
+    evil_pt2(root / "m.pt2", root / "PWNED")
+    _params(root, {"model": {"name": "m", "source": {"exported_program": "m.pt2"}}})
+    return Call(["stage", "export", "--params", "p.yaml"])
+
+
+def _failing_function(root: Path) -> Call:
+    (root / "my_data.py").write_text("def batches():\n    yield from []\n"
+                                     "    raise RuntimeError('database is down')\n")
+    _params(root, {"model": {"name": "digits", "source": {"builtin": "digits"}},
+                   "data": {"calibration": {"function": "my_data:batches"}},
+                   "targets": {"int8": {"precision": "int8"}}})
+    return Call(["run", "p.yaml"], env={"PYTHONPATH": str(root)})
+
+
 # --- ONNX graphs --------------------------------------------------------------------
 
 def _graph(path: Path, *, opset: int = 18, ir: int = 9, nan: bool = False, cycle: bool = False,
@@ -408,6 +452,12 @@ HARDENING: list[Case] = [
          _replace_data("evaluation", _npz_arrays(image=_digits_images(),
                                                  label=np.zeros((40, 1), np.int64))),
          "expected one class id per sample (a 1-D array)"),
+    Case("model-pt2-pickled-inputs", "loaders",
+         "`.pt2` whose sample inputs are a pickle (torch falls back to unpickling)",
+         _evil_pt2_project, "holds a pickled Python object (it pickles io.open)"),
+    Case("data-function-raises", "loaders", "a `module:function` data source that raises",
+         _failing_function, "data.function 'my_data:batches' raised RuntimeError: database "
+         "is down"),
     Case("model-external-outside", "loaders", "ONNX external data at `../../etc/passwd`",
          _onnx(_external("../../etc/passwd")), "outside the model's folder"),
     Case("model-external-truncated", "loaders", "ONNX external data file cut short",
@@ -507,6 +557,7 @@ COMMANDS = {
     "synthetic-huge-declared": "stage export", "synthetic-ids-factory": "stage export",
     "store-linked-stage": "stage export", "store-verify-linked-stage": "store verify",
     "store-verify-linked-file": "store verify", "store-linked-artifact": "stage export",
+    "model-pt2-pickled-inputs": "stage export",
 }
 # Cases whose failure comes after stages ran, by design, and what they may change: a
 # gate decides on a compiled engine (the flow ran: its runs are recorded, nothing is

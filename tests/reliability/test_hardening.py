@@ -60,3 +60,13 @@ def test_a_store_on_another_disk_through_a_link_is_used(tmp_path: Path) -> None:
     assert len(list((disk / "export").glob("*/model.onnx"))) == 1
     verify = trtflow("store", "verify", cwd=root, env=project_env())
     assert verify.returncode == 0 and "all intact" in verify.stdout, verify.stderr
+
+
+def test_a_pt2_with_pickled_sample_inputs_runs_no_code(tmp_path: Path) -> None:
+    from .catalogue_hardening import evil_pt2
+
+    evil_pt2(tmp_path / "m.pt2", tmp_path / "PWNED")
+    _params(tmp_path, {"model": {"name": "m", "source": {"exported_program": "m.pt2"}}})
+    res = trtflow("stage", "export", "--params", "p.yaml", cwd=tmp_path, env=project_env())
+    assert res.returncode == 2 and "pickle is refused" in res.stderr, res.stderr
+    assert not (tmp_path / "PWNED").exists()

@@ -246,7 +246,7 @@ class FunctionStream:
 
     def __iter__(self) -> Iterator[Any]:
         def samples() -> Iterator[tuple[dict[str, np.ndarray], int | None]]:
-            for item in self.fn():
+            for item in self._items():
                 if not isinstance(item, dict):
                     raise DataError(f"data.function '{self.ref}' yielded "
                                     f"{type(item).__name__}, expected a dict of arrays")
@@ -254,3 +254,13 @@ class FunctionStream:
                 yield {k: np.asarray(v) for k, v in item.items() if k != "label"}, label
 
         return self.batcher.batches(samples())
+
+    def _items(self) -> Iterator[Any]:
+        """The user function's items; its own exceptions become one DataError naming it."""
+        try:
+            yield from self.fn()
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"data.function '{self.ref}' raised {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None

@@ -6,10 +6,14 @@ safetensors carry no code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import os
+import pickle
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,7 +266,14 @@ def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
 
     torch_dtypes = _torch_dtypes()
     try:
-        program = torch.export.load(str(path))
+        with _weights_only_loads():
+            program = torch.export.load(str(path))
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it pickles {found.group(1)})" if found else ""
+        raise ModelError(f"model.source.exported_program: {path} holds a pickled Python "
+                         f"object{what}, which would run code when loaded; pickle is refused: "
+                         "re-save it with torch.export.save from plain tensors") from None
     except Exception as exc:
         raise ModelError(f"model.source.exported_program: {path} is not a loadable "
                          f"torch.export archive: {str(exc).splitlines()[0][:300]}") from None
@@ -286,6 +297,24 @@ def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
                               else "output"
                               for i in range(len(program.graph_signature.user_outputs))]
     return LoadedModel(program.module(), None, cfg.inputs or specs, outputs)
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """torch.export.load retries a failed `weights_only` load of an archive's sample inputs
+    with `weights_only=False`, i.e. unpickles whatever the file holds (checked with torch
+    2.13: a crafted .pt2 ran a shell command). torch's own switch forces every load in
+    this block to stay weights-only."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 def _embedding_ranges(program: Any) -> dict[str, tuple[float, float]]:
