@@ -367,6 +367,11 @@ def ignored_fields(params: Params) -> list[tuple[str, str]]:
         found += [(f"export.{f}", "an ONNX source is not exported (its graph is used as is, "
                    "at its own opset)") for f in ("opset", "atol", "rtol")
                   if _given(params.export, f)]
+        if model.outputs is not None:
+            found.append(("model.outputs", "an ONNX source's outputs are its graph's"))
+    if params.publish.bucket is None:
+        found += [(f"publish.{f}", "nothing is published without publish.bucket")
+                  for f in ("prefix", "endpoint_url") if _given(params.publish, f)]
     for split in ("calibration", "evaluation"):
         ds = getattr(params.data, split)
         if ds is None:
@@ -380,6 +385,9 @@ def ignored_fields(params: Params) -> list[tuple[str, str]]:
     for name, target in params.targets.items():
         if target.precision != "best" and _given(target, "select"):
             found.append((f"targets.{name}.select", "only `precision: best` selects"))
+        if target.backend != "onnxruntime" or target.precision not in ("int8", "best"):
+            found += [(f"targets.{name}.{f}", "only onnxruntime int8 engines read it")
+                      for f in ("int8_activations", "reduce_range") if _given(target, f)]
         if _given(target, "int8_scheme") and (
                 target.backend, target.precision) != ("openvino", "int8"):
             found.append((f"targets.{name}.int8_scheme", "only openvino int8 reads it"))
