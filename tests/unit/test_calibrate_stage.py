@@ -11,7 +11,7 @@ import pytest
 from trtflow.errors import CalibrationError
 from trtflow.params import CalibrationConfig, Fallback
 from trtflow.quant.cache import check_cache_matches, read_calibration_cache
-from trtflow.quant.histogram import HistogramCollector
+from trtflow.quant.collector import HistogramCollector
 from trtflow.stages.calibrate import (
     ACCURACY_FILE,
     CACHE_FILE,

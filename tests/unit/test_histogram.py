@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from trtflow.errors import CalibrationError
+from trtflow.quant.collector import HistogramCollector
 from trtflow.quant.histogram import (
     DEFAULT_NUM_BINS,
     DEFAULT_OVERSAMPLING,
-    HistogramCollector,
     TensorHistogram,
 )
 from trtflow.quant.methods import (

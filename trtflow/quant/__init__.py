@@ -12,7 +12,8 @@ from trtflow.quant.cache import (
     trt_version_number,
     write_calibration_cache,
 )
-from trtflow.quant.histogram import DEFAULT_NUM_BINS, HistogramCollector, TensorHistogram
+from trtflow.quant.collector import HistogramCollector
+from trtflow.quant.histogram import DEFAULT_NUM_BINS, TensorHistogram
 from trtflow.quant.methods import (
     AMAX_FLOOR,
     METHODS,

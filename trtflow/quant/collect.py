@@ -19,8 +19,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from trtflow.errors import CalibrationError
+from trtflow.quant.collector import HistogramCollector
 from trtflow.quant.exact import ExactHistogramCollector, MaxCollector
-from trtflow.quant.histogram import DEFAULT_NUM_BINS, HistogramCollector
+from trtflow.quant.histogram import DEFAULT_NUM_BINS
 
 Progress = Callable[[int], None]
 

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from trtflow.errors import CalibrationError
-from trtflow.quant.histogram import DEFAULT_NUM_BINS, HistogramCollector, TensorHistogram
+from trtflow.quant.collector import HistogramCollector
+from trtflow.quant.histogram import DEFAULT_NUM_BINS, TensorHistogram
 
 _CHUNK = 1 << 18
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtflow.quant.histogram import HistogramCollector
+from trtflow.quant.collector import HistogramCollector
 
 METHOD_COLORS = {"max": "tab:red", "percentile": "tab:orange", "mse": "tab:green",
                  "entropy": "tab:blue"}

@@ -34,7 +34,7 @@ from trtflow.params import CalibrationConfig
 from trtflow.quant import accuracy as accuracy_mod
 from trtflow.quant.cache import write_calibration_cache
 from trtflow.quant.collect import Progress, collect_histograms
-from trtflow.quant.histogram import HistogramCollector
+from trtflow.quant.collector import HistogramCollector
 from trtflow.quant.methods import METHODS, compute_amax, scale_from_amax
 from trtflow.quant.qdq import (
     FP8_MAX,
