@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from trtflow.errors import ParityError
+from trtflow.errors import ModelError, ParityError
 from trtflow.graph.cleanup import cleanup, op_counts
 from trtflow.graph.parity import compare, ort_run
 from trtflow.params import ExportConfig, TensorSpec
@@ -83,3 +83,17 @@ def test_compare_is_polygraphys_elementwise_check_and_names_the_worst_output() -
     with pytest.raises(ParityError, match=r"t: output 'b' differs by up to 0.25 \(abs\) and "
                                           r"0.25 \(rel\), beyond both atol=0.001 and rtol=0.01"):
         compare(ref, far, atol=1e-3, rtol=1e-2, what="t")
+
+
+def test_ort_run_refuses_a_wrong_shape_naming_file_and_shapes_quietly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "relu.onnx"
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 8])])
+    onnx.save(onnx.helper.make_model(graph), path)
+    with pytest.raises(ModelError, match=r"cannot run .*relu.onnx on sample inputs "
+                                         r"\{'x': \[3, 5\]\} \(declared \{'x': \['batch', 8\]\}\)"):
+        ort_run(path, {"x": np.ones((3, 5), np.float32)})
+    assert capsys.readouterr().out == ""  # Polygraphy's own log stays silent

@@ -62,7 +62,8 @@ def ort_run(model_path: Path, inputs: dict[str, np.ndarray], threads: int | None
         session = _session(model_path, threads)
         declared = {i.name: i.shape for i in session.get_inputs()}
         feed = {name: inputs[name] for name in declared if name in inputs}
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL), OnnxrtRunner(session) as runner:
+        # silent, critical included: the ModelError below carries Polygraphy's message
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1), OnnxrtRunner(session) as runner:
             return dict(runner.infer(feed))
     except (*_ORT_FAILURES, PolygraphyException) as exc:
         shapes = {k: list(v.shape) for k, v in inputs.items()}
@@ -99,7 +100,7 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
     ])
     # reldiff is taken against the second runner of the pair: the reference
     check = SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise")
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
         accuracy = Comparator.compare_accuracy(results, compare_func=check,
                                                comparisons=[(0, 1)])
     (per_output,) = accuracy[0][(CANDIDATE, REFERENCE)]  # one comparison, one iteration
