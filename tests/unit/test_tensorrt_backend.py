@@ -1,10 +1,12 @@
-"""TensorRT backend.
+"""TensorRT backend (through Polygraphy) and the stubs mypy checks it against.
 
-The engine tests need a real TensorRT (`tensorrt.Builder`); where there is none they
-skip with that reason. TensorRT is installable on no machine of this project, so
-here they always skip: the backend is type-checked against typings/tensorrt instead
-(`mypy trtflow`). The build plan and the inspector-JSON fusion report are pure logic
-and are tested everywhere.
+The engine tests (marker `tensorrt`) need a real TensorRT (`tensorrt.Builder`); where
+there is none they skip with that reason. TensorRT is installable on no machine of this
+project, so here they always skip (`make trt-check` runs them in NVIDIA's container).
+Tested everywhere: the build plan, the profile for every dynamic axis, Polygraphy's
+CreateConfig built from them, the calibration-cache completeness error, the fusion
+report on given inspector JSON, and typings/tensorrt and typings/polygraphy checked
+name by name against NVIDIA's bindings (a committed fixture) and the installed Polygraphy.
 """
 
 from __future__ import annotations
