@@ -8,13 +8,17 @@ the `factory` source (`examples.train_sensor:make_model`). It writes:
     examples/out/sensor.onnx              ONNX                  (onnx source)
     examples/out/calibration.npz          inputs for INT8 calibration (key: window)
     examples/out/evaluation.npz           held-out inputs + labels    (keys: window, label)
+    examples/out/request.json             two windows for `mlflow models predict`
 
-Then:  trtflow init examples/out/sensor.pt2 -o params/sensor.yaml  (edit data paths)
-       trtflow run params/sensor.yaml
+Then (README.md, "Compile your own model"):
+    trtflow init examples/out/sensor.pt2 -o params/sensor.yaml \
+        --calibration examples/out/calibration.npz --evaluation examples/out/evaluation.npz
+    trtflow run params/sensor.yaml
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +83,8 @@ def main() -> None:
     np.savez(OUT / "calibration.npz", window=cal_x)
     np.savez(OUT / "evaluation.npz", window=ev_x, label=ev_y)
     save_file(model.state_dict(), str(OUT / "sensor.safetensors"))
+    # MLflow's JSON request format for a tensor-signature model: {"inputs": {name: batch}}
+    (OUT / "request.json").write_text(json.dumps({"inputs": {"window": ev_x[:2].tolist()}}))
     example = (torch.from_numpy(ev_x[:2]),)
     batch = {0: torch.export.Dim("batch")}
     torch.export.save(torch.export.export(model, example, dynamic_shapes=(batch,)),

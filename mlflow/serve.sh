@@ -22,6 +22,7 @@ esac
 artifacts="${TRTFLOW_MLFLOW_ARTIFACTS:-$state/mlartifacts}"
 mkdir -p "$state" "$artifacts"
 echo "MLflow UI: http://$host:$port  (store: $backend, artifacts: $artifacts)" >&2
+echo "  each model's engines: the address \`trtflow run\` prints (?viewStateShareKey=trtflow)" >&2
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 export DO_NOT_TRACK="${DO_NOT_TRACK:-1}"  # no usage telemetry (trtflow's CLI does the same)
 exec "$python" -m mlflow server \
