@@ -84,3 +84,20 @@ def test_stage_command_copies_artifact_for_dvc(digits_root: Path) -> None:
     assert (out / "model.clean.onnx").is_file() and (out / "cleanup_report.json").is_file()
     res = trtflow("stage", "bogus", "--params", str(path), cwd=digits_root)
     assert res.returncode == 2 and "unknown stage 'bogus'" in res.stderr
+
+
+def test_console_script_imports_a_factory_from_the_project_without_pythonpath(
+        tmp_path: Path) -> None:
+    """The README's `examples.train_sensor:make_model` from the `trtflow` console script
+    (whose sys.path, unlike `python -m`'s, has no current directory of its own)."""
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "__init__.py").write_text("")
+    (tmp_path / "nets" / "tiny.py").write_text(
+        "import torch\n\ndef make_model():\n    return torch.nn.Linear(4, 2)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([str(Path(sys.executable).parent / "trtflow"), "init",
+                          "nets.tiny:make_model", "-o", "p.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "p.yaml").read_text()
+    assert "name: tiny" in text and "weights: none" in text and "Linear" not in res.stderr
