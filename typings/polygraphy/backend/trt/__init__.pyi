@@ -28,8 +28,8 @@ class CreateConfig:
     profiles: list[Profile]
     timing_cache_path: str | None
     def __init__(self, tf32: bool | None = None, fp16: bool | None = None,
-                 int8: bool | None = None, fp8: bool | None = None,
-                 calibrator: trt.IInt8Calibrator | None = None, *,
+                 int8: bool | None = None, fp8: bool | None = None, *,
+                 calibrator: trt.IInt8Calibrator | None = None,
                  profiles: list[Profile] | None = None, load_timing_cache: str | None = None,
                  profiling_verbosity: trt.ProfilingVerbosity | None = None,
                  memory_pool_limits: Mapping[trt.MemoryPoolType, int] | None = None) -> None: ...
