@@ -27,7 +27,7 @@ class AccuracyResults:
 
 class SimpleCompareFunc:
     def __init__(self, check_shapes: bool | None = None, rtol: float | None = None,
-                 atol: float | None = None, fail_fast: bool | None = None,
+                 atol: float | None = None, fail_fast: bool | None = None, *,
                  check_error_stat: str | None = None) -> None: ...
 
 class Comparator:
