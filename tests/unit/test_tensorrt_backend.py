@@ -447,6 +447,39 @@ def test_every_polygraphy_stub_name_and_parameter_exists_in_polygraphy() -> None
     assert not problems, "\n".join(problems)
 
 
+def _positional_stubs() -> list[tuple[str, str, str, list[str]]]:
+    """(module, class or '', function, positional parameter names) of the Polygraphy stubs."""
+    found = []
+    for path in sorted((TYPINGS / "polygraphy").rglob("*.pyi")):
+        parts = path.relative_to(TYPINGS).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            for fn in getattr(node, "body", []):
+                if isinstance(fn, ast.FunctionDef):
+                    owner = node.name if isinstance(node, ast.ClassDef) else ""
+                    names = [a.arg for a in fn.args.args if a.arg != "self"]
+                    found.append((module, owner, fn.name, names))
+    return found
+
+
+def test_polygraphy_stub_positional_parameters_keep_polygraphys_order() -> None:
+    """A positional call checked against the stub must bind as it does in Polygraphy."""
+    import importlib
+
+    problems = []
+    for module, owner, name, names in _positional_stubs():
+        real = importlib.import_module(module)
+        if owner:
+            real = getattr(real, owner)
+        target = real if name == "__init__" else getattr(real, name)
+        params = [p for p in inspect.signature(target).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+        if [p.name for p in params[:len(names)]] != names:
+            problems.append(f"{module}.{owner}.{name}: stub {names}, polygraphy "
+                            f"{[p.name for p in params]}")
+    assert not problems, "\n".join(problems)
+
+
 def polygraphy_version() -> str:
     import polygraphy
 
