@@ -133,3 +133,16 @@ def load_yaml(path: Path, error: type[TrtflowError] = ParamsError) -> Any:
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror})") from None
     return parse_yaml(text, str(path), error)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """SafeDumper that writes a value shared by two keys out twice instead of as an
+    anchor and alias, which `StrictLoader` refuses."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text that `load_yaml` reads back: no anchors, keys in the given order."""
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=False)

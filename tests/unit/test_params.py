@@ -138,3 +138,11 @@ def test_a_dumped_params_reads_back_although_it_names_every_field() -> None:
                            "targets": {"int8": {"precision": "int8"}}})
     again = parse_params(params.model_dump(mode="json", by_alias=True))
     assert again.digest() == params.digest()
+
+
+def test_dump_yaml_writes_shared_values_out_so_they_read_back() -> None:
+    from trtflow.yamlfile import dump_yaml, parse_yaml
+
+    gates = {"min_agreement": 0.9}
+    doc = {"targets": {"a": {"gates": gates}, "b": {"gates": gates}}}
+    assert "&" not in dump_yaml(doc) and parse_yaml(dump_yaml(doc), "x") == doc
