@@ -44,7 +44,7 @@ from trtflow.quant.qdq import (
     quantizable_activations,
 )
 
-VERSION = "calibrate-3"  # 3: NVIDIA residual rule, MaxPool inputs, complete cache, fp8 Q/DQ
+VERSION = "calibrate-4"  # 3-4: NVIDIA residual rule, MaxPool inputs, complete cache, fp8 Q/DQ
 SCALES_FILE = "scales.json"
 CACHE_FILE = "calibration.cache"
 HISTOGRAMS_FILE = "histograms.npz"
