@@ -57,7 +57,8 @@ def _export(ctx: Context, target: str | None, out: Path) -> dict[str, Any]:
 EXPORT = Step(
     "export", export_stage.VERSION, _export,
     reads=("model", "export"),
-    libraries=("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "transformers"),
+    libraries=("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "transformers",
+               "polygraphy"),  # the parity report (Polygraphy runner + Comparator)
     facts=lambda ctx, target: {"source": ctx.source_digest()},
 )
 
@@ -88,7 +89,8 @@ CLEANUP = Step(
     "cleanup", "cleanup-2", _cleanup,
     inputs=(Upstream("export"),),
     reads=("cleanup", "export.samples"),
-    libraries=("onnx", "onnxslim", "onnxscript", "onnx-ir", "onnxruntime", "numpy"),
+    libraries=("onnx", "onnxslim", "onnxscript", "onnx-ir", "onnxruntime", "numpy",
+               "polygraphy"),
 )
 
 
