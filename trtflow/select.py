@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.backends import REGISTRY, Calibration, build_engine, load_engine
-from trtflow.errors import BuildError
+from trtflow.errors import BuildError, CalibrationError, ModelError
 from trtflow.latency import combined_noise_pct, median_interval
 from trtflow.params import SelectPolicy, Target
 
@@ -206,7 +206,7 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
                 engine.run, lambda _: reference, [Batch(selection)], metric)["agreement"])
             cand.passed = cand.agreement >= min_agreement
             engines[cand.name] = engine
-        except BuildError as exc:
+        except (BuildError, CalibrationError, ModelError) as exc:  # this candidate only
             cand.error = str(exc)[:300]
     from trtflow.datasets import tile_batch
 
