@@ -2,7 +2,9 @@
 x86 user would pick instead: ORT FP32, ORT quantize_static INT8, OpenVINO FP32, OpenVINO
 INT8 quantized by NNCF, and PyTorch eager.
 
-For resnet18 and minilm, at batch 1 and 8, in one process, timed in alternating
+For resnet18, minilm and a MobileNetV2-style net trained on digits (`mnv2-digits`,
+bench/mobilenet_digits.py: depthwise convs, squeeze-excite, compiled from a factory
+source and weights as a user would), at batch 1 and 8, in one process, timed in alternating
 rounds (each round runs every contender once per batch size) so drift and noise
 hit all of them alike. trtflow's engine comes from the same cached stages as
 `trtflow run` (export -> cleanup -> calibrate -> build int8, no Prefect), on the
@@ -16,9 +18,10 @@ demo data (`trtflow prepare` first). ORT's baselines:
 - OpenVINO FP32:  the cleaned graph at OpenVINO's default precision hint (bf16 on hosts
                   with AVX512_BF16: the label says what ran) and with the f32 hint;
 - OpenVINO+NNCF:  `nncf.quantize` (default preset) on the same calibration data.
-Ratios are against trtflow's selected engine; the CPU flags are in the JSON.
+Ratios are against trtflow's selected engine; the CPU flags are in the JSON, with every
+candidate the selection timed and each issue target (met, or by how much it falls short).
 
-    python bench/engine.py [--models resnet18 minilm] [--rounds 30]
+    python bench/engine.py [--models resnet18 minilm mnv2-digits] [--rounds 30]
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results"
 
 
+def params_path(model: str) -> Path:
+    if model == "mnv2-digits":
+        from mobilenet_digits import prepare
+
+        return prepare(ROOT)  # trained once, cached under build/
+    return ROOT / "params" / f"{model}.yaml"
+
+
 def trtflow_engine(model: str) -> tuple:
     from trtflow.context import Context
     from trtflow.params import load_params
@@ -49,7 +60,7 @@ def trtflow_engine(model: str) -> tuple:
     from trtflow.project import configure_environment
 
     configure_environment(ROOT)
-    ctx = Context.create(load_params(ROOT / "params" / f"{model}.yaml"), ROOT)
+    ctx = Context.create(load_params(params_path(model)), ROOT)
     _, cleaned, calibrated, built = run_up_to(ctx, "build", "int8")
     return ctx, cleaned.file(CLEAN_FILE), Path(built.path), calibrated
 
@@ -119,8 +130,27 @@ def nncf_int8(clean: Path, ctx):
                                            ctx.root, 1)]
     model = ov.Core().read_model(str(clean))
     kind = nncf.ModelType.TRANSFORMER if ctx.params.model.name == "minilm" else None
+    # NNCF's defaults otherwise: symmetric activations (uint8 where non-negative), per-channel
+    # weights, fast bias correction, SmoothQuant alpha 0.95 on MatMuls for transformers
     return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                          model_type=kind)
+
+
+def labelled_eval(ctx) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """The whole evaluation split and its labels, where the data has labels."""
+    spec = ctx.params.data.evaluation
+    if spec is None or not spec.labels:
+        return None
+    data = np.load(ctx.root / spec.npz)
+    names = [t.name for t in ctx.input_specs()]
+    return {n: data[n] for n in names}, data[spec.labels]
+
+
+def top1(run, feeds: dict[str, np.ndarray], labels: np.ndarray, bs: int = 8) -> float:
+    n = len(labels)
+    preds = [next(iter(run({k: v[i:i + bs] for k, v in feeds.items()}).values())).argmax(1)
+             for i in range(0, n, bs)]
+    return float((np.concatenate(preds) == labels).mean())
 
 
 def inputs_for(ctx, bs: int) -> dict[str, np.ndarray]:
@@ -161,6 +191,7 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
             contenders[f"ORT quantize_static QDQ {act.upper()}S8"] = OrtEngine.from_model(
                 path, threads, spinning=False).run
         feeds = {bs: inputs_for(ctx, bs) for bs in batch_sizes}
+        labelled = labelled_eval(ctx)
         ref = {bs: contenders["ORT FP32"](feeds[bs]) for bs in batch_sizes}
         quality = {}
         for name, run in contenders.items():
@@ -171,6 +202,8 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
             quality[name] = {"mean_cosine_vs_fp32": float(cos.mean()),
                              "top1_agreement_vs_fp32": float((r.argmax(1) == c.argmax(1))
                                                              .mean())}
+            if labelled is not None:
+                quality[name]["top1_accuracy"] = top1(run, *labelled)
         times: dict = {name: {bs: [] for bs in batch_sizes} for name in contenders}
         # three blocks; in each, every contender runs a warm-up and a contiguous series,
         # so slow drift of the machine hits all of them alike
@@ -195,13 +228,67 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
         for bs in batch_sizes:
             row[f"bs{bs}"]["trtflow_speedup"] = (row[f"bs{bs}"]["median_ms"]
                                                  / ours[f"bs{bs}"]["median_ms"])
-    return {"threads": threads, "calibration": calibrated.report, "contenders": rows,
-            "selection": best.report["selection"]}
+    result = {"threads": threads, "calibration": calibrated.report, "contenders": rows,
+              "selection": best.report["selection"]}
+    result["targets"] = TARGETS[model](rows, f"trtflow best ({winner})", batch_sizes)
+    return result
+
+
+def _ratio(rows: dict, ours: str, other: str, batch_sizes: list[int]) -> dict[str, float]:
+    """How many times faster trtflow's engine ran than `other`, per batch size."""
+    return {f"bs{bs}": rows[other][f"bs{bs}"]["median_ms"] / rows[ours][f"bs{bs}"]["median_ms"]
+            for bs in batch_sizes}
+
+
+def _target(what: str, ratios: dict[str, float], need: float, quality_ok: bool,
+            quality: str) -> dict:
+    worst = min(ratios.values())
+    met = worst >= need and quality_ok
+    verdict = "met" if met else (
+        f"short: {worst:.2f}x of {need:.2f}x needed" if worst < need else f"short: {quality}")
+    return {"target": what, "ratios": ratios, "need": need, "quality": quality,
+            "verdict": verdict}
+
+
+def _resnet18_targets(rows: dict, ours: str, bss: list[int]) -> list[dict]:
+    cos = {k: v["quality"]["mean_cosine_vs_fp32"] for k, v in rows.items()}
+    out = []
+    for peer, need in (("ORT quantize_static QDQ U8S8", 1.3), ("OpenVINO INT8 (NNCF quantize)",
+                                                                1.0)):
+        ok = cos[ours] >= cos[peer] - 1e-4  # equal within float noise counts as "at theirs"
+        out.append(_target(f">= {need}x {peer}, cosine >= theirs", _ratio(rows, ours, peer, bss),
+                           need, ok, f"cosine {cos[ours]:.5f} vs {cos[peer]:.5f}"))
+    return out
+
+
+def _minilm_targets(rows: dict, ours: str, bss: list[int]) -> list[dict]:
+    cos = rows[ours]["quality"]["mean_cosine_vs_fp32"]
+    q = f"cosine {cos:.5f} (>= 0.995 needed)"
+    return [_target(">= 1.5x ORT FP32 at cosine >= 0.995", _ratio(rows, ours, "ORT FP32", bss),
+                    1.5, cos >= 0.995, q),
+            _target(">= 1.0x OpenVINO+NNCF INT8", _ratio(
+                rows, ours, "OpenVINO INT8 (NNCF quantize)", bss), 1.0, cos >= 0.995, q)]
+
+
+def _mnv2_targets(rows: dict, ours: str, bss: list[int]) -> list[dict]:
+    fp32 = ["ORT FP32", "OpenVINO FP32 (f32 hint)"]
+    fastest = {f"bs{bs}": min(rows[n][f"bs{bs}"]["median_ms"] for n in fp32) for bs in bss}
+    ratios = {k: v / rows[ours][k]["median_ms"] for k, v in fastest.items()}
+    drop = 100 * (rows["PyTorch eager FP32"]["quality"]["top1_accuracy"]
+                  - rows[ours]["quality"]["top1_accuracy"])
+    return [_target("never slower than the fastest FP32 engine (ORT FP32, OpenVINO f32), "
+                    "top-1 drop <= 0.3 pt", ratios, 1.0, drop <= 0.3 + 1e-9,
+                    f"top-1 drop {drop:.2f} pt vs PyTorch FP32")]
+
+
+TARGETS = {"resnet18": _resnet18_targets, "minilm": _minilm_targets,
+           "mnv2-digits": _mnv2_targets}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet18", "minilm"])
+    ap.add_argument("--models", nargs="+", default=["resnet18", "minilm", "mnv2-digits"],
+                    choices=sorted(TARGETS))
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     args = ap.parse_args()
@@ -222,8 +309,17 @@ def main() -> None:
                               f"({row[f'bs{bs}']['trtflow_speedup']:.2f}x)"
                               for bs in args.batch_sizes)
             q = row["quality"]
+            acc = f" acc {q['top1_accuracy']:.4f}" if "top1_accuracy" in q else ""
             print(f"  {name:<52} {cells}   cos {q['mean_cosine_vs_fp32']:.4f} "
-                  f"top1 {q['top1_agreement_vs_fp32']:.3f}")
+                  f"top1 {q['top1_agreement_vs_fp32']:.3f}{acc}")
+        print(f"  selection: {res['selection']['why']}")
+        for cand in res["selection"]["candidates"]:
+            p50 = " ".join(f"bs{k} {v:.2f}" for k, v in cand["p50_ms"].items())
+            print(f"    {cand['name']:<44} agreement {cand['agreement'] or 0:.4f}  {p50}"
+                  f"{'' if cand['passed'] else '  (failed)'}")
+        for t in res["targets"]:
+            ratios = " ".join(f"{k} {v:.2f}x" for k, v in t["ratios"].items())
+            print(f"  target {t['target']}: {ratios}; {t['quality']} -> {t['verdict']}")
     print(f"wrote {out.relative_to(ROOT)}")
 
 
