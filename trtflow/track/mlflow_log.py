@@ -235,7 +235,7 @@ def _runs_of_compile(exp: str, key: str, targets: list[str]) -> dict[str, str] |
     client = mlflow.MlflowClient()
     runs = client.search_runs([exp], f"tags.`trtflow.compile_key` = '{key}'",
                               order_by=["attributes.start_time ASC"])
-    parents = [r for r in runs if "trtflow.target" not in r.data.tags]
+    parents = [r for r in runs if "trtflow.target" not in r.data.tags and _complete(r, runs)]
     if not parents:
         return None
     parent = parents[0]  # children carry the compile key too
@@ -247,6 +247,20 @@ def _runs_of_compile(exp: str, key: str, targets: list[str]) -> dict[str, str] |
     reruns = int(parent.data.tags.get("trtflow.cached_reruns", "0")) + 1
     client.set_tag(parent.info.run_id, "trtflow.cached_reruns", str(reruns))
     return {name: run_ids[name] for name in ["parent", *targets]}
+
+
+def _complete(parent: Any, runs: list[Any]) -> bool:
+    """Whether a compile run was logged to its end: finished, or failed only because an
+    engine missed a gate (a run whose process died mid-logging stays RUNNING, and one
+    that raised is FAILED without a gate failure: neither is linked to)."""
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+    def gated(run: Any) -> bool:
+        return run.info.status == "FAILED" and "trtflow.gate_failure" in run.data.tags
+
+    return bool(children) and all(c.info.status == "FINISHED" or gated(c) for c in children) \
+        and (parent.info.status == "FINISHED" or
+             (parent.info.status == "FAILED" and any(gated(c) for c in children)))
 
 
 def target_run_name(params: Params, target: str, stages: list[StageResult]) -> str:
