@@ -11,9 +11,9 @@ difference of any other kind fails.
 How ModelOpt is installed without downgrading ONNX Runtime: ModelOpt 0.47's ``[onnx]``
 extra pins ``onnxruntime~=1.24`` (and ``onnx~=1.21``); trtflow runs 1.32. The dev extra
 therefore lists ``nvidia-modelopt`` *without* its ``[onnx]`` extra plus only the pieces
-its ONNX quantization imports (onnx-graphsurgeon, onnxconverter-common, lief, cppimport,
-polygraphy); ModelOpt's ONNX PTQ then runs on ORT 1.32's ``quantize_static`` (its
-``ort_patching`` adapts to it), on the CPU execution provider. ModelOpt's own
+its ONNX quantization imports (onnx-graphsurgeon, onnxconverter-common, lief, cppimport);
+ModelOpt's ONNX PTQ then runs on ORT 1.32's ``quantize_static`` (its ``ort_patching``
+adapts to it), on the CPU execution provider. ModelOpt's own
 calibration runs but its scales are replaced by the cache's, as its
 ``calibration_cache_path`` option does.
 """
