@@ -11,6 +11,8 @@ do; no fp8 engine is built or registered).
 from __future__ import annotations
 
 import struct
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import onnx
@@ -47,23 +49,35 @@ CACHE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case_id, lines, extra, expect", CACHE_CASES,
+@pytest.fixture(scope="module")
+def cache_results(tmp_path_factory: pytest.TempPathFactory
+                  ) -> dict[str, tuple[Path, list[str], subprocess.CompletedProcess[str]]]:
+    """Every cache case's `trtflow check-cache` call, two at a time (each is a new process)."""
+    def run(case: tuple) -> tuple[str, tuple]:
+        case_id, lines, extra, _ = case
+        root = tmp_path_factory.mktemp(case_id)
+        onnx.save(conv_bn_graph(), root / "model.onnx")
+        cache = root / "calibration.cache"
+        cache.write_text("\n".join(lines) + "\n")
+        before = sorted(p.name for p in root.iterdir())
+        res = trtflow("check-cache", str(cache), str(root / "model.onnx"), *extra, cwd=root)
+        return case_id, (root, before, res)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, CACHE_CASES))
+
+
+@pytest.mark.parametrize("case_id, expect", [(c[0], c[3]) for c in CACHE_CASES],
                          ids=[c[0] for c in CACHE_CASES])
-def test_untrustworthy_cache_is_refused(case_id: str, lines: tuple[str, ...],
-                                        extra: tuple[str, ...], expect: str,
-                                        tmp_path: Path) -> None:
-    onnx.save(conv_bn_graph(), tmp_path / "model.onnx")
-    cache = tmp_path / "calibration.cache"
-    cache.write_text("\n".join(lines) + "\n")
-    before = sorted(p.name for p in tmp_path.iterdir())
-    res = trtflow("check-cache", str(cache), str(tmp_path / "model.onnx"), *extra,
-                  cwd=tmp_path)
+def test_untrustworthy_cache_is_refused(case_id: str, expect: str, cache_results: dict
+                                        ) -> None:
+    root, before, res = cache_results[case_id]
     assert res.returncode == 2, res.stderr
     message = " ".join(res.stderr.split())
-    assert str(cache) in message and expect in message, res.stderr
+    assert str(root / "calibration.cache") in message and expect in message, res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     assert res.stderr.count("error:") == 1, res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert sorted(p.name for p in root.iterdir()) == before
 
 
 def test_trusted_cache_passes(tmp_path: Path) -> None:
