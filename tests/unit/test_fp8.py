@@ -111,3 +111,40 @@ def test_a_clipping_fp8_method_reports_the_overflowing_tensors(tmp_path: Path) -
 
     with pytest.raises(CalibrationError, match=r"overflow E4M3 after scaling.*fp8_method: max"):
         prepare_fp8(Calibration(out))
+
+
+def test_onnxruntime_fp8_target_runs_the_fp8_qdq_graph_at_basic_level(tmp_path: Path) -> None:
+    """The fp8 'engine' on the CPU is TensorRT's FP8 Q/DQ graph in ORT (a numerical
+    stand-in); the Q/DQ graph TensorRT gets is kept beside it and validate reports it."""
+    from trtflow.backends import Calibration, build_engine, load_engine
+    from trtflow.backends.onnxruntime_backend import TENSORRT_QDQ_FILE
+    from trtflow.params import Target
+    from trtflow.stages.validate import qdq_model_quality
+
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_bn_graph(), path)
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    data = _batches()
+    calibrate(path, data, CalibrationConfig(min_samples=1, sensitivity=False), 1, cal,
+              selection=data)
+    out = tmp_path / "engine"
+    out.mkdir()
+    report = build_engine(path, Target(precision="fp8"), out, Calibration(cal))
+    assert report["fp8"]["numerical_stand_in"] is True
+    assert report["tensorrt_qdq_model"] == FP8_QDQ_FILE
+    assert json.loads((out / "session.json").read_text())["optimization"] == "basic"
+    assert (out / TENSORRT_QDQ_FILE).read_bytes() == (cal / FP8_QDQ_FILE).read_bytes()
+    feed = {"x": data[0]["x"]}
+    engine_out = next(iter(load_engine(out).run(feed).values()))
+    expected = _run_basic(onnx.load(str(cal / FP8_QDQ_FILE)), feed)
+    np.testing.assert_array_equal(engine_out, expected)
+
+    class Batch:
+        inputs = feed
+        labels = None
+
+    reference = _run(conv_bn_graph(), feed)[0]
+    quality = qdq_model_quality(out / TENSORRT_QDQ_FILE, lambda f: {"y": reference}, [Batch],
+                                "cosine")
+    assert quality["file"] == TENSORRT_QDQ_FILE and quality["agreement"] > 0.99
