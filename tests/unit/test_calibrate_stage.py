@@ -168,3 +168,26 @@ def test_exact_histograms_are_on_the_global_max_grid(tmp_path: Path) -> None:
     for name in hist:
         assert hist[name].oversampling == 1 and hist[name].num_bins == 2048
         assert hist[name].amax_range == hist[name].amax == scales[name]["amax_by_method"]["max"]
+
+
+def test_sub_batching_keeps_exact_histograms_and_static_batch_graphs_work(tmp_path: Path
+                                                                          ) -> None:
+    """A dynamic-batch graph runs SESSION_BATCH samples at a time (bounded memory) with the
+    same exact histograms as np.histogram over all values; a static-batch graph runs whole."""
+    from trtflow.quant.collect import SESSION_BATCH, collect_histograms
+
+    model = conv_bn_graph()
+    data = _batches(n=48, batch=24)
+    assert 24 > SESSION_BATCH
+    result = collect_histograms(model, ["x"], iter(data), 1, mode="exact",
+                                batches_again=lambda: iter(data))
+    values = np.abs(np.concatenate([b["x"] for b in data]).astype(np.float64))
+    expected, _ = np.histogram(values, bins=2048, range=(0.0, float(values.max())))
+    np.testing.assert_array_equal(result.collector["x"].counts, expected)
+    assert result.samples == 48 and result.batches == 2
+
+    static = onnx.ModelProto()
+    static.CopyFrom(model)
+    static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 24
+    result = collect_histograms(static, ["x"], iter(data), 1)
+    assert result.collector["x"].num_values == values.size

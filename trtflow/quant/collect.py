@@ -24,6 +24,10 @@ from trtflow.quant.exact import ExactHistogramCollector, MaxCollector
 from trtflow.quant.histogram import DEFAULT_NUM_BINS
 
 Progress = Callable[[int], None]
+# With every float activation exposed, ORT returns all of a batch's activations at once
+# (resnet18, 32 images: ~2.7 GB). Batches of a dynamic-batch graph are run this many
+# samples at a time, which bounds that memory; the histograms are the same.
+SESSION_BATCH = 8
 
 
 def expose_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -75,14 +79,24 @@ def _run_pass(session: ort.InferenceSession, tensors: list[str],
               max_samples: int | None, progress: Progress | None) -> tuple[int, int]:
     """Stream ``batches`` through ``session`` into ``sink``; returns (samples, batches)."""
     input_names = [i.name for i in session.get_inputs()]
+    dynamic_batch = all(not isinstance(i.shape[0], int) for i in session.get_inputs()
+                        if i.shape)
     samples, n_batches = 0, 0
     for feed in batches:
         if max_samples is not None and samples >= max_samples:
             break
         if max_samples is not None:
             feed = {k: v[: max_samples - samples] for k, v in feed.items()}
+        size = len(next(iter(feed.values())))
+        step = SESSION_BATCH if dynamic_batch else max(size, 1)
         try:
-            outputs = session.run(tensors, {n: feed[n] for n in input_names})
+            for start in range(0, size, step):
+                part = {n: feed[n][start:start + step] for n in input_names}
+                outputs = session.run(tensors, part)
+                sink.update(dict(zip(tensors, outputs, strict=True)))
+                del outputs
+        except CalibrationError:
+            raise  # the histograms' own refusal (NaN/Inf activations), naming the tensor
         except KeyError as exc:
             raise CalibrationError(f"calibration batch {n_batches + 1} has no input {exc}; "
                                    f"the model needs {input_names}") from None
@@ -91,8 +105,6 @@ def _run_pass(session: ort.InferenceSession, tensors: list[str],
             raise CalibrationError(f"calibration batch {n_batches + 1} (shapes {shapes}) does "
                                    f"not fit the model: {str(exc).splitlines()[0][:300]}"
                                    ) from None
-        sink.update(dict(zip(tensors, outputs, strict=True)))
-        size = len(next(iter(feed.values())))
         samples += size
         n_batches += 1
         if progress:
