@@ -17,6 +17,7 @@ from trtflow.stage import run_step
 from .conftest import write_params
 
 pytestmark = pytest.mark.integration
+DEMO_TARGETS = ["fp32", "int8"]  # the stage counts below; digits.yaml has more targets
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(digits_root: Path) -> dict:
-    return compile_flow(str(write_params(digits_root)), str(digits_root))
+    return compile_flow(str(write_params(digits_root)), str(digits_root), DEMO_TARGETS)
 
 
 def _stages(summary: dict) -> list:
@@ -88,7 +89,7 @@ def test_digits_int8_keeps_accuracy_and_logs_calibration(first_run: dict) -> Non
 
 
 def test_cached_rerun_runs_no_stage(first_run: dict, digits_root: Path) -> None:
-    again = compile_flow(str(write_params(digits_root)), str(digits_root))
+    again = compile_flow(str(write_params(digits_root)), str(digits_root), DEMO_TARGETS)
     stages = _stages(again)
     assert [s.prefect_state for s in stages] == ["Cached"] * 7
     assert [s.key for s in stages] == [s.key for s in _stages(first_run)]
@@ -100,7 +101,7 @@ def test_cached_rerun_runs_no_stage(first_run: dict, digits_root: Path) -> None:
 
 def test_validate_param_change_reruns_only_validate(first_run: dict, digits_root: Path) -> None:
     path = write_params(digits_root, validate={"batch_sizes": [1, 8]})
-    changed = compile_flow(str(path), str(digits_root))
+    changed = compile_flow(str(path), str(digits_root), DEMO_TARGETS)
     states = [(s.stage, s.prefect_state) for s in _stages(changed)]
     assert states == [("export", "Cached"), ("cleanup", "Cached"),
                       ("build", "Cached"), ("validate", "Completed"),
@@ -146,7 +147,7 @@ def test_gate_failure_fails_run_and_registers_nothing(first_run: dict,
     before = registered()
     path = write_params(digits_root, validate={"gates": {"min_speedup": 1000.0}})
     with pytest.raises(GateError, match=r"min_speedup: measured [\d.]+, allowed 1000"):
-        compile_flow(str(path), str(digits_root))
+        compile_flow(str(path), str(digits_root), DEMO_TARGETS)
     runs = mlflow.search_runs(experiment_names=["digits"], filter_string=
                               "tags.`trtflow.gate_failure` = 'min_speedup'", output_format="list")
     assert runs and all(r.info.status == "FAILED" for r in runs)
