@@ -44,7 +44,8 @@ from trtflow.quant.qdq import (
     quantizable_activations,
 )
 
-VERSION = "calibrate-4"  # 3-4: NVIDIA residual rule, MaxPool inputs, complete cache, fp8 Q/DQ
+VERSION = "calibrate-5"  # 3-5: NVIDIA residual rule, MaxPool inputs, complete cache, fp8
+# Q/DQ, streaming histograms fed 8 samples at a time (their range starts elsewhere)
 SCALES_FILE = "scales.json"
 CACHE_FILE = "calibration.cache"
 HISTOGRAMS_FILE = "histograms.npz"
