@@ -157,7 +157,7 @@ def test_gate_failure_fails_run_and_registers_nothing(first_run: dict,
 def test_export_parity_failure_leaves_no_artifact(tmp_path: Path) -> None:
     params_path = tmp_path / "noisy.yaml"
     params_path.write_text(
-        "model:\n  name: noisy\n  source: {factory: 'tests.unit.tiny:NoisyNet'}\n"
+        "model:\n  name: noisy\n  source: {factory: 'tests.unit.tiny:NoisyNet', weights: none}\n"
         "  inputs: [{name: x, shape: [batch, 4]}]\n")
     ctx = Context.create(load_params(params_path), tmp_path)
     with pytest.raises(ParityError, match="export parity"):

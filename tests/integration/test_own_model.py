@@ -143,7 +143,8 @@ def test_pickled_object_is_refused_without_executing_it(own: dict) -> None:
 
 def test_factory_not_importable(own: dict) -> None:
     root = own["root"]
-    params = load_params(_params(root, "noimp", {"factory": "no_such_pkg.models:build"},
+    params = load_params(_params(root, "noimp",
+                                 {"factory": "no_such_pkg.models:build", "weights": "none"},
                                  inputs=INPUTS))
     before = sorted((root / ".trtflow" / "store").glob("export/*"))
     with pytest.raises(ModelError, match="'no_such_pkg.models:build' is not importable"):
