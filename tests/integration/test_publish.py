@@ -208,10 +208,12 @@ def test_cli_publishes_a_compiled_engine_and_fetches_it_back(
     import os
     import subprocess
     import sys
+    import uuid
 
     from .conftest import write_params
 
-    params = write_params(digits_root)
+    model = f"pub{uuid.uuid4().hex[:6]}"  # its own registered models
+    params = write_params(digits_root, model={"name": model})
     env = {**os.environ, "AWS_ENDPOINT_URL_S3": moto_endpoint}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -219,12 +221,17 @@ def test_cli_publishes_a_compiled_engine_and_fetches_it_back(
                               capture_output=True, text=True, timeout=300, env=env,
                               check=False)
 
+    compiled = cli("run", str(params), "-t", "fp32")  # registers v1, no publish.bucket
+    assert compiled.returncode == 0, compiled.stderr
     first = cli("publish", str(params), "-t", "fp32", "--bucket", bucket, "--version", "1")
     assert first.returncode == 0, first.stderr
-    assert f"published: s3://{bucket}/trtflow/digits/1/" in first.stdout
+    assert f"published: s3://{bucket}/trtflow/{model}/1/" in first.stdout
     again = cli("publish", str(params), "-t", "fp32", "--bucket", bucket, "--version", "1")
     assert again.returncode == 0 and "already published, verified" in again.stdout
-    got = cli("fetch", "digits", "1", str(tmp_path / "engine"), "--bucket", bucket)
+    history = json.loads(cli("history", model, "--json").stdout)  # a manual publish shows
+    assert [(r["version"], r["published"]) for r in history] == [
+        ("1", f"s3://{bucket}/trtflow/{model}/1/")]
+    got = cli("fetch", model, "1", str(tmp_path / "engine"), "--bucket", bucket)
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "engine" / "engine.onnx").is_file()
     manifest = json.loads((tmp_path / "engine" / "manifest.json").read_text())
@@ -233,4 +240,5 @@ def test_cli_publishes_a_compiled_engine_and_fetches_it_back(
     quality = manifest["metadata"]["quality"]  # the figures travel with the engine
     assert quality["gates_passed"] and 0.9 < quality["accuracy"] <= 1.0
     assert set(quality["p50_ms"]) == {"1", "32"}
-    assert manifest["metadata"]["git_commit"] and manifest["metadata"]["git_commit_at_publish"]
+    assert manifest["metadata"]["registered"] == f"{model}-fp32/1"
+    assert manifest["metadata"]["git_commit"] == history[0]["git_commit"]  # when it was built

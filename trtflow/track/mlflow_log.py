@@ -153,6 +153,9 @@ def describe_experiment(exp_id: str, params: Params) -> None:
     client = mlflow.MlflowClient()
     client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     client.set_experiment_tag(exp_id, SHARED_VIEW_TAG, json.dumps(headline_view(params)))
+    note = client.get_experiment(exp_id).tags.get("mlflow.note.content", "")
+    if note and not note.startswith("Engines compiled by trtflow"):
+        return  # the user wrote their own description
     client.set_experiment_tag(exp_id, "mlflow.note.content", (
         f"Engines compiled by trtflow for `{params.model.name}`: one run per target "
         f"(nested under its compile run). The headline view lists every engine with its "
