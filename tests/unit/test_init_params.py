@@ -16,7 +16,7 @@ from trtflow.sources.describe import _model_name, params_skeleton
 @pytest.mark.parametrize(("arg", "name"), [
     ("examples/out/sensor.pt2", "sensor"),
     ("runs/resnet50/model.onnx", "resnet50"),
-    ("build/model.onnx", "model"),
+    ("build/model.onnx", "model"),  # nothing better without the project directory
     ("examples.train_sensor:make_model", "sensor"),
     ("mypkg.nets:build_churn_net", "churn"),
     ("models:/churn-classifier@production", "churn-classifier"),
@@ -24,6 +24,13 @@ from trtflow.sources.describe import _model_name, params_skeleton
 ])
 def test_init_names_the_model_after_what_it_is_not_the_file(arg: str, name: str) -> None:
     assert _model_name(arg) == name
+
+
+def test_when_every_part_is_generic_the_project_directory_names_the_model(
+        tmp_path: Path) -> None:
+    root = tmp_path / "churn"
+    assert _model_name("build/model.onnx", root) == "churn"
+    assert _model_name("examples/out/sensor.pt2", root) == "sensor"
 
 
 INFO = {"name": "sensor", "source": {"exported_program": "sensor.pt2"},

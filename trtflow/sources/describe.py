@@ -36,7 +36,7 @@ def describe(arg: str, root: Path, weights: str | None = None) -> dict[str, Any]
     from trtflow.store import ArtifactStore
 
     source = source_from_arg(arg, weights)
-    name = _model_name(arg)
+    name = _model_name(arg, root)
     cfg = ModelConfig(name=name, source=source)
     info: dict[str, Any] = {"name": name, "source": source.model_dump(exclude_none=True)}
     try:
@@ -95,10 +95,11 @@ def _name_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
 
 
-def _model_name(arg: str) -> str:
+def _model_name(arg: str, root: Path | None = None) -> str:
     """A name that says which model this is: `examples/out/sensor.pt2` -> sensor,
     `runs/resnet50/model.onnx` -> resnet50, `examples.train_sensor:make_model` -> sensor,
-    `models:/churn/3` -> churn. Generic file names (model, build, ...) are skipped."""
+    `models:/churn/3` -> churn. Generic file names (model, build, ...) are skipped; when
+    every part is generic, the project directory names it (`~/churn/build/model.onnx`)."""
     if arg.startswith("models:/"):
         return _name_part(arg.removeprefix("models:/").split("/")[0]) or "model"
     if re.fullmatch(r"[\w.]+:\w+", arg):  # a factory: its function, then its module path
@@ -107,7 +108,10 @@ def _model_name(arg: str) -> str:
                              function), *reversed(module.split("."))]
         candidates = [re.sub(r"^(train|model|models)_", "", c) for c in candidates]
     else:
-        candidates = list(reversed(Path(arg).parts))
+        path = Path(arg) if root is None else (root / arg).resolve()
+        candidates = list(reversed(path.parts))
+    if root is not None:
+        candidates.append(root.resolve().name)
     for candidate in map(_name_part, candidates):
         if candidate and candidate.lower() not in GENERIC_NAMES:
             return candidate
