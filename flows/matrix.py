@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.states import Failed, State
 
@@ -44,6 +43,7 @@ from flows.limits import resolve
 from tasks.stages import transient_failure
 from trtflow.atomic import atomic_file
 from trtflow.errors import ParamsError, TrtflowError
+from trtflow.yamlfile import dump_yaml, load_yaml
 
 DASK_ADDRESS_ENV = "TRTFLOW_DASK_ADDRESS"
 
@@ -98,7 +98,7 @@ def with_method(params_file: Path, method: str | None, root: Path, promote: bool
     `promote`, `registry.promote: manual` (validated by the schema)."""
     from trtflow.params import parse_params
 
-    doc = yaml.safe_load(params_file.read_text())
+    doc = load_yaml(params_file)
     same_method = method is None or (doc.get("calibration") or {}).get("method") == method
     manual = (doc.get("registry") or {}).get("promote") == "manual"
     if same_method and (promote or manual):
@@ -112,7 +112,7 @@ def with_method(params_file: Path, method: str | None, root: Path, promote: bool
     out = root / ".trtflow" / "params" / f"{params_file.stem}{suffix}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out, "w") as f:
-        yaml.safe_dump(doc, f, sort_keys=False)
+        f.write(dump_yaml(doc))
     return out
 
 

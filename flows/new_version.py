@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
@@ -31,6 +30,7 @@ from prefect.states import Failed, State
 from flows.limits import failed_stage, failure_message, is_bad_input, model_slot, resolve
 from trtflow.atomic import atomic_file
 from trtflow.errors import ParamsError
+from trtflow.yamlfile import dump_yaml, load_yaml
 
 COMPILE_RETRY_DELAYS = (30, 120)  # seconds before the 2nd and 3rd try of a transient failure
 
@@ -74,7 +74,7 @@ def params_for_version(root: Path, params_file: Path, model: str, uri: str) -> P
     if not params_file.is_file():
         raise ParamsError(f"params file {params_file} does not exist (the event's params_path, "
                           f"default params/{model}.yaml)")
-    doc = yaml.safe_load(params_file.read_text())
+    doc = load_yaml(params_file)
     params = parse_params(doc, str(params_file))
     if params.model.name != model:
         raise ParamsError(f"{params_file}: model.name is '{params.model.name}', but the event "
@@ -90,7 +90,7 @@ def params_for_version(root: Path, params_file: Path, model: str, uri: str) -> P
     out = root / ".trtflow" / "params" / f"{params_file.stem}-{slug}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out, "w") as f:
-        yaml.safe_dump(doc, f, sort_keys=False)
+        f.write(dump_yaml(doc))
     return out
 
 

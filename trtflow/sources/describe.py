@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trtflow.errors import ModelError, ParamsError
 from trtflow.params import BUILTIN_MODELS, ModelConfig, ModelSource, parse_params
+from trtflow.yamlfile import dump_yaml
 
 
 def source_from_arg(arg: str, weights: str | None = None) -> ModelSource:
@@ -183,4 +182,4 @@ def params_skeleton(info: dict[str, Any], root: Path | None = None,
                  "trained\n# .safetensors (or state-dict .pt) file instead (or --weights).\n")
     if info.get("inputs") is None:
         head += "# model.inputs could not be read from the source: fill in names/shapes.\n"
-    return head + yaml.safe_dump(doc, sort_keys=False)
+    return head + dump_yaml(doc)
