@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trtflow.errors import DataError, ParamsError
+from trtflow.errors import ParamsError
 from trtflow.params import DataSource, Params, Target, TensorSpec
 from trtflow.store import ArtifactStore, tree_digest
 
@@ -85,8 +85,9 @@ def data_digest(root: Path, source: DataSource) -> str:
     p = Path(source.path or "")
     p = p if p.is_absolute() else root / p
     if not p.exists():
-        raise DataError(f"data file {p} does not exist (run `dvc pull`, or `trtflow prepare` "
-                        "for the demo data)")
+        from trtflow.datasets.stream import missing_data
+
+        raise missing_data(p)
     return tree_digest(p)
 
 

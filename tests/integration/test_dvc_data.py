@@ -98,5 +98,6 @@ def test_missing_data_says_to_run_dvc_pull(repo: Path) -> None:
     shutil.copytree(REPO / "params", repo / "params")
     out = run([sys.executable, "-m", "trtflow.cli", "stage", "calibrate", "--params",
                "params/digits.yaml", "--root", str(repo)], repo, expect_rc=2)
-    assert "data/digits/calibration.npz does not exist (run `dvc pull`" in out
+    assert "data/digits/calibration.npz does not exist (it is tracked by DVC: run `dvc pull`" \
+        in " ".join(out.split())
     assert not (repo / ".trtflow" / "store" / "export").exists()  # nothing ran

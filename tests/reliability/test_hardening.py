@@ -28,6 +28,7 @@ def test_float16_calibration_data_is_cast_with_a_warning(tmp_path: Path,
     assert res.returncode == 0, res.stderr
     assert "array 'image' has dtype float16; cast to float32 for model input 'image' " \
            "(every value fits)" in " ".join(res.stderr.split())
+    assert "warning: data file" in res.stderr and "DataCastWarning" not in res.stderr
 
 
 def test_integer_ids_are_drawn_from_the_embedding_table(tmp_path: Path) -> None:

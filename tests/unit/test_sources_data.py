@@ -88,7 +88,10 @@ def test_wrong_shape_and_missing_file(tmp_path: Path) -> None:
     src = _npz(tmp_path, x=np.ones((2, 3, 9, 8), np.float32))
     with pytest.raises(DataError, match=r"axis 2: 9 != 8"):
         open_data(src, SPEC, tmp_path, 4)
-    with pytest.raises(DataError, match="does not exist.*dvc pull"):
+    with pytest.raises(DataError, match="does not exist .check the path given under data:"):
+        open_data(DataSource(npz="nope.npz"), SPEC, tmp_path, 4)
+    (tmp_path / "nope.npz.dvc").write_text("outs:\n- md5: 0\n  path: nope.npz\n")
+    with pytest.raises(DataError, match="does not exist .it is tracked by DVC: run `dvc pull`"):
         open_data(DataSource(npz="nope.npz"), SPEC, tmp_path, 4)
 
 

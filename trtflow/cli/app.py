@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from trtflow.errors import TrtflowError
+from trtflow.errors import DataCastWarning, TrtflowError
 
 _option_type = typer.core.TyperOption.display_type_rich
 
@@ -57,6 +58,19 @@ def _options(debug: Annotated[bool, typer.Option(
     """trtflow: compile a model into a validated, versioned engine."""
     if debug:
         os.environ[DEBUG_ENV] = "1"
+    warnings.showwarning = _show_warning
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    """trtflow's own warnings (a data cast) as one plain line; others as Python prints them."""
+    if issubclass(category, DataCastWarning) and not debug_enabled():
+        print(f"warning: {message}", file=sys.stderr)
+        return
+    _python_showwarning(message, category, filename, lineno, file, line)
 
 
 def check_tracking_server(timeout: float = 10.0) -> None:

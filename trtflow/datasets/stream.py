@@ -89,11 +89,20 @@ def open_data(source: DataSource, inputs: list[TensorSpec], root: Path, batch_si
     return _open_npz(path, source, inputs, batch_size, num_classes)
 
 
+def missing_data(path: Path) -> DataError:
+    """The error for a data path that does not exist: `dvc pull` is suggested only where a
+    `.dvc` file tracks the path or a folder above it, else the params field to check."""
+    tracked = any(p.with_name(p.name + ".dvc").is_file() for p in (path, *path.parents)
+                  if p.name)
+    hint = ("it is tracked by DVC: run `dvc pull`, or `trtflow prepare` for the demo data"
+            if tracked else "check the path given under data: in the params file")
+    return DataError(f"data file {path} does not exist ({hint})")
+
+
 def _open_npz(path: Path, source: DataSource, inputs: list[TensorSpec], batch_size: int,
               num_classes: int | None) -> DataStream:
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist (run `dvc pull`, or `trtflow "
-                        "prepare` for the demo data)")
+        raise missing_data(path)
     members = check_npz(path)  # headers checked before anything is allocated
     try:
         f = np.load(path, allow_pickle=False)

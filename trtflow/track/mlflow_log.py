@@ -402,6 +402,10 @@ def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
                 "mean_abs_error"):
         if key in quality:
             mlflow.log_metric(key, quality[key])
+    # the Q/DQ graph TensorRT would be handed, run in ONNX Runtime beside the engine
+    for key, value in report.get("qdq_model", {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            mlflow.log_metric(f"qdq_model.{key}", value)
     for label in ("engine", "baseline"):
         for row in report["latency"][label]:
             bs = row["batch_size"]
