@@ -235,15 +235,19 @@ def test_events_trigger_compiles_that_wait_for_the_model_slot(served: Path) -> N
         first, second = sorted((subflows_of(c, r)[0] for r in done),
                                key=lambda r: r.start_time)
         assert first.end_time <= second.start_time  # never two compiles of digits at once
-    registered = set()
-    for run in done:  # each triggered run logged its compile to MLflow
-        engines = [r for r in mlflow_runs_of(run.id) if r.data.tags.get("trtflow.target")]
-        assert [r.data.tags["trtflow.target"] for r in engines] == ["fp32"]
-        assert engines[0].data.tags["trtflow.source.mlflow"] == "models:/digits-model/1"
-        registered.add(engines[0].data.tags["trtflow.registered_version"])
+    import mlflow
+
+    # the first compile logged its engine to MLflow; the second, every stage cached, links
+    # to that run (trtflow.cached_reruns) instead of logging the same engine again
+    engines = [r for run in done for r in mlflow_runs_of(run.id)
+               if r.data.tags.get("trtflow.target")]
+    assert [r.data.tags["trtflow.target"] for r in engines] == ["fp32"]
+    assert engines[0].data.tags["trtflow.source.mlflow"] == "models:/digits-model/1"
+    parent = mlflow.get_run(engines[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.tags.get("trtflow.cached_reruns") == "1"
     # one model version compiled twice is one engine: one registry version (other test
     # modules of the session may have registered digits-fp32 versions before)
-    assert len(registered) == 1 and registered.pop().startswith("digits-fp32/")
+    assert engines[0].data.tags["trtflow.registered_version"].startswith("digits-fp32/")
 
 
 def test_data_push_records_pushes_and_triggers_a_compile(served: Path) -> None:

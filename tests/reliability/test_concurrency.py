@@ -101,10 +101,14 @@ def test_every_concurrent_run_is_logged(four_runs: tuple[Path, list]) -> None:
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 4 and all(r.info.status == "FINISHED" for r in runs)
-    assert len(children) == 4  # one target each
+    # a run that found every stage cached after another finished links to that run
+    # (trtflow.cached_reruns) instead of logging the same engine again: none is lost
+    linked = sum(int(r.data.tags.get("trtflow.cached_reruns", "0")) for r in parents)
+    assert len(parents) + linked == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(children) == len(parents)  # one target each
     keys = Counter(r.data.tags.get("trtflow.stage.build.key") for r in children)
-    assert sorted(keys.values()) == [1, 3]  # three fp32 runs share one build; int8 its own
+    # the fp32 runs share one build; int8 its own
+    assert sorted(keys.values()) == [1, len(parents) - 1]
 
 
 def test_credentials_never_reach_mlflow(four_runs: tuple[Path, list]) -> None:
