@@ -311,6 +311,14 @@ TARGETS = {"resnet18": _resnet18_targets, "minilm": _minilm_targets,
            "mnv2-digits": _mnv2_targets}
 
 
+def isa_flags() -> list[str]:
+    """The CPU's SIMD/matrix flags that decide which int8/bf16 kernels run (AVX-512, VNNI,
+    BF16, AMX, FP16)."""
+    from trtflow.latency import cpu_flags
+
+    return [f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c"))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet18", "minilm", "mnv2-digits"],
@@ -321,7 +329,8 @@ def main() -> None:
     from calibration import cpu_info
 
     out = RESULTS / "engine.json"
-    results = {"cpu": cpu_info(), "rounds": args.rounds, "models": {}}
+    results = {"cpu": cpu_info(), "cpu_flags": isa_flags(), "rounds": args.rounds,
+               "models": {}}
     if out.is_file():  # a run of some models keeps the others' last figures (same host only)
         previous = json.loads(out.read_text())
         if previous.get("cpu") == results["cpu"]:
