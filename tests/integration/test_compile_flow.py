@@ -122,6 +122,11 @@ def test_an_openvino_engine_is_compiled_validated_registered_and_served(
     assert build.report["backend"] == "openvino-cpu"
     assert any(k.startswith("Convolution:") and k.endswith(("i8", "u8"))
                for k in build.report["runtime_layers"])  # int8 kernels really ran
+    # OpenVINO's kernels compute what the Q/DQ graph says (on digits the fast placement
+    # did not, and the build fell back to the TensorRT placement, saying so)
+    qdq = build.report["qdq"]
+    assert qdq["kernel_cosine"] >= 0.999
+    assert qdq["placement"] == "ort_cpu" or "fallback" in qdq
     quality = validate.report["quality"]
     assert quality["reference_accuracy"] - quality["accuracy"] <= 0.003
     released = summary["released"]["openvino-int8"]
