@@ -633,12 +633,7 @@ _COMMANDS = {
 # the project's state by design (a gate failing after the stages ran).
 CORRUPT_ON_PURPOSE = {"env-tampered-store", "store-verify-linked-stage",
                       "store-verify-linked-file", "store-linked-stage", "store-linked-artifact"}
-STATE_CHANGES = {
-    **CHANGES_STATE,
-    # publish builds the engine (kept in the store, a cache) before it finds S3 down;
-    # nothing is published, logged or registered
-    "env-s3-publish-down": {"store"},
-}
+STATE_CHANGES = {**CHANGES_STATE}  # publish checks the bucket before it builds anything
 
 
 if __name__ == "__main__":

@@ -62,8 +62,10 @@ def publish(
     try:
         from trtflow.dvc_stage import resolve_stages
         from trtflow.params import load_params
+        from trtflow.track.publish import check_bucket
         from trtflow.track.release import publish_engine
 
+        check_bucket(bucket, endpoint_url)  # before anything is built for it
         stages = resolve_stages("validate", params, target, root)
         result = publish_engine(load_params(params), root, target, stages, bucket, prefix,
                                 endpoint_url, version)

@@ -135,6 +135,14 @@ def build_manifest(engine_dir: Path, model: str, version: str,
             "files": files, "metadata": metadata}
 
 
+def check_bucket(bucket: str, endpoint_url: str | None = None) -> None:
+    """Fail now, naming the endpoint, when the bucket cannot be reached or read: checked
+    before anything is built for publishing, so a dead endpoint leaves no artifact."""
+    s3 = _S3(s3_client(endpoint_url), bucket)
+    with s3._errors("reach", ""):
+        s3.client.head_bucket(Bucket=bucket)
+
+
 def publish(engine_dir: Path, bucket: str, prefix: str, model: str, version: str,
             metadata: dict[str, Any], *, client: Any = None,
             multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD) -> PublishResult:
