@@ -148,3 +148,33 @@ def test_each_int8_scheme_builds_and_agrees_with_fp32(tmp_path: Path, scheme: st
     got, ref = engine.run(_x(4, 9))["y"], ort_run(tmp_path / "m.onnx", _x(4, 9))["y"]
     cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.99
+
+
+def test_the_kernel_check_feeds_an_unbounded_integer_input(tmp_path: Path) -> None:
+    """An int64 mask no embedding table bounds (minilm's attention_mask): the build's check
+    of OpenVINO's int8 kernels against the Q/DQ graph still finds inputs to run it on."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((16, 8), np.float32),
+                                "w")
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["x", "maskf"], ["h"]),
+         helper.make_node("MatMul", ["h", "w"], ["y"])], "masked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                    str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.standard_normal((8, 16), np.float32),
+                "mask": rng.integers(0, 2, (8, 16)).astype(np.int64)} for _ in range(4)]
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    calibrate(tmp_path / "m.onnx", iter(batches), CalibrationConfig(method="max"), 1, calib,
+              selection=iter(batches))
+    out = tmp_path / "engine"
+    out.mkdir()
+    report = build_engine(tmp_path / "m.onnx", Target(backend="openvino", precision="int8"),
+                          out, Calibration(calib))
+    assert report["qdq"]["kernel_cosine"] >= 0.999 and "fallback" not in report["qdq"]

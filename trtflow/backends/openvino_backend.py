@@ -145,8 +145,11 @@ def _kernel_cosine(compiled: Any, qdq_path: Path, batch: int = 4) -> float:
     from trtflow.sources import onnx_inputs
     from trtflow.sources.synthetic import synthetic_inputs
 
-    feeds = synthetic_inputs(onnx_inputs(onnx.load(str(qdq_path), load_external_data=False)),
-                             batch)
+    # integer inputs no table bounds (an attention mask): 0 and 1 are valid for any
+    specs = [s if s.range is not None or not s.dtype.startswith("int")
+             else s.model_copy(update={"range": (0, 1)})
+             for s in onnx_inputs(onnx.load(str(qdq_path), load_external_data=False))]
+    feeds = synthetic_inputs(specs, batch)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(qdq_path), options, providers=["CPUExecutionProvider"])
