@@ -170,7 +170,12 @@ def decide(pool: list[Candidate]) -> tuple[Candidate, str]:
                 "noise, so the simpler engine is kept")
     elif others:
         nxt = others[0]
-        why += f", {nxt.score() / winner.score():.2f}x faster than {nxt.name}"
+        ratio = nxt.score() / winner.score()
+        if nxt in tied:  # the fastest and the simplest: the lead itself proves nothing
+            why += (f"; {nxt.name} ({ratio:.2f}x its time) is inside the combined noise, "
+                    "and the simpler engine wins a tie")
+        else:
+            why += f", {ratio:.2f}x faster than {nxt.name}"
     failed = [c.name for c in pool if not c.passed]
     if failed:
         why += f"; failed the accuracy gate or the build: {', '.join(failed)}"

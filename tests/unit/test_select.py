@@ -172,3 +172,11 @@ def test_a_smoothquant_candidate_is_recalibrated_on_the_smoothed_graph(tmp_path:
     assert "h_smoothed" in smoothed.amax() and "h_smoothed" not in Calibration(calib).amax()
     assert any(n.op_type == "Mul" and n.output[0] == "h_smoothed"
                for n in onnx.load(str(graph)).graph.node)
+
+
+def test_a_simpler_winner_inside_the_noise_does_not_claim_a_speed_up() -> None:
+    winner, why = decide([cand("ov-bf16", "bf16", 1.00, noise=2.0),
+                          cand("ov-int8", "int8", 1.01, noise=2.0)])
+    assert winner.name == "ov-bf16"
+    assert "faster than" not in why and "ov-int8 (1.01x its time) is inside the combined " \
+        "noise" in why
