@@ -26,6 +26,15 @@ def _x(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"x": np.random.default_rng(seed).standard_normal((batch, 3, 8, 8), np.float32)}
 
 
+def _calibrate(model: Path, batches: list[dict[str, np.ndarray]], tmp_path: Path) -> Path:
+    """The calibrate stage's directory for `model` (max amax; the same batches select)."""
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    calibrate(model, iter(batches), CalibrationConfig(method="max"), 1, calib,
+              selection=iter(batches))
+    return calib
+
+
 @pytest.fixture()
 def model(tmp_path: Path) -> Path:
     onnx.save_model(conv_bn_graph(), str(tmp_path / "m.onnx"))
@@ -46,11 +55,7 @@ def test_fp32_engine_runs_in_fp32_and_matches_onnx_runtime(model: Path, tmp_path
 
 
 def test_int8_engine_uses_the_calibrated_scales(model: Path, tmp_path: Path) -> None:
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    batches = [_x(8, seed) for seed in range(4)]
-    calibrate(model, iter(batches), CalibrationConfig(method="max"), 1, calib,
-              selection=iter(batches))
+    calib = _calibrate(model, [_x(8, seed) for seed in range(4)], tmp_path)
     out = tmp_path / "engine"
     out.mkdir()
     report = build_engine(model, Target(backend="openvino", precision="int8"), out,
@@ -125,11 +130,7 @@ def test_nonnegative_int8_becomes_uint8_with_the_same_values(tmp_path: Path) -> 
 @pytest.mark.parametrize("scheme", ["auto", "static-tensorrt", "dynamic"])
 def test_each_int8_scheme_builds_and_agrees_with_fp32(tmp_path: Path, scheme: str) -> None:
     onnx.save_model(_relu_conv_chain(), str(tmp_path / "m.onnx"))
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    batches = [_x(8, seed) for seed in range(4)]
-    calibrate(tmp_path / "m.onnx", iter(batches), CalibrationConfig(method="max"), 1, calib,
-              selection=iter(batches))
+    calib = _calibrate(tmp_path / "m.onnx", [_x(8, seed) for seed in range(4)], tmp_path)
     out = tmp_path / "engine"
     out.mkdir()
     target = Target(backend="openvino", precision="int8", int8_scheme=scheme)  # type: ignore[arg-type]
@@ -169,10 +170,7 @@ def test_the_kernel_check_feeds_an_unbounded_integer_input(tmp_path: Path) -> No
     rng = np.random.default_rng(0)
     batches = [{"x": rng.standard_normal((8, 16), np.float32),
                 "mask": rng.integers(0, 2, (8, 16)).astype(np.int64)} for _ in range(4)]
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    calibrate(tmp_path / "m.onnx", iter(batches), CalibrationConfig(method="max"), 1, calib,
-              selection=iter(batches))
+    calib = _calibrate(tmp_path / "m.onnx", batches, tmp_path)
     out = tmp_path / "engine"
     out.mkdir()
     report = build_engine(tmp_path / "m.onnx", Target(backend="openvino", precision="int8"),
