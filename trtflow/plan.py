@@ -51,7 +51,26 @@ def metric(ctx: Context) -> str:
 
 def _export(ctx: Context, target: str | None, out: Path) -> dict[str, Any]:
     sample = ctx.sample_inputs(ctx.params.export.samples)
-    return export_stage.export_model(ctx.model(), ctx.params.export, sample, out)
+    report = export_stage.export_model(ctx.model(), ctx.params.export, sample, out)
+    _check_labels(ctx, out / export_stage.MODEL_FILE)
+    return report
+
+
+def _check_labels(ctx: Context, exported: Path) -> None:
+    """Labels vs the classes of a model whose class count only its export shows (factory,
+    `.pt2`, MLflow sources; preflight checks ONNX and builtin sources): raised here, the
+    export artifact is never committed, so bad labels leave the store as it was."""
+    import onnx
+
+    from trtflow.datasets import open_data
+    from trtflow.preflight import output_classes
+
+    ev = ctx.params.data.evaluation
+    if ev is None or not ev.labels:
+        return
+    classes = output_classes(onnx.load(str(exported), load_external_data=False))
+    if classes is not None:  # npz labels and image class folders are checked on open
+        open_data(ev, ctx.input_specs(), ctx.root, ctx.params.data.batch_size, classes)
 
 
 EXPORT = Step(
