@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,17 @@ import yaml
 
 from ..conftest import REPO
 from .s3_server import MotoServer, isolate_aws_env
+
+
+def copy_tracked(dest: Path) -> None:
+    """The project's tracked files as they are in the working tree: a fresh clone's
+    contents, including uncommitted edits (what `make test` should exercise)."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
 
 
 def write_params(root: Path, name: str = "digits", **overrides: dict) -> Path:

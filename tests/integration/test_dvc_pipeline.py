@@ -24,7 +24,7 @@ from flows.compile import compile_flow
 from trtflow.sources.builtin import digits_splits
 from trtflow.store import ArtifactStore, tree_digest
 
-from ..conftest import REPO
+from .conftest import copy_tracked
 
 pytestmark = pytest.mark.integration
 DVC = [sys.executable, "-m", "dvc"]
@@ -60,12 +60,7 @@ def stages_run(log: str) -> set[str]:
 
 def copy_project(dest: Path) -> None:
     """The project's tracked files (as in the working tree) and the digits demo data."""
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                             check=True).stdout.decode().split("\0")
-    for name in filter(None, tracked):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
+    copy_tracked(dest)
     (dest / "data" / "digits").mkdir(parents=True)
     for split, (images, labels) in digits_splits().items():  # what `trtflow prepare` writes
         np.savez(dest / "data" / "digits" / f"{split}.npz", image=images, label=labels)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import REPO
+from .conftest import copy_tracked
 
 pytestmark = pytest.mark.integration
 VENV = Path(sys.executable).parent.parent
@@ -44,12 +44,7 @@ def readme_block(heading: str) -> list[str]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh clone: the tracked files as in the working tree, and the venv."""
     root = tmp_path_factory.mktemp("readme") / "trtflow"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                             check=True).stdout.decode().split("\0")
-    for name in filter(None, tracked):
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+    copy_tracked(root)
     (root / ".venv").symlink_to(VENV)
     return root
 
