@@ -37,6 +37,10 @@ class DataCastWarning(UserWarning):
     """Data of another dtype than the model input was cast (every value kept)."""
 
 
+class DamagedArtifactWarning(UserWarning):
+    """A stored artifact failed its digest check on a cache hit: set aside and rebuilt."""
+
+
 class ParityError(TrtflowError):
     """A converted graph's outputs differ from the reference beyond tolerance."""
 

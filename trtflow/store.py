@@ -26,13 +26,14 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trtflow.errors import StoreError
+from trtflow.errors import DamagedArtifactWarning, StoreError
 
 META_FILE = "artifact.json"
 LOCK_FILE = ".lock"
@@ -42,6 +43,9 @@ STALE_PREFIX = ".stale-"
 # store path -> (fd holding its shared lock, owning pid): one per process and store
 _PROCESS_LOCKS: dict[str, tuple[int, int]] = {}
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+# artifact path -> stat signature of its files when this process last found it intact:
+# a cache hit re-hashes an artifact once per process, and again only if a file changed.
+_VERIFIED: dict[str, tuple[tuple[str, int, int], ...]] = {}
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -163,7 +167,11 @@ class ArtifactStore:
                                  "real directories inside the store: remove the link (`trtflow "
                                  "store verify` lists every one)")
 
-    def get(self, stage: str, key: str) -> Artifact | None:
+    def get(self, stage: str, key: str, verify: bool = True) -> Artifact | None:
+        """The complete artifact for `key`, or None. With `verify` (the default) its files
+        are re-hashed against `artifact.json` first (once per process while their size and
+        mtime stay the same): a damaged artifact is moved aside, reported with a
+        `DamagedArtifactWarning` and treated as missing, so the stage rebuilds it."""
         self._shared_lock()
         self.check_inside(stage, key)
         path = self.path_for(stage, key)
@@ -177,7 +185,30 @@ class ArtifactStore:
             raise StoreError(f"store entry {path} has an unreadable {META_FILE} ({exc}); "
                              "run `trtflow store verify`, then `trtflow store gc` to "
                              "remove it") from None
+        if verify and not self._intact(stage, path):
+            return None
         return Artifact(stage, key, path, digest)
+
+    def _intact(self, stage: str, path: Path) -> bool:
+        signature = stat_signature(path)
+        if _VERIFIED.get(str(path)) == signature:
+            return True
+        problem = verify_artifact(path)
+        if problem is None:
+            _VERIFIED[str(path)] = signature
+            return True
+        _VERIFIED.pop(str(path), None)
+        aside = path.with_name(f"{STALE_PREFIX}{uuid.uuid4().hex}")
+        try:
+            path.rename(aside)  # the next writer of this key publishes a fresh copy
+        except OSError as exc:
+            raise StoreError(f"the {stage} artifact {path} is damaged ({problem}) and cannot "
+                             f"be moved aside ({exc}); run `trtflow store gc` to remove "
+                             "it") from None
+        warnings.warn(f"the stored {stage} artifact {path.name[:12]} was damaged ({problem}); "
+                      "it was set aside and is rebuilt", DamagedArtifactWarning, stacklevel=3)
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
 
     @contextmanager
     def writer(self, stage: str, key: str, meta: dict[str, Any] | None = None
@@ -205,7 +236,9 @@ class ArtifactStore:
             body = {"stage": stage, "key": key, "digest": digest, **(meta or {}),
                     "files": files}
             (tmp / META_FILE).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
-            self._publish(tmp, self.path_for(stage, key))
+            final = self.path_for(stage, key)
+            if self._publish(tmp, final):  # just hashed: no need to re-hash on the next get
+                _VERIFIED[str(final)] = stat_signature(final)
         except Exception as exc:
             disk = disk_error(exc)
             if disk is None and not _nearly_full(stage_dir):
@@ -219,15 +252,16 @@ class ArtifactStore:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
-    def _publish(tmp: Path, final: Path) -> None:
+    def _publish(tmp: Path, final: Path) -> bool:
+        """Rename `tmp` to `final`; False where another writer completed it first."""
         if (final / META_FILE).is_file():
-            return  # another writer completed the same key first; same inputs, same bytes
+            return False  # another writer completed the same key first; same inputs, same bytes
         try:
             os.rename(tmp, final)
-            return
+            return True
         except OSError as exc:
             if (final / META_FILE).is_file():
-                return
+                return False
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
         # a damaged directory without metadata (never a complete write): move it aside
@@ -238,6 +272,20 @@ class ArtifactStore:
             pass
         os.rename(tmp, final)
         shutil.rmtree(aside, ignore_errors=True)
+        return True
+
+
+def stat_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """(relative path, size, mtime) of every file under an artifact: cheap to take, and it
+    changes when a file is truncated, rewritten, added or removed."""
+    out = []
+    for p in sorted(path.rglob("*")):
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        out.append((p.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def _nearly_full(path: Path, margin: int = 64 * 1024) -> bool:
@@ -385,6 +433,7 @@ def exclusive(root: Path) -> Iterator[None]:
 @dataclass
 class GcReport:
     removed: list[Path] = field(default_factory=list)
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # removed: what was wrong
     kept: int = 0
     freed_bytes: int = 0
 
@@ -396,7 +445,8 @@ def _size(path: Path) -> int:
 def collect_garbage(root: Path, keep: set[tuple[str, str]], keep_stages: set[str],
                     dry_run: bool = False) -> GcReport:
     """Remove artifacts not in `keep` ((stage, key) pairs; whole `keep_stages` stay),
-    damaged entries, and temp dirs of dead writers. Runs under the exclusive lock, so
+    damaged entries (a kept artifact is re-hashed first, as `verify` does), and temp dirs
+    of dead writers. Runs under the exclusive lock, so
     no trtflow process is using the store meanwhile; `dry_run` only lists."""
     report = GcReport()
     with exclusive(root):
@@ -414,10 +464,13 @@ def collect_garbage(root: Path, keep: set[tuple[str, str]], keep_stages: set[str
                 report.kept += 1  # cannot happen under the lock; never touch a live writer
                 continue
             temp = entry.name.startswith((TMP_PREFIX, STALE_PREFIX))
-            complete = (entry / META_FILE).is_file() and not _links(entry)
-            if not temp and complete and (stage in keep_stages or (stage, entry.name) in keep):
+            wanted = stage in keep_stages or (stage, entry.name) in keep
+            problem = None if temp or not wanted else verify_artifact(entry)
+            if not temp and wanted and problem is None:
                 report.kept += 1
                 continue
+            if problem is not None:
+                report.damaged.append((entry, problem))
             report.removed.append(entry)
             report.freed_bytes += _size(entry)
             if not dry_run:

@@ -100,3 +100,55 @@ def test_a_store_root_that_is_a_link_is_allowed(tmp_path: Path) -> None:
         (tmp / "a").write_text("x")
     assert store.get("export", "k1") is not None
     assert (tmp_path / "disk" / "export" / "k1" / "a").is_file()
+
+
+def _stored(store: ArtifactStore, key: str) -> Path:
+    with store.writer("build", key) as tmp:
+        (tmp / "engine.onnx").write_bytes(b"engine bytes" * 100)
+        (tmp / "scales.json").write_text('{"x": 1.0}')
+    art = store.get("build", key)
+    assert art is not None
+    return art.path
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "rewrite"])
+def test_damaged_artifact_is_never_served_on_a_cache_hit(tmp_path: Path, damage: str) -> None:
+    from trtflow.errors import DamagedArtifactWarning
+
+    store = ArtifactStore(tmp_path)
+    path = _stored(store, "k1")
+    target = path / "engine.onnx"
+    if damage == "delete":
+        target.unlink()
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:10])
+    else:  # same size, other bytes: only the digest can tell
+        target.write_bytes(b"x" * target.stat().st_size)
+    with pytest.warns(DamagedArtifactWarning, match="engine.onnx"):
+        assert store.get("build", "k1") is None
+    assert not path.exists()  # set aside, so the stage's rebuild can publish under its key
+    rebuilt = _stored(store, "k1")
+    assert (rebuilt / "engine.onnx").read_bytes() == b"engine bytes" * 100
+
+
+def test_intact_artifact_is_hashed_once_per_process(tmp_path: Path) -> None:
+    from trtflow import store as store_module
+
+    store = ArtifactStore(tmp_path)
+    path = _stored(store, "k1")
+    assert str(path) in store_module._VERIFIED  # the writer's own hash counts
+    store_module._VERIFIED.clear()
+    assert store.get("build", "k1") is not None
+    assert store_module._VERIFIED[str(path)] == store_module.stat_signature(path)
+
+
+def test_gc_removes_a_damaged_artifact_even_when_referenced(tmp_path: Path) -> None:
+    from trtflow.store import collect_garbage
+
+    store = ArtifactStore(tmp_path, hold_lock=False)  # gc needs the store's exclusive lock
+    good, bad = _stored(store, "good"), _stored(store, "bad")
+    (bad / "scales.json").write_text("{}")
+    report = collect_garbage(tmp_path, {("build", "good"), ("build", "bad")}, set())
+    assert good.exists() and not bad.exists()
+    assert [p.name for p, _ in report.damaged] == ["bad"]
+    assert "scales.json has sha256" in report.damaged[0][1]

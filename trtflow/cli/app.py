@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from trtflow.errors import DataCastWarning, TrtflowError
+from trtflow.errors import DamagedArtifactWarning, DataCastWarning, TrtflowError
 
 _option_type = typer.core.TyperOption.display_type_rich
 
@@ -66,8 +66,9 @@ _python_showwarning = warnings.showwarning
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str,
                   lineno: int, file: Any = None, line: str | None = None) -> None:
-    """trtflow's own warnings (a data cast) as one plain line; others as Python prints them."""
-    if issubclass(category, DataCastWarning) and not debug_enabled():
+    """trtflow's own warnings (a data cast, a damaged artifact) as one plain line; others
+    as Python prints them."""
+    if issubclass(category, (DataCastWarning, DamagedArtifactWarning)) and not debug_enabled():
         print(f"warning: {message}", file=sys.stderr)
         return
     _python_showwarning(message, category, filename, lineno, file, line)

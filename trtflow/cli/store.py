@@ -95,8 +95,10 @@ def gc(
         fail(exc)
         return
     verb = "would remove" if dry_run else "removed"
+    why = {path: problem for path, problem in report.damaged}
     for path in report.removed:
-        out.print(f"  {verb} {path.relative_to(store)}")
+        damaged = f" (damaged: {why[path]})" if path in why else ""
+        out.print(f"  {verb} {path.relative_to(store)}{damaged}", markup=False)
     out.print(f"{verb} {len(report.removed)} entries ({report.freed_bytes / 1e6:.1f} MB), "
               f"kept {report.kept}")
 
