@@ -25,10 +25,14 @@ def memory_budget() -> int:
     if text:
         unit = text[-1] if text[-1] in _UNITS else ""
         try:
-            return int(float(text[:len(text) - len(unit)]) * _UNITS[unit])
+            value = float(text[:len(text) - len(unit)]) * _UNITS[unit]
         except ValueError:
-            raise ParamsError(f"${ENV}={os.environ[ENV]!r}: expected a number of bytes, "
-                              "e.g. 2G") from None
+            value = math.nan
+        if not (math.isfinite(value) and value >= 1):
+            raise ParamsError(f"${ENV}={os.environ[ENV]!r}: expected a positive number of "
+                              "bytes, e.g. 2G (unset it for the default: a quarter of the "
+                              "machine's memory, at most 8 GiB)")
+        return int(value)
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):

@@ -229,3 +229,16 @@ def test_safetensors_headers_are_checked_against_the_file(tmp_path: Path) -> Non
     with pytest.raises(ModelError, match="tensor 'w' claims bytes 0..24, but the data section "
                        "holds 12 bytes"):
         check_safetensors(tmp_path / "short.safetensors")
+
+
+@pytest.mark.parametrize("value", ["0", "-5G", "nan", "inf", "0.2", "lots"])
+def test_memory_budget_refuses_values_that_are_not_a_positive_size(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from trtflow.budget import memory_budget
+    from trtflow.errors import ParamsError
+
+    monkeypatch.setenv("TRTFLOW_MEMORY_BUDGET", value)
+    with pytest.raises(ParamsError, match=r"TRTFLOW_MEMORY_BUDGET=.*expected a positive number"):
+        memory_budget()
+    monkeypatch.setenv("TRTFLOW_MEMORY_BUDGET", "1.5K")
+    assert memory_budget() == 1536
