@@ -24,6 +24,12 @@ from yaml.nodes import MappingNode, Node
 from trtflow.errors import ParamsError, TrtflowError
 
 _AMBIGUOUS_INT = "tag:trtflow,2026:ambiguous-int"
+# Size limits, checked before the rest is parsed: params and MLmodel files are small,
+# hand-written files; a huge one is a mistake (or an attack) and would cost gigabytes
+# of memory to parse (a 50 MB list took 5.8 GB).
+MAX_FILE_BYTES = 1 << 20  # 1 MiB
+MAX_STRING_CHARS = 4096  # a path or a name; PATH_MAX on Linux
+MAX_LIST_ITEMS = 10_000
 
 
 class YamlRefused(yaml.YAMLError):
@@ -41,6 +47,15 @@ class StrictLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark is not None else 0
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_STRING_CHARS:
+            raise YamlRefused(line,
+                              f"a value of {len(event.value):,} characters; at most "
+                              f"{MAX_STRING_CHARS:,} are accepted (names and paths)")
+        if isinstance(index, int) and index >= MAX_LIST_ITEMS:
+            raise YamlRefused(line,
+                              f"a list of more than {MAX_LIST_ITEMS:,} items; params lists "
+                              "are short (batch sizes, shapes, precisions)")
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             kind, name = ("alias *", event.anchor) if isinstance(event, yaml.AliasEvent) \
                 else ("anchor &", event.anchor)
@@ -115,6 +130,9 @@ for _tag in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:set",
 
 def parse_yaml(text: str, source: str, error: type[TrtflowError] = ParamsError) -> Any:
     """Parse `text` strictly; any problem is `error` naming `source` and the line."""
+    if len(text) > MAX_FILE_BYTES:
+        raise error(f"{source}: {len(text):,} characters; a YAML file trtflow reads may have "
+                    f"at most {MAX_FILE_BYTES:,} (1 MiB)")
     try:
         return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except YamlRefused as exc:
@@ -126,6 +144,10 @@ def parse_yaml(text: str, source: str, error: type[TrtflowError] = ParamsError) 
 def load_yaml(path: Path, error: type[TrtflowError] = ParamsError) -> Any:
     """Read and parse a YAML file a user wrote; errors name the file (and line)."""
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise error(f"{path}: {size:,} bytes; a YAML file trtflow reads may have at most "
+                        f"{MAX_FILE_BYTES:,} (1 MiB): expected a small hand-written file")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text (byte {exc.start}): expected a YAML file") \

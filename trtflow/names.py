@@ -1,0 +1,78 @@
+"""Names that become paths: one rule for every name a user gives, one join that refuses escapes.
+
+A model, target or experiment name ends up in file paths (the store's locks, the
+report), MLflow names (experiments, registered models `<model>-<target>`, artifact
+folders) and S3 keys. So each is checked once, when params are loaded, against one rule:
+
+    1 to 64 characters: letters, digits, '.', '_' and '-', starting with a letter or digit
+
+That keeps `/` and `..` segments, leading dashes (read as a CLI option), whitespace,
+control characters and names longer than a file name may be out of every place a
+name goes. Every path built from such a name still goes through `inside()`, which
+refuses a result outside its base directory (defence in depth: the rule is lexical).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+from trtflow.errors import ParamsError
+
+MAX_NAME_CHARS = 64
+RULE = ("1 to 64 characters: letters, digits, '.', '_' and '-', starting with a letter or "
+        "digit")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def name_problem(value: str) -> str | None:
+    """Why `value` is not a valid name, or None."""
+    if _NAME.fullmatch(value):
+        return None
+    if not value:
+        return "it is empty"
+    if len(value) > MAX_NAME_CHARS:
+        return f"it has {len(value):,} characters"
+    bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        return f"it contains {shown}"
+    return f"it starts with {value[0]!r}"
+
+
+def check_name(value: str, field: str) -> str:
+    """`value` if it follows the rule, else a ParamsError naming `field`."""
+    problem = name_problem(value)
+    if problem is not None:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise ParamsError(f"{field}: {shown!r} is not a valid name ({problem}); a name "
+                          f"becomes part of paths, MLflow names and S3 keys, so it must be "
+                          f"{RULE}")
+    return value
+
+
+def _validated(value: str) -> str:
+    problem = name_problem(value)
+    if problem is not None:  # pydantic turns this into "field 'model.name': ..."
+        raise ValueError(f"not a valid name ({problem}); a name becomes part of paths, "
+                         f"MLflow names and S3 keys, so it must be {RULE}")
+    return value
+
+
+# A params field holding a name: `name: Name = Field(...)`.
+Name = Annotated[str, AfterValidator(_validated)]
+
+
+def inside(base: Path, *parts: str) -> Path:
+    """`base / parts...`, refused (ParamsError) when the result would leave `base`."""
+    root = Path(os.path.normpath(Path(base).absolute()))
+    full = Path(os.path.normpath(root.joinpath(*parts)))
+    if full != root and root not in full.parents:
+        joined = "/".join(parts)
+        raise ParamsError(f"the path {joined!r} would leave {root}; names that become paths "
+                          f"must be {RULE}")
+    return full
