@@ -16,6 +16,7 @@ from trtflow.params import load_params
 from trtflow.plan import Node, plan
 from trtflow.stage import StageResult
 from trtflow.stages.validate import gate_error
+from trtflow.stages.validation_report import ValidationReport
 
 
 class Reporter(Protocol):
@@ -103,12 +104,13 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
         import mlflow
 
         parent = mlflow.MlflowClient().get_run(run_ids["parent"])
-    failed = [n for n, stages in per_target.items() if not stages[-1].report["gates"]["passed"]]
+    verdicts = {n: ValidationReport.of(stages[-1]) for n, stages in per_target.items()}
+    failed = [n for n, report in verdicts.items() if not report.passed]
     summary = {"model": params.model.name, "run_ids": run_ids, "wall_seconds": wall,
                "stages": {"model": [exported, cleaned], **per_target}, "released": released,
                "experiment_id": parent.info.experiment_id,
                # a fully cached re-run links to the runs that built these engines
                "reused_runs": parent.info.start_time < started_ms}
     if failed:
-        raise gate_error(per_target[failed[0]][-1].report, failed[0])
+        raise gate_error(verdicts[failed[0]], failed[0])
     return summary

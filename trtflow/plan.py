@@ -264,7 +264,7 @@ def _validate(ctx: Context, target: str | None, out: Path, engine_art: StageResu
 
     return validate_stage.validate(engine, reference, label, batches,
                                    lambda bs: tile_batch(pool, bs), cfg, metric(ctx), name, out,
-                                   qdq_model=Path(engine_art.path) / TENSORRT_QDQ_FILE)
+                                   qdq_model=Path(engine_art.path) / TENSORRT_QDQ_FILE).as_dict()
 
 
 @dataclass

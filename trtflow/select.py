@@ -209,7 +209,7 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
             reports[cand.name] = build_engine(source, cand.target, cand_dir, calib)
             engine = load_engine(cand_dir, threads, spinning=False)
             cand.agreement = float(accuracy_and_agreement(
-                engine.run, lambda _: reference, [Batch(selection)], metric)["agreement"])
+                engine.run, lambda _: reference, [Batch(selection)], metric).agreement)
             cand.passed = cand.agreement >= min_agreement
             engines[cand.name] = engine
         except (BuildError, CalibrationError, ModelError) as exc:  # this candidate only

@@ -6,17 +6,19 @@ import pytest
 
 from trtflow.params import Gates
 from trtflow.stages.validate import accuracy_floor, check_gates
+from trtflow.stages.validation_report import Quality
 
 
-def _quality(accuracy: float, reference: float, majority: float = 0.1) -> dict:
-    return {"labelled": True, "accuracy": accuracy, "reference_accuracy": reference,
-            "agreement": 1.0, "majority_fraction": majority}
+def _quality(accuracy: float, reference: float, majority: float = 0.1) -> Quality:
+    return Quality(samples=100, metric="top1", max_abs_error=0.0, mean_abs_error=0.0,
+                   agreement=1.0, labelled=True, accuracy=accuracy,
+                   reference_accuracy=reference, majority_fraction=majority)
 
 
 def test_an_untrained_model_agreeing_with_itself_fails_the_floor() -> None:
     gates = check_gates(_quality(0.10, 0.10), None, Gates())
-    assert not gates["passed"]
-    failed = [d["gate"] for d in gates["decisions"] if not d["passed"]]
+    assert not gates.passed
+    failed = [d.gate for d in gates.failed]
     assert failed == ["min_accuracy"]  # every relative gate passes
 
 
@@ -28,8 +30,10 @@ def test_default_floor_is_a_fifth_of_the_way_from_chance(majority: float, floor:
 def test_explicit_floor_and_off_switch() -> None:
     assert accuracy_floor(_quality(0.5, 0.5), Gates(min_accuracy=0.9)) == 0.9
     assert accuracy_floor(_quality(0.1, 0.1), Gates(min_accuracy=0.0)) is None
-    assert check_gates(_quality(0.1, 0.1), None, Gates(min_accuracy=0.0))["passed"]
+    assert check_gates(_quality(0.1, 0.1), None, Gates(min_accuracy=0.0)).passed
 
 
 def test_no_labels_no_floor() -> None:
-    assert accuracy_floor({"labelled": False, "agreement": 1.0}, Gates()) is None
+    unlabelled = Quality(samples=4, metric="cosine", max_abs_error=0.0, mean_abs_error=0.0,
+                         agreement=1.0, labelled=False)
+    assert accuracy_floor(unlabelled, Gates()) is None

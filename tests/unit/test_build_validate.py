@@ -13,7 +13,9 @@ from trtflow.errors import BuildError
 from trtflow.graph.parity import ort_run
 from trtflow.params import Gates, Target, ValidateConfig
 from trtflow.stages.validate import accuracy_and_agreement, check_gates, gate_error, validate
+from trtflow.stages.validation_report import Quality, ValidationReport
 
+from .reports import report_dict
 from .tiny import conv_bn_graph
 
 
@@ -37,29 +39,36 @@ def test_unavailable_backend_is_a_build_error(tmp_path: Path) -> None:
         build_engine(tmp_path / "m.onnx", Target(backend="tensorrt", device="cuda"), tmp_path)
 
 
+def _quality(agreement: float, accuracy: float | None = None,
+             reference_accuracy: float | None = None) -> Quality:
+    return Quality(samples=100, metric="top1", max_abs_error=0.0, mean_abs_error=0.0,
+                   agreement=agreement, labelled=accuracy is not None, accuracy=accuracy,
+                   reference_accuracy=reference_accuracy, majority_fraction=0.1)
+
+
 def test_gates_decide_on_given_numbers() -> None:
-    quality = {"labelled": True, "accuracy": 0.95, "reference_accuracy": 0.97,
-               "agreement": 0.98}
+    quality = _quality(0.98, accuracy=0.95, reference_accuracy=0.97)
     verdict = check_gates(quality, 1.5, Gates(max_accuracy_drop=0.01, min_agreement=0.97,
                                               min_speedup=2.0))
-    by_gate = {d["gate"]: d for d in verdict["decisions"]}
-    assert not verdict["passed"]
-    assert not by_gate["max_accuracy_drop"]["passed"]
-    assert by_gate["max_accuracy_drop"]["measured"] == pytest.approx(0.02)
-    assert by_gate["min_agreement"]["passed"]
-    assert not by_gate["min_speedup"]["passed"]
+    by_gate = {d.gate: d for d in verdict.decisions}
+    assert not verdict.passed
+    assert not by_gate["max_accuracy_drop"].passed
+    assert by_gate["max_accuracy_drop"].measured == pytest.approx(0.02)
+    assert by_gate["min_agreement"].passed
+    assert not by_gate["min_speedup"].passed
     ok = check_gates(quality, 2.5, Gates(max_accuracy_drop=0.02, min_agreement=0.97,
                                          min_speedup=2.0))
-    assert ok["passed"]
+    assert ok.passed
     # without labels only agreement gates
-    assert [d["gate"] for d in check_gates({"agreement": 0.5}, None, Gates())["decisions"]] \
+    assert [d.gate for d in check_gates(_quality(0.5), None, Gates()).decisions] \
         == ["min_agreement"]
 
 
 def test_gate_error_names_measured_and_allowed() -> None:
-    report = {"gates": {"decisions": [{"gate": "max_accuracy_drop", "measured": 0.05,
-                                       "allowed": 0.01, "passed": False}]}}
-    msg = str(gate_error(report, "int8"))
+    stored = report_dict(passed=False)
+    stored["gates"]["decisions"] = [{"gate": "max_accuracy_drop", "measured": 0.05,
+                                     "allowed": 0.01, "passed": False}]
+    msg = str(gate_error(ValidationReport.from_dict(stored), "int8"))
     assert "target 'int8'" in msg and "measured 0.05, allowed 0.01" in msg
 
 
@@ -87,10 +96,10 @@ def test_damaged_engine_fails_accuracy_gate(tmp_path: Path) -> None:
     labels = head(ref)({"x": x})["y"].argmax(1)  # reference is right by construction
     batches = [_B(x[i:i + 16], labels[i:i + 16]) for i in range(0, 64, 16)]
     quality = accuracy_and_agreement(head(eng), head(ref), batches, "top1")
-    assert quality["labelled"]
-    assert quality["reference_accuracy"] == 1.0 and quality["accuracy"] < 0.9
+    assert quality.labelled and quality.accuracy is not None
+    assert quality.reference_accuracy == 1.0 and quality.accuracy < 0.9
     verdict = check_gates(quality, None, Gates(max_accuracy_drop=0.01, min_agreement=0.0))
-    assert not verdict["passed"]
+    assert not verdict.passed
 
 
 def test_validate_writes_report_and_plot(tmp_path: Path) -> None:
@@ -100,6 +109,7 @@ def test_validate_writes_report_and_plot(tmp_path: Path) -> None:
     report = validate(eng, eng.run, "self", [_B(_x(4)["x"], np.zeros(4, np.int64))],
                       lambda bs: _x(bs), cfg, "cosine", "fp32", tmp_path)
     assert (tmp_path / "validation.json").is_file() and (tmp_path / "latency.png").is_file()
-    assert report["quality"]["agreement"] == pytest.approx(1.0)
-    assert [r["batch_size"] for r in report["latency"]["engine"]] == [1, 4]
-    assert report["latency"]["engine"][0]["p50_ms"] <= report["latency"]["engine"][0]["p99_ms"]
+    assert report.quality.agreement == pytest.approx(1.0)
+    assert [r.batch_size for r in report.latency.engine] == [1, 4]
+    assert report.latency.engine[0].p50_ms <= report.latency.engine[0].p99_ms
+    assert ValidationReport.read(tmp_path) == report  # what is stored is what was returned

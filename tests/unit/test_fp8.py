@@ -147,4 +147,4 @@ def test_onnxruntime_fp8_target_runs_the_fp8_qdq_graph_at_basic_level(tmp_path: 
     reference = _run(conv_bn_graph(), feed)[0]
     quality = qdq_model_quality(out / TENSORRT_QDQ_FILE, lambda f: {"y": reference}, [Batch],
                                 "cosine")
-    assert quality["file"] == TENSORRT_QDQ_FILE and quality["agreement"] > 0.99
+    assert quality.file == TENSORRT_QDQ_FILE and quality.agreement > 0.99

@@ -8,6 +8,8 @@ from trtflow.errors import RegistryError
 from trtflow.params import RegistryConfig
 from trtflow.track.registry import EngineFacts, decide, status
 
+from .reports import report
+
 POLICY = RegistryConfig(max_drop_vs_fp32=0.01, max_drop_vs_production=0.005,
                         max_latency_regression_pct=20.0)
 
@@ -76,9 +78,7 @@ def test_facts_round_trip_through_version_tags_and_missing_tags_are_named() -> N
 
 
 def test_facts_from_a_validate_report_without_labels_use_cosine() -> None:
-    report = {"quality": {"agreement": 0.9952, "labelled": False},
-              "latency": {"engine": [{"batch_size": 1, "p50_ms": 2.5}]}}
-    f = EngineFacts.from_report(report, "h")
+    f = EngineFacts.from_report(report(agreement=0.9952, engine_p50={1: 2.5}), "h")
     assert (f.quality_metric, f.p50_ms) == ("cosine", {"1": 2.5})
     assert f.drop_vs_fp32 == pytest.approx(0.0048)
 
@@ -94,11 +94,8 @@ def test_latency_relative_to_the_same_run_baseline_cancels_host_load() -> None:
 
 
 def test_relative_p50_comes_from_the_report_baseline() -> None:
-    report = {"quality": {"agreement": 1.0, "labelled": True, "accuracy": 0.99,
-                          "reference_accuracy": 0.99},
-              "latency": {"engine": [{"batch_size": 1, "p50_ms": 0.5}],
-                          "baseline": [{"batch_size": 1, "p50_ms": 2.0}]}}
-    assert EngineFacts.from_report(report, "h").relative_p50 == {"1": 0.25}
+    given = report(accuracy=0.99, engine_p50={1: 0.5}, baseline_p50={1: 2.0})
+    assert EngineFacts.from_report(given, "h").relative_p50 == {"1": 0.25}
 
 
 def test_one_release_summary_feeds_the_cli_the_run_page_and_the_prefect_table() -> None:
@@ -136,12 +133,14 @@ def test_noise_survives_the_registry_tags() -> None:
 def test_min_speedup_short_by_less_than_the_noise_does_not_fail() -> None:
     from trtflow.params import Gates
     from trtflow.stages.validate import check_gates
+    from trtflow.stages.validation_report import Quality
 
-    quality = {"agreement": 1.0}
+    quality = Quality(samples=4, metric="cosine", max_abs_error=0.0, mean_abs_error=0.0,
+                      agreement=1.0, labelled=False)
     gates = Gates(min_speedup=2.0)
     noisy = check_gates(quality, 1.9, gates, speedup_noise_pct=8.0)
-    assert noisy["passed"] and "too noisy" in noisy["decisions"][-1]["note"]
-    assert not check_gates(quality, 1.9, gates, speedup_noise_pct=2.0)["passed"]
+    assert noisy.passed and "too noisy" in (noisy.decisions[-1].note or "")
+    assert not check_gates(quality, 1.9, gates, speedup_noise_pct=2.0).passed
 
 
 def test_the_median_interval_covers_the_median_and_widens_with_noise() -> None:

@@ -9,30 +9,37 @@ process, one after the other, with the same thread count and batch.
 from __future__ import annotations
 
 import functools
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from trtflow.errors import GateError
 from trtflow.latency import LatencyStats, combined_noise_pct, measure
 from trtflow.params import Gates, ValidateConfig
+from trtflow.stages.validation_report import (
+    GateDecision,
+    GateVerdict,
+    Latency,
+    Metric,
+    QdqModelQuality,
+    Quality,
+    ValidationReport,
+)
 
 if TYPE_CHECKING:
     from trtflow.backends import Engine
 
 VERSION = "validate-2"
-REPORT_FILE = "validation.json"
 PLOT_FILE = "latency.png"
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def accuracy_and_agreement(engine: Runner, reference: Runner, batches: Iterable[Any],
-                           metric: str) -> dict[str, Any]:
+                           metric: str) -> Quality:
     """Stream the evaluation data through both; top-1 or cosine agreement, errors, accuracy."""
     n = correct_eng = correct_ref = agree = labelled_n = 0
     label_counts: Counter[int] = Counter()
@@ -59,21 +66,17 @@ def accuracy_and_agreement(engine: Runner, reference: Runner, batches: Iterable[
                                               1e-12)
             cos_sum += float(cos.sum())
     labelled = labelled_n == n > 0
-    out: dict[str, Any] = {
-        "samples": n, "metric": metric, "max_abs_error": max_abs,
-        "mean_abs_error": abs_sum / max(numel, 1),
-        "agreement": (agree / n) if metric == "top1" else cos_sum / n,
-        "labelled": labelled,
-    }
-    if labelled:
-        out["accuracy"] = correct_eng / n
-        out["reference_accuracy"] = correct_ref / n
-        out["majority_fraction"] = max(label_counts.values()) / n  # for the chance floor
-    return out
+    return Quality(
+        samples=n, metric=cast(Metric, metric), max_abs_error=max_abs,
+        mean_abs_error=abs_sum / max(numel, 1),
+        agreement=(agree / n) if metric == "top1" else cos_sum / n, labelled=labelled,
+        accuracy=correct_eng / n if labelled else None,
+        reference_accuracy=correct_ref / n if labelled else None,
+        majority_fraction=max(label_counts.values()) / n if labelled else None)  # chance floor
 
 
-def check_gates(quality: dict[str, Any], speedup: float | None, gates: Gates,
-                speedup_noise_pct: float = 0.0) -> dict[str, Any]:
+def check_gates(quality: Quality, speedup: float | None, gates: Gates,
+                speedup_noise_pct: float = 0.0) -> GateVerdict:
     """Decide each gate on given numbers; the report keeps measured vs allowed.
 
     A speed-up short of `min_speedup` by less than its noise (the engine's and the
@@ -82,67 +85,66 @@ def check_gates(quality: dict[str, Any], speedup: float | None, gates: Gates,
     """
     decisions = []
     floor = accuracy_floor(quality, gates)
-    if floor is not None:
-        decisions.append({"gate": "min_accuracy", "measured": quality["accuracy"],
-                          "allowed": floor, "passed": quality["accuracy"] >= floor,
-                          "reference_accuracy": quality["reference_accuracy"]})
-    if quality.get("labelled"):
-        drop = quality["reference_accuracy"] - quality["accuracy"]
-        decisions.append({"gate": "max_accuracy_drop", "measured": drop,
-                          "allowed": gates.max_accuracy_drop,
-                          "passed": drop <= gates.max_accuracy_drop + 1e-12})
-    decisions.append({"gate": "min_agreement", "measured": quality["agreement"],
-                      "allowed": gates.min_agreement,
-                      "passed": quality["agreement"] >= gates.min_agreement})
+    if floor is not None and quality.accuracy is not None:
+        decisions.append(GateDecision(gate="min_accuracy", measured=quality.accuracy,
+                                      allowed=floor, passed=quality.accuracy >= floor,
+                                      reference_accuracy=quality.reference_accuracy))
+    drop = quality.accuracy_drop
+    if quality.labelled and drop is not None:
+        decisions.append(GateDecision(gate="max_accuracy_drop", measured=drop,
+                                      allowed=gates.max_accuracy_drop,
+                                      passed=drop <= gates.max_accuracy_drop + 1e-12))
+    decisions.append(GateDecision(gate="min_agreement", measured=quality.agreement,
+                                  allowed=gates.min_agreement,
+                                  passed=quality.agreement >= gates.min_agreement))
     if gates.min_speedup is not None:
-        entry: dict[str, Any] = {"gate": "min_speedup", "measured": speedup,
-                                 "allowed": gates.min_speedup, "noise_pct": speedup_noise_pct,
-                                 "passed": speedup is not None and speedup >= gates.min_speedup}
-        if speedup is not None and not entry["passed"] and \
+        passed = speedup is not None and speedup >= gates.min_speedup
+        note = None
+        if speedup is not None and not passed and \
                 speedup * (1 + speedup_noise_pct / 100) >= gates.min_speedup:
-            entry.update(passed=True, note=f"too noisy to compare (±{speedup_noise_pct:.1f} %)")
-        decisions.append(entry)
-    return {"passed": all(d["passed"] for d in decisions), "decisions": decisions}
+            passed, note = True, f"too noisy to compare (±{speedup_noise_pct:.1f} %)"
+        decisions.append(GateDecision(gate="min_speedup", measured=speedup,
+                                      allowed=gates.min_speedup, noise_pct=speedup_noise_pct,
+                                      passed=passed, note=note))
+    return GateVerdict(passed=all(d.passed for d in decisions), decisions=decisions)
 
 
 CHANCE_MARGIN = 0.2  # the default floor: this fraction of the way from chance to 1
 
 
-def accuracy_floor(quality: dict[str, Any], gates: Gates) -> float | None:
+def accuracy_floor(quality: Quality, gates: Gates) -> float | None:
     """The absolute accuracy floor (labelled data only): `gates.min_accuracy`, or by
     default the accuracy of always answering the most common label plus CHANCE_MARGIN
     of the way to 1. Relative gates compare the engine with its FP32 reference; an
     untrained model passes them by agreeing with itself, never this one."""
-    if not quality.get("labelled"):
+    if not quality.labelled:
         return None
     if gates.min_accuracy is not None:
         return gates.min_accuracy or None  # 0 turns the gate off
-    chance = float(quality.get("majority_fraction", 0.0))
+    chance = quality.majority_fraction or 0.0
     return chance + CHANCE_MARGIN * (1 - chance)
 
 
-def gate_error(report: dict[str, Any], target: str) -> GateError:
-    failed = [d for d in report["gates"]["decisions"] if not d["passed"]]
-    reasons = "; ".join(f"{d['gate']}: measured {d['measured']:.4g}, allowed {d['allowed']:.4g}"
-                        for d in failed)
+def gate_error(report: ValidationReport, target: str) -> GateError:
+    reasons = "; ".join(d.describe() for d in report.gates.failed)
     return GateError(f"target '{target}' failed validation: {reasons}. The engine is not "
                      "promoted or registered.")
 
 
 def latency_side_by_side(engine: Runner, baseline: Runner, make_inputs: Callable[[int], dict],
-                         cfg: ValidateConfig) -> dict[str, list[dict[str, Any]]]:
-    rows: dict[str, list[dict[str, Any]]] = {"engine": [], "baseline": []}
+                         cfg: ValidateConfig) -> Latency:
+    engine_rows: list[LatencyStats] = []
+    baseline_rows: list[LatencyStats] = []
     for bs in cfg.batch_sizes:
         inputs = make_inputs(bs)
-        for label, fn in (("engine", engine), ("baseline", baseline)):
-            stats: LatencyStats = measure(functools.partial(fn, inputs), bs, cfg.warmup,
-                                          cfg.iterations, cfg.max_seconds)
-            rows[label].append(stats.as_dict())
-    return rows
+        for fn, rows in ((engine, engine_rows), (baseline, baseline_rows)):
+            rows.append(measure(functools.partial(fn, inputs), bs, cfg.warmup, cfg.iterations,
+                                cfg.max_seconds))
+    return Latency(engine=engine_rows, baseline=baseline_rows)
 
 
 def qdq_model_quality(qdq_path: Path, reference: Runner, eval_batches: Any, metric: str
-                      ) -> dict[str, Any]:
+                      ) -> QdqModelQuality:
     """Accuracy/agreement of the Q/DQ graph TensorRT is handed, run by ONNX Runtime at its
     basic level (no QDQ fusion: it computes what the Q/DQ says), as TensorRT's stand-in."""
     import onnxruntime as ort
@@ -158,13 +160,13 @@ def qdq_model_quality(qdq_path: Path, reference: Runner, eval_batches: Any, metr
         return dict(zip(outputs, session.run(outputs, {n: inputs[n] for n in names}),
                         strict=True))
 
-    return {"file": qdq_path.name,
-            **accuracy_and_agreement(run, reference, eval_batches, metric)}
+    quality = accuracy_and_agreement(run, reference, eval_batches, metric)
+    return QdqModelQuality(file=qdq_path.name, **quality.model_dump())
 
 
 def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batches: Any,
              make_inputs: Callable[[int], dict], cfg: ValidateConfig, metric: str,
-             target: str, out_dir: Path, qdq_model: Path | None = None) -> dict[str, Any]:
+             target: str, out_dir: Path, qdq_model: Path | None = None) -> ValidationReport:
     """Write validation.json and latency.png; the caller raises `gate_error` if not passed.
 
     `qdq_model`: the Q/DQ graph TensorRT gets for a quantized target; its accuracy is
@@ -174,37 +176,33 @@ def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batche
     quality = accuracy_and_agreement(engine.run, reference, eval_batches, metric)
     with torch.inference_mode():
         latency = latency_side_by_side(engine.run, reference, make_inputs, cfg)
-    speedups = {row["batch_size"]: base["p50_ms"] / row["p50_ms"]
-                for row, base in zip(latency["engine"], latency["baseline"], strict=True)}
-    first_bs = cfg.batch_sizes[0]
-    report = {
-        "target": target, "baseline": baseline_label, "quality": quality,
-        "latency": latency, "speedup_p50": speedups,
-        "gates": check_gates(quality, speedups.get(first_bs), cfg.gates,
-                             combined_noise_pct(latency["engine"][0].get("noise_pct", 0.0),
-                                                latency["baseline"][0].get("noise_pct", 0.0))),
-        "threads": torch.get_num_threads(),
-    }
-    if qdq_model is not None and qdq_model.is_file():
-        report["qdq_model"] = qdq_model_quality(qdq_model, reference, eval_batches, metric)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    speedups = {row.batch_size: base.p50_ms / row.p50_ms for row, base in latency.pairs()}
+    first_engine, first_base = latency.pairs()[0]
+    report = ValidationReport(
+        target=target, baseline=baseline_label, quality=quality, latency=latency,
+        speedup_p50=speedups,
+        gates=check_gates(quality, speedups.get(first_engine.batch_size), cfg.gates,
+                          combined_noise_pct(first_engine.noise_pct, first_base.noise_pct)),
+        threads=torch.get_num_threads(),
+        qdq_model=qdq_model_quality(qdq_model, reference, eval_batches, metric)
+        if qdq_model is not None and qdq_model.is_file() else None)
+    report.write(out_dir)
     plot_latency(report, out_dir / PLOT_FILE)
     return report
 
 
-def plot_latency(report: dict[str, Any], path: Path) -> None:
+def plot_latency(report: ValidationReport, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label in ("engine", "baseline"):
-        rows = report["latency"][label]
-        xs = [r["batch_size"] for r in rows]
-        name = f"{report['target']} engine" if label == "engine" else report["baseline"]
-        ax.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=f"{name} p50")
-        ax.fill_between(xs, [r["p50_ms"] for r in rows], [r["p99_ms"] for r in rows], alpha=0.2)
+    for name, rows in ((f"{report.target} engine", report.latency.engine),
+                       (report.baseline, report.latency.baseline)):
+        xs = [r.batch_size for r in rows]
+        ax.plot(xs, [r.p50_ms for r in rows], marker="o", label=f"{name} p50")
+        ax.fill_between(xs, [r.p50_ms for r in rows], [r.p99_ms for r in rows], alpha=0.2)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size")

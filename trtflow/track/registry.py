@@ -29,12 +29,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trtflow.errors import RegistryError
 from trtflow.latency import combined_noise_pct
 from trtflow.params import RegistryConfig
 from trtflow.project import project_lock
+
+if TYPE_CHECKING:
+    from trtflow.stages.validation_report import ValidationReport
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
@@ -58,24 +61,20 @@ class EngineFacts:
     noise_pct: dict[str, float] = field(default_factory=dict)  # of p50 (or of relative p50)
 
     @classmethod
-    def from_report(cls, report: dict[str, Any], host: str) -> EngineFacts:
-        q = report["quality"]
-        if q.get("labelled") and "accuracy" in q:
-            quality, metric = float(q["accuracy"]), "accuracy"
-            drop = float(q["reference_accuracy"]) - quality
+    def from_report(cls, report: ValidationReport, host: str) -> EngineFacts:
+        q = report.quality
+        drop = q.accuracy_drop
+        if q.labelled and q.accuracy is not None and drop is not None:
+            quality, metric = q.accuracy, "accuracy"
         else:
-            quality, metric = float(q["agreement"]), "cosine"
-            drop = 1.0 - quality
-        p50 = {str(r["batch_size"]): float(r["p50_ms"]) for r in report["latency"]["engine"]}
-        base = {str(r["batch_size"]): float(r["p50_ms"])
-                for r in report["latency"].get("baseline", [])}
+            quality, metric, drop = q.agreement, "cosine", 1.0 - q.agreement
+        p50 = {str(r.batch_size): r.p50_ms for r in report.latency.engine}
+        base = {str(r.batch_size): r.p50_ms for r in report.latency.baseline}
         relative = {b: p50[b] / base[b] for b in p50 if base.get(b)}
-        base_noise = {str(r["batch_size"]): float(r.get("noise_pct", 0.0))
-                      for r in report["latency"].get("baseline", [])}
-        noise = {str(r["batch_size"]): combined_noise_pct(
-            float(r.get("noise_pct", 0.0)),
-            base_noise.get(str(r["batch_size"]), 0.0) if relative else 0.0)
-            for r in report["latency"]["engine"]}
+        base_noise = {str(r.batch_size): r.noise_pct for r in report.latency.baseline}
+        noise = {str(r.batch_size): combined_noise_pct(
+            r.noise_pct, base_noise.get(str(r.batch_size), 0.0) if relative else 0.0)
+            for r in report.latency.engine}
         return cls(quality, metric, drop, p50, host, relative, noise)
 
     def tags(self) -> dict[str, str]:

@@ -23,6 +23,7 @@ from typing import Any
 from trtflow.params import Params
 from trtflow.stage import StageResult
 from trtflow.stages.validate import gate_error
+from trtflow.stages.validation_report import ValidationReport
 from trtflow.track import registry
 from trtflow.track.mlflow_log import ENGINE_MODEL_TAG, git_commit, lineage_tags
 
@@ -38,16 +39,16 @@ def publish_engine(params: Params, root: Path, target: str, stages: list[StageRe
     from trtflow.track.publish import publish, s3_client
 
     build = next(s for s in stages if s.stage == "build")
-    validated = [s for s in stages if s.stage == "validate"]
-    if validated and not validated[-1].report["gates"]["passed"]:
-        raise gate_error(validated[-1].report, target)  # never publish a failed engine
+    validated = [ValidationReport.of(s) for s in stages if s.stage == "validate"]
+    if validated and not validated[-1].passed:
+        raise gate_error(validated[-1], target)  # never publish a failed engine
     registered = registry.version_of_engine(
         registry.registered_name(params.model.name, target), build.key)
     metadata = {"params": params.model_dump(mode="json", by_alias=True),
                 "params_digest": params.digest(), "target": target,
                 **built_at(root, registered), "lineage": lineage_tags(params, root),
                 "stages": {s.stage: {"version": s.version, "key": s.key} for s in stages},
-                "quality": quality_figures(validated[-1].report) if validated else None}
+                "quality": quality_figures(validated[-1]) if validated else None}
     if registered is not None:
         metadata["registered"] = f"{registered.name}/{registered.version}"
     result = publish(Path(build.path), bucket, prefix, params.model.name,
@@ -69,13 +70,12 @@ def built_at(root: Path, registered: Any | None) -> dict[str, str]:
     return {"git_commit": commit or now, "git_commit_at_publish": now}
 
 
-def quality_figures(report: dict[str, Any]) -> dict[str, Any]:
+def quality_figures(report: ValidationReport) -> dict[str, Any]:
     """The validation's headline numbers, as the manifest carries them."""
-    quality = {k: v for k, v in report["quality"].items() if isinstance(v, int | float | str)}
-    return {**quality, "gates_passed": bool(report["gates"]["passed"]),
-            "p50_ms": {str(r["batch_size"]): r["p50_ms"] for r in report["latency"]["engine"]},
-            "speedup_p50": report.get("speedup_p50", {}),
-            "baseline": report.get("baseline", "")}
+    return {**report.quality.model_dump(mode="json"), "gates_passed": report.passed,
+            "p50_ms": {str(bs): p50 for bs, p50 in report.latency.engine_p50_ms().items()},
+            "speedup_p50": {str(bs): x for bs, x in report.speedup_p50.items()},
+            "baseline": report.baseline}
 
 
 def release(params: Params, root: Path, per_target: dict[str, list[StageResult]],
@@ -88,7 +88,7 @@ def release(params: Params, root: Path, per_target: dict[str, list[StageResult]]
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
     client = mlflow.MlflowClient()
     passed = {name: stages for name, stages in per_target.items()
-              if stages[-1].stage == "validate" and stages[-1].report["gates"]["passed"]}
+              if stages[-1].stage == "validate" and ValidationReport.of(stages[-1]).passed}
     published: dict[str, str] = {}
     if params.publish.bucket:  # all uploads before any registration
         for name, stages in passed.items():
@@ -115,7 +115,7 @@ def _register(params: Params, root: Path, name: str, stages: list[StageResult], 
     model_uri = run.data.tags.get(ENGINE_MODEL_TAG) or f"runs:/{run_id}/engine"
     build = next(s for s in stages if s.stage == "build")
     host = host_fingerprint()
-    facts = registry.EngineFacts.from_report(stages[-1].report,
+    facts = registry.EngineFacts.from_report(ValidationReport.of(stages[-1]),
                                              f"{host['cpu']} [{host['flags_digest']}]")
     tags = {"trtflow.params_digest": params.digest(), "trtflow.git_commit": git_commit(root),
             "trtflow.target": name, "trtflow.run_id": run_id,
