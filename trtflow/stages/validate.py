@@ -174,16 +174,23 @@ def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batche
     import torch  # inference mode for a PyTorch reference; its thread count is reported
 
     quality = accuracy_and_agreement(engine.run, reference, eval_batches, metric)
-    with torch.inference_mode():
-        latency = latency_side_by_side(engine.run, reference, make_inputs, cfg)
+    # an engine that cannot run here (`latency_note`) is timed never: its stand-in's
+    # latency would be another engine's number
+    latency_note = getattr(engine, "latency_note", None)
+    latency = Latency(engine=[], baseline=[])
+    if latency_note is None:
+        with torch.inference_mode():
+            latency = latency_side_by_side(engine.run, reference, make_inputs, cfg)
     speedups = {row.batch_size: base.p50_ms / row.p50_ms for row, base in latency.pairs()}
-    first_engine, first_base = latency.pairs()[0]
+    first = latency.pairs()[:1]
     report = ValidationReport(
         target=target, baseline=baseline_label, quality=quality, latency=latency,
         speedup_p50=speedups,
-        gates=check_gates(quality, speedups.get(first_engine.batch_size), cfg.gates,
-                          combined_noise_pct(first_engine.noise_pct, first_base.noise_pct)),
+        gates=check_gates(quality, speedups.get(first[0][0].batch_size) if first else None,
+                          cfg.gates, combined_noise_pct(first[0][0].noise_pct,
+                                                        first[0][1].noise_pct) if first else 0.0),
         threads=torch.get_num_threads(),
+        engine_ran=getattr(engine, "ran", None), latency_note=latency_note,
         qdq_model=qdq_model_quality(qdq_model, reference, eval_batches, metric)
         if qdq_model is not None and qdq_model.is_file() else None)
     report.write(out_dir)
@@ -198,6 +205,13 @@ def plot_latency(report: ValidationReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    if not report.latency.engine:  # an engine that cannot run here: say so, plot nothing
+        ax.text(0.5, 0.5, f"{report.target}: latency {report.latency_note or 'not measured'}",
+                ha="center", va="center", wrap=True)
+        ax.set_axis_off()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
     for name, rows in ((f"{report.target} engine", report.latency.engine),
                        (report.baseline, report.latency.baseline)):
         xs = [r.batch_size for r in rows]

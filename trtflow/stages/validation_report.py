@@ -131,6 +131,10 @@ class ValidationReport(_Report):
     gates: GateVerdict
     threads: int
     qdq_model: QdqModelQuality | None = Field(default=None, exclude_if=_absent)
+    # an engine this host cannot run (a TensorRT-RTX plan without its GPU): what computed
+    # `quality` instead, and why `latency` is empty
+    engine_ran: str | None = Field(default=None, exclude_if=_absent)
+    latency_note: str | None = Field(default=None, exclude_if=_absent)
 
     @property
     def passed(self) -> bool:
