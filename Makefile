@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed-stamp
 	trt-check
 
 $(STAMP): pyproject.toml constraints.txt
+	@echo "installing the pinned set (constraints.txt) into $(VENV): about 3 minutes and 2.5 GB the first time"
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=26"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+	@echo "installed: $(VENV)"
 
 demo: $(STAMP)
 	$(BIN)/trtflow prepare
@@ -22,7 +24,10 @@ test: $(STAMP) chromium-installed
 	$(BIN)/ruff check -q trtflow flows tasks tests bench scripts
 	$(BIN)/mypy trtflow flows tasks
 	$(BIN)/lint-imports --no-logo --no-cache
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python scripts/leftovers.py snapshot .trtflow/leftovers-before.json
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --basetemp .trtflow/test-tmp
+	rm -rf .trtflow/test-tmp
+	$(BIN)/python scripts/leftovers.py check .trtflow/leftovers-before.json
 
 # Everything, the slow tier included (long DVC experiments, Prefect schedules, Dask,
 # all crash trials): over CI's 15-minute budget, so `make test` leaves it out.
@@ -40,9 +45,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy trtflow flows tasks
 
-# The browser checks of the UIs (tests/integration/test_ui.py) drive Debian's chromium.
+# The browser checks of the UIs (tests/integration/test_ui.py) drive Debian's chromium:
+# installed with apt-get when missing (needs root; ~480 MB); without root they are skipped.
 chromium-installed:
-	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the browser tests of the UIs (apt-get, about 480 MB)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "chromium is missing and installing it needs root: the browser tests (tests/integration/test_ui.py) will be skipped"; \
+	  fi; }
 
 # Where TensorRT exists: the tensorrt-marked tests and a resnet18 INT8 and FP8 TensorRT
 # engine (docker/trt-check.sh). Runs in place where `tensorrt.Builder` imports, else in

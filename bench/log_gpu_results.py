@@ -40,7 +40,11 @@ def log_results(path: Path, experiment: str = "gpu-bench") -> list[str]:
 
     data = json.loads(path.read_text())
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///.trtflow/mlflow.db"))
-    mlflow.set_experiment(experiment)
+    from trtflow.track.mlflow_log import experiment_id
+
+    os.environ.setdefault("TRTFLOW_MLFLOW_ARTIFACTS",
+                          str(Path(".trtflow", "mlartifacts").absolute()))
+    mlflow.set_experiment(experiment_id=experiment_id(experiment))  # artifacts under .trtflow
     run_ids = []
     for run in data.get("runs", [data]):
         name = f"{run.get('source', path.name)} on {run.get('device', data.get('device'))}"

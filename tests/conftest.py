@@ -6,7 +6,10 @@ Set before Prefect or MLflow is imported (both read their settings at import).
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,48 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     write_demo_data(root)
     return root
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (read from /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stop(pids: list[int], grace: float = 5.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.1)
+            for pid in pids:  # reap our own children so they do not linger as zombies
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave nothing behind: servers a test started in this process (Prefect's ephemeral
+    server, started by an in-process flow, outlives the worker otherwise) and this session's
+    temp dir. The xdist controller only removes its dir: its children are the workers."""
+    controller = (getattr(session.config.option, "numprocesses", None) or 0) > 0 and \
+        not hasattr(session.config, "workerinput")
+    if not controller:
+        _stop(_descendants(os.getpid()))
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)

@@ -78,8 +78,11 @@ def browser() -> Iterator[Any]:
     """Debian's chromium through Playwright (no browser download: the system binary)."""
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.fail("chromium is not installed: `make chromium-installed` (apt-get install "
-                    "chromium) provides it; make test does this first")
+        if os.geteuid() == 0:  # make test installs it as root: missing here is a failure
+            pytest.fail("chromium is not installed: `make chromium-installed` (apt-get "
+                        "install chromium) provides it; make test does this first")
+        pytest.skip("chromium is not installed and installing it needs root: "
+                    "`sudo apt-get install chromium` to run the browser checks")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
