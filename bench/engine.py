@@ -172,9 +172,13 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
     ctx, clean, engine_dir, calibrated = trtflow_engine(model)
     eager, _ = reference_runner(ctx, threads)
     from trtflow.plan import run_up_to
+    from trtflow.stages.build_report import BuildReport
 
     best = run_up_to(ctx, "build", "best")[-1]
-    winner = best.report["selection"]["winner"]
+    selection = BuildReport.of(best).selection
+    if selection is None:
+        raise SystemExit(f"{model}: target 'best' made no selection (is its precision best?)")
+    winner = selection.winner
     contenders = {f"trtflow best ({winner})": load_engine(Path(best.path), threads,
                                                           spinning=False).run,
                   "trtflow INT8": load_engine(engine_dir, threads, spinning=False).run,
@@ -230,7 +234,7 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
             row[f"bs{bs}"]["trtflow_speedup"] = (row[f"bs{bs}"]["median_ms"]
                                                  / ours[f"bs{bs}"]["median_ms"])
     result = {"threads": threads, "calibration": calibrated.report, "contenders": rows,
-              "selection": best.report["selection"]}
+              "selection": selection.model_dump(mode="json")}
     result["targets"] = TARGETS[model](rows, f"trtflow best ({winner})", batch_sizes)
     return result
 
@@ -328,6 +332,8 @@ def main() -> None:
     args = ap.parse_args()
     from calibration import cpu_info
 
+    from trtflow.stages.build_report import SelectionReport
+
     out = RESULTS / "engine.json"
     results = {"cpu": cpu_info(), "cpu_flags": isa_flags(), "rounds": args.rounds,
                "models": {}}
@@ -352,11 +358,12 @@ def main() -> None:
             acc = f" acc {q['top1_accuracy']:.4f}" if "top1_accuracy" in q else ""
             print(f"  {name:<52} {cells}   cos {q['mean_cosine_vs_fp32']:.4f} "
                   f"top1 {q['top1_agreement_vs_fp32']:.3f}{acc}")
-        print(f"  selection: {res['selection']['why']}")
-        for cand in res["selection"]["candidates"]:
-            p50 = " ".join(f"bs{k} {v:.2f}" for k, v in cand["p50_ms"].items())
-            print(f"    {cand['name']:<44} agreement {cand['agreement'] or 0:.4f}  {p50}"
-                  f"{'' if cand['passed'] else '  (failed)'}")
+        selection = SelectionReport.model_validate(res["selection"])  # this run's or kept
+        print(f"  selection: {selection.why}")
+        for cand in selection.candidates:
+            p50 = " ".join(f"bs{k} {v:.2f}" for k, v in cand.p50_ms.items())
+            print(f"    {cand.name:<44} agreement {cand.agreement or 0:.4f}  {p50}"
+                  f"{'' if cand.passed else '  (failed)'}")
         for t in res["targets"]:
             ratios = " ".join(f"{k} {v:.2f}x" for k, v in t["ratios"].items())
             print(f"  target {t['target']}: {ratios}; {t['quality']} -> {t['verdict']}")

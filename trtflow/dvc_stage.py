@@ -23,6 +23,7 @@ from trtflow.context import Context
 from trtflow.params import load_params
 from trtflow.plan import run_up_to
 from trtflow.stage import StageResult
+from trtflow.stages.validation_report import ValidationReport
 from trtflow.store import META_FILE
 
 
@@ -51,7 +52,7 @@ def run_single_stage(name: str, params_path: Path, target: str | None, output: P
     dest = output or default_output(root, params.model.name, name, target)
     _copy_artifact(Path(result.path), dest)
     if name == "validate":
-        write_validation_summaries(result.report, dest)
+        write_validation_summaries(ValidationReport.of(result), dest)
     return result, dest
 
 
@@ -63,36 +64,28 @@ def latency_plot_path(validate_out: Path) -> Path:
     return validate_out.with_name(f"{validate_out.name}.latency.json")
 
 
-def validation_metrics(report: dict[str, Any]) -> dict[str, Any]:
+def validation_metrics(report: ValidationReport) -> dict[str, Any]:
     """The headline numbers of a validation report, flat enough for `dvc metrics diff`."""
-    quality = report["quality"]
-    metrics: dict[str, Any] = {key: quality[key] for key in (
-        "accuracy", "reference_accuracy", "agreement", "max_abs_error", "mean_abs_error")
-        if key in quality}
-    if "accuracy" in quality and "reference_accuracy" in quality:
-        metrics["accuracy_drop"] = quality["reference_accuracy"] - quality["accuracy"]
-    for label in ("engine", "baseline"):
-        metrics[f"{label}_p50_ms"] = {f"bs{row['batch_size']}": row["p50_ms"]
-                                      for row in report["latency"][label]}
-    metrics["speedup_p50"] = {f"bs{int(bs)}": value
-                              for bs, value in report["speedup_p50"].items()}
-    metrics["gates_passed"] = bool(report["gates"]["passed"])
+    metrics: dict[str, Any] = dict(report.quality.figures())
+    if report.quality.accuracy_drop is not None:
+        metrics["accuracy_drop"] = report.quality.accuracy_drop
+    for label, rows in (("engine", report.latency.engine),
+                        ("baseline", report.latency.baseline)):
+        metrics[f"{label}_p50_ms"] = {f"bs{row.batch_size}": row.p50_ms for row in rows}
+    metrics["speedup_p50"] = {f"bs{bs}": value for bs, value in report.speedup_p50.items()}
+    metrics["gates_passed"] = report.passed
     return metrics
 
 
-def latency_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+def latency_rows(report: ValidationReport) -> list[dict[str, Any]]:
     """One row per batch size: engine and baseline (PyTorch eager or ORT FP32) latency."""
-    rows = []
-    for engine, baseline in zip(report["latency"]["engine"], report["latency"]["baseline"],
-                                strict=True):
-        rows.append({"batch_size": engine["batch_size"],
-                     "engine_p50_ms": engine["p50_ms"], "engine_p99_ms": engine["p99_ms"],
-                     "baseline_p50_ms": baseline["p50_ms"],
-                     "baseline_p99_ms": baseline["p99_ms"]})
-    return rows
+    return [{"batch_size": engine.batch_size,
+             "engine_p50_ms": engine.p50_ms, "engine_p99_ms": engine.p99_ms,
+             "baseline_p50_ms": baseline.p50_ms, "baseline_p99_ms": baseline.p99_ms}
+            for engine, baseline in report.latency.pairs()]
 
 
-def write_validation_summaries(report: dict[str, Any], validate_out: Path) -> None:
+def write_validation_summaries(report: ValidationReport, validate_out: Path) -> None:
     for path, body in ((metrics_path(validate_out), validation_metrics(report)),
                        (latency_plot_path(validate_out), latency_rows(report))):
         with atomic_file(path, "w") as f:

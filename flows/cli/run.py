@@ -75,6 +75,9 @@ def run(
 
 
 def print_summary(summary: dict[str, Any], wall: float) -> None:
+    from trtflow.stages.build_report import BuildReport
+    from trtflow.stages.validation_report import ValidationReport
+
     table = Table(title=f"trtflow: {summary['model']}")
     for col in ("target", "accuracy", "FP32 ref. acc.", "agreement", "engine p50 bs1",
                 "baseline p50 bs1", "speed-up bs1", "gates", "MLflow run"):
@@ -85,17 +88,17 @@ def print_summary(summary: dict[str, Any], wall: float) -> None:
     for name, stages in summary["stages"].items():
         if name == "model":
             continue
-        rep = stages[-1].report
-        q = rep["quality"]
-        eng, base = rep["latency"]["engine"][0], rep["latency"]["baseline"][0]
+        rep = ValidationReport.of(stages[-1])
+        q = rep.quality
+        eng, base = rep.latency.pairs()[0]
         table.add_row(
             name,
-            f"{q['accuracy']:.4f}" if "accuracy" in q else "n/a (no labels)",
-            f"{q['reference_accuracy']:.4f}" if "reference_accuracy" in q else "n/a",
-            f"{q['agreement']:.4f} ({q['metric']})",
-            f"{eng['p50_ms']:.3f} ms", f"{base['p50_ms']:.3f} ms",
-            f"{base['p50_ms'] / eng['p50_ms']:.2f}x",
-            "pass" if rep["gates"]["passed"] else "FAIL",
+            f"{q.accuracy:.4f}" if q.accuracy is not None else "n/a (no labels)",
+            f"{q.reference_accuracy:.4f}" if q.reference_accuracy is not None else "n/a",
+            f"{q.agreement:.4f} ({q.metric})",
+            f"{eng.p50_ms:.3f} ms", f"{base.p50_ms:.3f} ms",
+            f"{base.p50_ms / eng.p50_ms:.2f}x",
+            "pass" if rep.passed else "FAIL",
             summary["run_ids"].get(name, ""),
         )
     out.print(table)
@@ -115,9 +118,9 @@ def print_summary(summary: dict[str, Any], wall: float) -> None:
         out.print(f"compare the engines: `make ui`, then http://127.0.0.1:5000/"
                   f"{view_path(summary['experiment_id'])}", soft_wrap=True)
     for name, stages in summary["stages"].items():
-        selection = stages[-2].report.get("selection") if name != "model" else None
-        if selection:  # precision best: which candidate won, and why
-            out.print(f"  {escape(name)}: selected {escape(selection['why'])}")
+        built = next((BuildReport.of(s) for s in stages if s.stage == "build"), None)
+        if built and built.selection:  # precision best: which candidate won, and why
+            out.print(f"  {escape(name)}: selected {escape(built.selection.why)}")
     for name, info in (summary.get("released") or {}).items():
         print_release(name, info)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,39 @@ def test_a_stage_result_gives_its_report_and_only_validate_has_one() -> None:
     assert ValidationReport.of(result("validate")).quality.agreement == 0.5
     with pytest.raises(ValueError, match="'build' result"):
         ValidationReport.of(result("build"))
+
+
+def test_dvc_metrics_and_the_release_manifest_read_the_same_figures() -> None:
+    from trtflow.dvc_stage import latency_rows, validation_metrics
+    from trtflow.track.release import quality_figures
+
+    report = ValidationReport.from_dict(report_dict(
+        agreement=0.995, accuracy=0.9, reference_accuracy=0.92, engine_p50={1: 1.0, 8: 4.0}))
+    metrics = validation_metrics(report)
+    assert metrics["accuracy_drop"] == pytest.approx(0.02)
+    assert metrics["engine_p50_ms"] == {"bs1": 1.0, "bs8": 4.0}
+    assert metrics["speedup_p50"] == {"bs1": 2.0, "bs8": 2.0} and metrics["gates_passed"]
+    assert [r["batch_size"] for r in latency_rows(report)] == [1, 8]
+    manifest = quality_figures(report)
+    assert (manifest["accuracy"], manifest["labelled"], manifest["p50_ms"]) == (
+        0.9, True, {"1": 1.0, "8": 4.0})
+    assert json.loads(json.dumps(manifest)) == manifest  # JSON as it stands
+
+
+_KEYS = "quality|latency|speedup_p50|gates|decisions|qdq_model|selection"
+_STRING_KEY_READ = re.compile(  # a read, not `summary["quality"] = ...`
+    rf"""\[["']({_KEYS})["']\](?!\s*=[^=])|\.get\(["']({_KEYS})["']""")
+
+
+def test_the_validation_and_build_reports_are_read_by_attribute_outside_their_modules(
+        ) -> None:
+    """Issue 23: the reports' shape has one owner; nothing else reads them by string key."""
+    root = Path(__file__).resolve().parents[2]
+    owners = {root / "trtflow/stages/validation_report.py",
+              root / "trtflow/stages/build_report.py"}
+    found = [f"{path.relative_to(root)}:{n}: {line.strip()}"
+             for folder in ("trtflow", "flows", "tasks")
+             for path in sorted((root / folder).rglob("*.py")) if path not in owners
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if _STRING_KEY_READ.search(line)]
+    assert found == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -70,23 +71,22 @@ def history(
         fail(exc)
         return
     if as_json:
-        out.print_json(json.dumps(rows))
+        out.print_json(json.dumps([dataclasses.asdict(r) for r in rows]))
         return
     table = Table(title=f"registry: {model}")
     for col in ("model", "version", "aliases", "registered", "quality", "p50 ms", "status"):
         table.add_column(col, no_wrap=col != "p50 ms")
     for r in rows:
-        when = dt.datetime.fromtimestamp(r["created"] / 1000).strftime("%Y-%m-%d %H:%M")
-        quality = (f"{float(r['quality']):.4f} {r['quality_metric']}" if r["quality"] else "")
-        p50 = ", ".join(f"bs{b}: {v:.3g}" for b, v in json.loads(r["p50_ms"] or "{}").items())
-        table.add_row(r["name"], r["version"], ", ".join(r["aliases"]), when, quality, p50,
-                      r["status"])
+        when = dt.datetime.fromtimestamp(r.created / 1000).strftime("%Y-%m-%d %H:%M")
+        quality = f"{float(r.quality):.4f} {r.quality_metric}" if r.quality else ""
+        p50 = ", ".join(f"bs{b}: {v:.3g}" for b, v in r.p50_by_batch_size().items())
+        table.add_row(r.name, r.version, ", ".join(r.aliases), when, quality, p50, r.status)
     out.print(table)
     # reasons and published copies are long: one line each under the table, not a column
     # that wraps every row over five lines
     for r in rows:
-        extra = [f"published {r['published']}"] if r["published"] else []
-        if r["reason"] or extra:
-            out.print(f"  {r['name']} v{r['version']}: " + "; ".join(
-                [*([r["reason"]] if r["reason"] else []), *extra]), soft_wrap=True,
+        extra = [f"published {r.published}"] if r.published else []
+        if r.reason or extra:
+            out.print(f"  {r.name} v{r.version}: " + "; ".join(
+                [*([r.reason] if r.reason else []), *extra]), soft_wrap=True,
                 highlight=False)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trtflow.errors import TrtflowError
+from trtflow.errors import StoreError, TrtflowError
+from trtflow.stages.build_report import BuildReport
 
 _LATENCY_METRIC = re.compile(
     r"^(engine|baseline)\.bs(\d+)\.(p50_ms|p95_ms|p99_ms|throughput_per_s|noise_pct)$")
@@ -174,7 +175,12 @@ def _engine_ops(client: Any, run: Any, store: Any, tmp: Path) -> dict[str, int] 
     if meta is None and key and store is not None:
         artifact = store.get("build", key)
         meta = artifact.meta() if artifact else None
-    return (meta or {}).get("report", {}).get("engine_ops")
+    if not meta or "report" not in meta:
+        return None
+    try:
+        return BuildReport.from_dict(meta["report"]).engine_ops
+    except StoreError:  # not a build report trtflow wrote: the page shows no ops
+        return None
 
 
 def _calibration(target: TargetRun, run: Any, store: Any, tmp: Path) -> None:

@@ -19,6 +19,9 @@ from typing import Any
 from trtflow.errors import TrackingError
 from trtflow.params import Params
 from trtflow.stage import StageResult
+from trtflow.stages.build_report import BuildReport
+from trtflow.stages.validate import PLOT_FILE
+from trtflow.stages.validation_report import REPORT_FILE, ValidationReport
 from trtflow.track.health import unreachable
 
 
@@ -210,7 +213,8 @@ def log_compile(params: Params, params_path: str, root: Path,
                 run_ids[name] = child.info.run_id
                 _log_target(params, name, stages)
     failed = [run_ids[name] for name, stages in targets.items()
-              if any(s.stage == "validate" and not s.report["gates"]["passed"] for s in stages)]
+              if any(s.stage == "validate" and not ValidationReport.of(s).passed
+                     for s in stages)]
     client = mlflow.MlflowClient()
     for run_id in failed + ([run_ids["parent"]] if failed else []):
         client.set_terminated(run_id, status="FAILED")
@@ -272,8 +276,9 @@ def target_run_name(params: Params, target: str, stages: list[StageResult]) -> s
     are told apart in MLflow's list without opening them."""
     by_stage = {s.stage: s for s in stages}
     build = by_stage["build"]
-    winner = (build.report.get("selection") or {}).get("winner")
-    engine = winner or f"{build.report.get('backend', '')} {params.targets[target].precision}"
+    built = BuildReport.of(build)
+    engine = built.selection.winner if built.selection else \
+        f"{built.backend} {params.targets[target].precision}"
     method = by_stage["calibrate"].report.get("method", "") if "calibrate" in by_stage else ""
     return " ".join(p for p in (f"{params.model.name}/{target}", engine, method,
                                 build.key[:8]) if p)
@@ -388,35 +393,37 @@ def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
     if "calibrate" in by_stage:
         _log_calibration(by_stage["calibrate"])
     build, validate = by_stage["build"], by_stage.get("validate")
-    mlflow.log_metric("engine_bytes", build.report["engine_bytes"])
-    backend = build.report.get("backend", "")
+    built = BuildReport.of(build)
+    mlflow.log_metric("engine_bytes", built.engine_bytes)
+    backend = built.backend
     if backend in PYFUNC_BACKENDS:
         mlflow.set_tag(ENGINE_MODEL_TAG, log_engine_pyfunc(Path(build.path), backend))
     else:  # GPU engines (TensorRT plans, CUDA sessions) do not run here: plain artifacts
         mlflow.log_artifacts(build.path, artifact_path="engine")
     if validate is None:
         return
-    report = validate.report
-    quality = report["quality"]
-    for key in ("accuracy", "reference_accuracy", "agreement", "max_abs_error",
-                "mean_abs_error"):
-        if key in quality:
-            mlflow.log_metric(key, quality[key])
-    # the Q/DQ graph TensorRT would be handed, run in ONNX Runtime beside the engine
-    for key, value in report.get("qdq_model", {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            mlflow.log_metric(f"qdq_model.{key}", value)
-    for label in ("engine", "baseline"):
-        for row in report["latency"][label]:
-            bs = row["batch_size"]
-            for q in ("p50_ms", "p95_ms", "p99_ms", "throughput_per_s", "noise_pct"):
-                mlflow.log_metric(f"{label}.bs{bs}.{q}", row[q])
-    for bs, speedup in report["speedup_p50"].items():
+    report = ValidationReport.of(validate)
+    for key, value in report.quality.figures().items():
+        mlflow.log_metric(key, value)
+    qdq = report.qdq_model  # the Q/DQ graph TensorRT would be handed, run in ONNX Runtime
+    if qdq is not None:
+        figures = {"samples": qdq.samples, "majority_fraction": qdq.majority_fraction,
+                   **qdq.figures()}
+        for key, figure in figures.items():
+            if figure is not None:
+                mlflow.log_metric(f"qdq_model.{key}", figure)
+    for label, rows in (("engine", report.latency.engine),
+                        ("baseline", report.latency.baseline)):
+        for row in rows:
+            for q, value in (("p50_ms", row.p50_ms), ("p95_ms", row.p95_ms),
+                             ("p99_ms", row.p99_ms), ("throughput_per_s", row.throughput_per_s),
+                             ("noise_pct", row.noise_pct)):
+                mlflow.log_metric(f"{label}.bs{row.batch_size}.{q}", value)
+    for bs, speedup in report.speedup_p50.items():
         mlflow.log_metric(f"speedup.bs{bs}", speedup)
-    mlflow.set_tag("trtflow.gates_passed", str(report["gates"]["passed"]).lower())
-    mlflow.set_tag("trtflow.baseline", report["baseline"])
-    mlflow.log_artifact(str(validate.file("validation.json")))
-    mlflow.log_artifact(str(validate.file("latency.png")))
-    if not report["gates"]["passed"]:
-        failed = [d["gate"] for d in report["gates"]["decisions"] if not d["passed"]]
-        mlflow.set_tag("trtflow.gate_failure", ", ".join(failed))
+    mlflow.set_tag("trtflow.gates_passed", str(report.passed).lower())
+    mlflow.set_tag("trtflow.baseline", report.baseline)
+    mlflow.log_artifact(str(validate.file(REPORT_FILE)))
+    mlflow.log_artifact(str(validate.file(PLOT_FILE)))
+    if not report.passed:
+        mlflow.set_tag("trtflow.gate_failure", ", ".join(d.gate for d in report.gates.failed))

@@ -282,7 +282,30 @@ def status(promotion: str | None, aliases: list[str], superseded_by: str | None)
     return promotion or ""
 
 
-def history(model: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class VersionRow:
+    """One registered engine as `trtflow history` shows it (from its version's tags)."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    status: str
+    created: int  # ms since the epoch
+    run_id: str
+    quality: str | None
+    quality_metric: str | None
+    p50_ms: str | None  # JSON: batch size -> p50
+    promotion: str | None
+    reason: str
+    published: str
+    git_commit: str
+    data: str
+
+    def p50_by_batch_size(self) -> dict[str, float]:
+        return dict(json.loads(self.p50_ms or "{}"))
+
+
+def history(model: str) -> list[VersionRow]:
     """Every registered version of every target of `model`, oldest first."""
     client = _client()
     rows = []
@@ -294,20 +317,17 @@ def history(model: str) -> list[dict[str, Any]]:
         for mv in _versions(client, rm.name):
             t = mv.tags
             version_aliases = sorted(aliases.get(str(mv.version), []))
-            rows.append({"name": rm.name, "version": str(mv.version),
-                         "aliases": version_aliases,
-                         "status": status(t.get(f"{TAG}promotion"), version_aliases,
-                                          production),
-                         "created": mv.creation_timestamp, "run_id": mv.run_id,
-                         "quality": t.get(f"{TAG}quality"),
-                         "quality_metric": t.get(f"{TAG}quality_metric"),
-                         "p50_ms": t.get(f"{TAG}p50_ms"),
-                         "promotion": t.get(f"{TAG}promotion"),
-                         "reason": t.get(f"{TAG}promotion.reason", ""),
-                         "published": t.get(f"{TAG}published_uri", ""),
-                         "git_commit": t.get(f"{TAG}git_commit", ""),
-                         "data": t.get(f"{TAG}data.calibration.dvc_md5", "")})
+            rows.append(VersionRow(
+                name=rm.name, version=str(mv.version), aliases=version_aliases,
+                status=status(t.get(f"{TAG}promotion"), version_aliases, production),
+                created=mv.creation_timestamp, run_id=mv.run_id,
+                quality=t.get(f"{TAG}quality"), quality_metric=t.get(f"{TAG}quality_metric"),
+                p50_ms=t.get(f"{TAG}p50_ms"), promotion=t.get(f"{TAG}promotion"),
+                reason=t.get(f"{TAG}promotion.reason", ""),
+                published=t.get(f"{TAG}published_uri", ""),
+                git_commit=t.get(f"{TAG}git_commit", ""),
+                data=t.get(f"{TAG}data.calibration.dvc_md5", "")))
     if not rows:
         raise RegistryError(f"no registered engines for model '{model}' (registered models "
                             f"are named '{model}-<target>'; run `trtflow run` first)")
-    return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
+    return sorted(rows, key=lambda r: (r.name, int(r.version)))

@@ -1,0 +1,32 @@
+"""The typed build report: the fields every backend writes, the selection, extras kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from trtflow.errors import StoreError
+from trtflow.stages.build_report import BuildReport
+
+SELECTION = {"winner": "openvino-int8", "why": "openvino-int8: 1.2 ms", "metric": "cosine",
+             "min_agreement": 0.99, "candidates": [
+                 {"name": "openvino-int8", "target": {"backend": "openvino"},
+                  "float_ops": [], "smooth_alpha": None, "agreement": 0.999,
+                  "p50_ms": {"1": 1.2}, "noise_pct": {"1": 2.0}, "passed": True,
+                  "error": None, "score_ms": 1.2}]}
+
+
+def test_a_best_build_names_its_winner_and_keeps_backend_fields() -> None:
+    stored = {"engine_file": "model.xml", "engine_bytes": 10, "backend": "openvino-cpu",
+              "int8_scheme": "static", "selection": SELECTION}
+    report = BuildReport.from_dict(stored)
+    assert report.engine == "openvino-int8" and report.selection is not None
+    assert report.selection.candidates[0].p50_ms == {1: 1.2}
+    assert report.model_dump(mode="json")["int8_scheme"] == "static"
+    plain = BuildReport.from_dict({"engine_bytes": 10, "backend": "onnxruntime-cpu",
+                                   "engine_ops": {"Conv": 2}})
+    assert plain.engine == "onnxruntime-cpu" and plain.engine_ops == {"Conv": 2}
+
+
+def test_a_build_report_without_an_engine_size_is_named() -> None:
+    with pytest.raises(StoreError, match="field 'engine_bytes'"):
+        BuildReport.from_dict({"backend": "onnxruntime-cpu"}, "build artifact /s/x")
