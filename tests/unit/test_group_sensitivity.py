@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtflow.quant import accuracy
 from trtflow.quant.collect import collect_histograms
-from trtflow.quant.group_sensitivity import grouped_sensitivity
+from trtflow.quant.group_sensitivity import grouped_sensitivity, sensitive_layers
 from trtflow.quant.methods import compute_amax
 
 
@@ -39,14 +39,20 @@ def test_top_layers_and_their_order_match_per_layer_in_fewer_evaluations() -> No
     rows = grouped_sensitivity(scorer, {}, top=5, group_size=8)
     per_layer = sorted(errors, key=lambda n: -errors[n])
     assert [r["node"] for r in rows[:5]] == per_layer[:5]
-    assert all(r["scored"] == "layer" for r in rows[:5])
-    assert sorted(r["node"] for r in rows) == sorted(errors)
     assert scorer.calls < len(errors)
+    assert [r["relative_error"] for r in rows] == [errors[n] for n in per_layer[:5]]
+
+
+def test_asked_for_every_layer_it_ranks_them_all_as_per_layer() -> None:
+    errors = {f"conv{i}": float(e)
+              for i, e in enumerate(np.random.default_rng(1).lognormal(-6, 1.0, 20))}
+    rows = list(sensitive_layers(GivenLayers(errors), {}, group_size=4))
+    assert [r["node"] for r in rows] == sorted(errors, key=lambda n: -errors[n])
 
 
 def test_group_size_one_is_per_layer_sensitivity() -> None:
     errors = {"a": 0.1, "b": 0.3, "c": 0.2}
-    rows = grouped_sensitivity(GivenLayers(errors), {}, top=2, group_size=1)
+    rows = grouped_sensitivity(GivenLayers(errors), {}, top=3, group_size=1)
     assert [r["node"] for r in rows] == ["b", "c", "a"]
 
 

@@ -11,8 +11,8 @@ sensitive layers in the right order, so this module
    halves, each scored alone; a single layer is the next in the ranking, since it hurts
    more than any set left and, quantizing part of a set rarely hurting more than all of
    it, more than any layer in them;
-3. stops after ``top`` layers; the others follow, ranked by their set's error (their rows
-   say ``"group"``).
+3. yields layers in that order, lazily: the float fallback stops asking once agreement
+   is met (usually after one to three layers), so the rest is never scored.
 
 Where errors are monotone (a subset of layers costs no more than the set), the top
 ``top`` layers and their order are exactly the per-layer ones (the tests check it on
@@ -24,7 +24,8 @@ where sensitivity is concentrated in a few layers (as it is in the CNNs measured
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 
@@ -36,12 +37,11 @@ class LayerScorer(Protocol):
     def score(self, amax: Mapping[str, float], skip: Any = ()) -> dict[str, float]: ...
 
 
-def grouped_sensitivity(ev: LayerScorer, amax: Mapping[str, float], top: int = 8,
-                        group_size: int = 8,
-                        progress: Callable[[str], None] | None = None
-                        ) -> list[dict[str, Any]]:
-    """Rows ``{node, agreement, relative_error, scored: "layer" | "group"}``, most sensitive
-    first, the first ``top`` of them scored layer by layer (see the module docstring)."""
+def sensitive_layers(ev: LayerScorer, amax: Mapping[str, float], group_size: int = 8,
+                     progress: Callable[[str], None] | None = None
+                     ) -> Iterator[dict[str, Any]]:
+    """The quantized layers, most sensitive first, each scored alone (``{node, agreement,
+    relative_error}``), found lazily: the float fallback takes only as many as it needs."""
     nodes = ev.quantized_nodes(amax)
     evaluations = 0
 
@@ -49,12 +49,11 @@ def grouped_sensitivity(ev: LayerScorer, amax: Mapping[str, float], top: int = 8
         nonlocal evaluations
         evaluations += 1
         if progress:
-            progress(f"sensitivity: {evaluations} evaluations, {len(ranked)}/{top} layers "
-                     "ranked")
+            progress(f"sensitivity: evaluation {evaluations} ({len(nodes)} layers in groups "
+                     f"of {group_size})")
         keep = set(members)
         return ev.score(amax, skip=[n for n in nodes if n not in keep])
 
-    ranked: list[dict[str, Any]] = []
     size = max(1, group_size)
     # best first: the worst-scoring set is popped; a single layer popped is worse than
     # every set left (so than each of their layers, where errors are monotone): next in
@@ -62,17 +61,23 @@ def grouped_sensitivity(ev: LayerScorer, amax: Mapping[str, float], top: int = 8
     heap: list[tuple[float, int, tuple[str, ...], dict[str, float]]] = []
     for i in range(0, len(nodes), size):
         group = tuple(nodes[i:i + size])
-        heapq.heappush(heap, (-(score := alone(group))["relative_error"], i, group, score))
-    while heap and len(ranked) < top:
+        score = alone(group)
+        heapq.heappush(heap, (-score["relative_error"], i, group, score))
+    while heap:
         _, first, members, score = heapq.heappop(heap)
         if len(members) == 1:
-            ranked.append({"node": members[0], **score, "scored": "layer"})
+            yield {"node": members[0], **score}
             continue
         half = (len(members) + 1) // 2
         for offset, part in ((0, members[:half]), (half, members[half:])):
             part_score = alone(part)
             heapq.heappush(heap, (-part_score["relative_error"], first + offset, part,
                                   part_score))
-    rest = [{"node": n, **score, "scored": "layer" if len(members) == 1 else "group"}
-            for _, _, members, score in sorted(heap) for n in members]
-    return ranked + rest
+
+
+def grouped_sensitivity(ev: LayerScorer, amax: Mapping[str, float], top: int = 8,
+                        group_size: int = 8,
+                        progress: Callable[[str], None] | None = None
+                        ) -> list[dict[str, Any]]:
+    """The first ``top`` of :func:`sensitive_layers`: the most sensitive layers in order."""
+    return list(itertools.islice(sensitive_layers(ev, amax, group_size, progress), top))
