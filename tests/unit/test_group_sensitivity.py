@@ -10,7 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtflow.quant import accuracy
 from trtflow.quant.collect import collect_histograms
-from trtflow.quant.group_sensitivity import grouped_sensitivity, sensitive_layers
+from trtflow.quant.group_sensitivity import (
+    grouped_sensitivity,
+    lazy_fallback,
+    sensitive_layers,
+)
 from trtflow.quant.methods import compute_amax
 
 
@@ -85,3 +89,26 @@ def test_on_a_conv_chain_the_top_layers_match_per_layer_sensitivity() -> None:
     exact = [r["node"] for r in accuracy.sensitivity(ev, amax)]
     grouped = [r["node"] for r in grouped_sensitivity(ev, amax, top=2, group_size=3)]
     assert grouped[:2] == exact[:2]
+
+
+def test_lazy_fallback_scores_nothing_more_when_the_graph_already_agrees() -> None:
+    scorer = GivenLayers({"a": 0.001, "b": 0.002})
+    fallback, rows = lazy_fallback(scorer, {}, min_agreement=0.99, max_layers=8)
+    assert fallback["skip"] == [] and fallback["met"] and rows == [] and scorer.calls == 1
+
+
+def test_lazy_fallback_keeps_the_worst_layers_float_until_agreement_is_met() -> None:
+    errors = {f"conv{i}": 0.001 for i in range(16)} | {"conv3": 0.02, "conv9": 0.015}
+    scorer = GivenLayers(errors)
+    fallback, rows = lazy_fallback(scorer, {}, min_agreement=0.98, max_layers=8)
+    # all quantized: 0.049 error; conv3 float: 0.029; conv9 float too: 0.014 -> 0.986
+    assert fallback["skip"] == ["conv3", "conv9"] and fallback["met"]
+    assert [s["float_layers"] for s in fallback["steps"]] == [0, 1, 2]
+    assert [r["node"] for r in rows] == ["conv3", "conv9"]
+    assert scorer.calls < 1 + len(errors) + 2  # fewer than a per-layer ranking
+
+
+def test_lazy_fallback_stops_at_max_layers_and_says_the_budget_was_missed() -> None:
+    scorer = GivenLayers({f"conv{i}": 0.01 for i in range(8)})
+    fallback, _ = lazy_fallback(scorer, {}, min_agreement=0.999, max_layers=2)
+    assert len(fallback["skip"]) == 2 and not fallback["met"]

@@ -81,3 +81,27 @@ def grouped_sensitivity(ev: LayerScorer, amax: Mapping[str, float], top: int = 8
                         ) -> list[dict[str, Any]]:
     """The first ``top`` of :func:`sensitive_layers`: the most sensitive layers in order."""
     return list(itertools.islice(sensitive_layers(ev, amax, group_size, progress), top))
+
+
+def lazy_fallback(ev: LayerScorer, amax: Mapping[str, float], min_agreement: float,
+                  max_layers: int, group_size: int = 8,
+                  progress: Callable[[str], None] | None = None
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``accuracy.fallback``'s result, with the ranking found only as far as it is used:
+    the whole graph quantized is scored first (one pass), and only if it misses
+    `min_agreement` are the most sensitive layers found, one at a time, and kept float
+    until it is met. Returns the fallback and the sensitivity rows it computed."""
+    skip: list[str] = []
+    score = ev.score(amax)
+    steps = [{"float_layers": 0, **score}]
+    rows: list[dict[str, Any]] = []
+    if score["agreement"] < min_agreement and max_layers > 0:
+        for row in sensitive_layers(ev, amax, group_size, progress):
+            rows.append(row)
+            skip.append(row["node"])
+            score = ev.score(amax, skip)
+            steps.append({"float_layers": len(skip), **score})
+            if score["agreement"] >= min_agreement or len(skip) >= max_layers:
+                break
+    return ({"skip": skip, "met": score["agreement"] >= min_agreement,
+             "min_agreement": min_agreement, "final": score, "steps": steps}, rows)
