@@ -28,6 +28,8 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
+from trtflow.progress_estimate import StepEstimate
+
 
 class LayerScorer(Protocol):
     """What ``accuracy.Evaluator`` offers: the quantized layers and a score with a skip list."""
@@ -43,14 +45,10 @@ def sensitive_layers(ev: LayerScorer, amax: Mapping[str, float], group_size: int
     """The quantized layers, most sensitive first, each scored alone (``{node, agreement,
     relative_error}``), found lazily: the float fallback takes only as many as it needs."""
     nodes = ev.quantized_nodes(amax)
-    evaluations = 0
+    estimate = StepEstimate(progress, "sensitivity evaluation")
 
     def alone(members: tuple[str, ...]) -> dict[str, float]:
-        nonlocal evaluations
-        evaluations += 1
-        if progress:
-            progress(f"sensitivity: evaluation {evaluations} ({len(nodes)} layers in groups "
-                     f"of {group_size})")
+        estimate.step(f"{len(members)} of {len(nodes)} layers quantized")
         keep = set(members)
         return ev.score(amax, skip=[n for n in nodes if n not in keep])
 

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import onnx
 
+from trtflow.progress_estimate import StepEstimate
+
 # Producer op -> class. Graph inputs are their own class ("input").
 _CLASS_OF_OP = {
     "Relu": "bounded", "Clip": "bounded", "LeakyRelu": "bounded",
@@ -123,13 +125,10 @@ def search_methods(scorer: Scorer, amax_by_method: Mapping[str, Mapping[str, flo
     total = len(methods) + sum(len(methods) - 1 for c in all_classes
                                if any(classes[t] == c and t in quantized_set and t not in fixed
                                       for t in tensors))
-    done = 0
+    estimate = StepEstimate(progress, "method search", total)
 
     def evaluate(assign: Mapping[str, str], what: str) -> dict[str, float]:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(f"method search {done}/{total}: {what}")
+        estimate.step(what)
         return scorer.score(table(assign))
 
     single = {m: evaluate(dict.fromkeys(all_classes, m), f"{m} everywhere") for m in methods}
