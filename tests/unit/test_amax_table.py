@@ -40,7 +40,8 @@ def test_only_the_methods_a_calibration_reads_are_needed() -> None:
     assert needed_methods("entropy", "max", "max") == ["max", "entropy"]
     assert needed_methods("entropy", "same", "max") == ["max", "entropy"]
     assert needed_methods("percentile", "same", "percentile") == ["percentile"]
-    assert needed_methods("auto", "max", "max") == list(METHODS)
+    assert needed_methods("auto", "max", "max") == ["max", "percentile", "entropy"]
+    assert needed_methods("auto", "max", "mse") == list(METHODS)
     assert needed_methods("entropy", "max", "max", extra=["mse"]) == ["max", "mse", "entropy"]
 
 

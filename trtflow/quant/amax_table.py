@@ -23,15 +23,20 @@ from typing import Any
 from trtflow.quant.collector import HistogramCollector
 from trtflow.quant.methods import METHODS, compute_amax
 
+# What `method: auto` compares per tensor class (quant.method_search). MSE is left out:
+# each method compared costs fake-quantized evaluations, and MSE's amax costs about twice
+# entropy's a tensor; it stays available by name.
+AUTO_METHODS = ("entropy", "max", "percentile")
+
 
 def needed_methods(method: str, input_method: str, fp8_method: str,
                    extra: Iterable[str] = ()) -> list[str]:
-    """The methods whose amax a calibration reads, in ``METHODS`` order: every one for
-    ``auto``, else the chosen method, the graph inputs' (``same``: the chosen one), the
-    fp8 targets', and ``extra`` (a report that compares methods)."""
-    if method == "auto":
-        return list(METHODS)
-    wanted = {method, fp8_method, *extra} | ({input_method} if input_method != "same" else set())
+    """The methods whose amax a calibration reads, in ``METHODS`` order: the chosen method
+    (``auto``: those its search compares, ``AUTO_METHODS``), the graph inputs' (``same``:
+    the chosen one), the fp8 targets', and ``extra`` (a report that compares methods)."""
+    chosen = set(AUTO_METHODS) if method == "auto" else {method}
+    wanted = chosen | {fp8_method, *extra} | ({input_method} if input_method != "same"
+                                              else set())
     return [m for m in METHODS if m in wanted]
 
 

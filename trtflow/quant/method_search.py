@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import onnx
 
 from trtflow.progress_estimate import StepEstimate
+from trtflow.quant.amax_table import AUTO_METHODS
 
 # Producer op -> class. Graph inputs are their own class ("input").
 _CLASS_OF_OP = {
@@ -39,7 +40,7 @@ _CLASS_OF_OP = {
     "LayerNormalization": "normalized", "BatchNormalization": "normalized",
     "InstanceNormalization": "normalized",
 }
-DEFAULT_METHODS = ("entropy", "max", "percentile")
+DEFAULT_METHODS = AUTO_METHODS
 
 
 def tensor_class(model: onnx.ModelProto) -> Callable[[str], str]:
