@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trtflow.errors import BuildError
+from trtflow.latency import median_interval
 
 Status = Literal["running", "decided", "tied", "undecided"]
 
@@ -102,6 +103,7 @@ class RaceVerdict:
     comparisons: list[Comparison] = field(default_factory=list)
     pruned: dict[str, int] = field(default_factory=dict)  # candidate -> round it left
     p50_ms: dict[str, dict[int, float]] = field(default_factory=dict)
+    noise_pct: dict[str, dict[int, float]] = field(default_factory=dict)  # of each p50
 
     @property
     def decided(self) -> bool:
@@ -114,7 +116,9 @@ class RaceVerdict:
                 "reason": self.reason, "comparisons": [c.row() for c in self.comparisons],
                 "pruned": self.pruned,
                 "p50_ms": {n: {str(b): v for b, v in row.items()}
-                           for n, row in self.p50_ms.items()}}
+                           for n, row in self.p50_ms.items()},
+                "noise_pct": {n: {str(b): v for b, v in row.items()}
+                              for n, row in self.noise_pct.items()}}
 
 
 class LatencyRace:
@@ -193,6 +197,18 @@ class LatencyRace:
         return {n: {b: float(np.median([r[b] for r in rows])) for b in self.batch_sizes}
                 for n, rows in self.times.items() if rows}
 
+    def noise_pct(self) -> dict[str, dict[int, float]]:
+        """Each p50's 95 % interval half-width, relative (``latency.median_interval``)."""
+        out: dict[str, dict[int, float]] = {}
+        for name, rows in self.times.items():
+            if rows:
+                out[name] = {}
+                for b in self.batch_sizes:
+                    series = np.asarray([r[b] for r in rows])
+                    lo, hi = median_interval(series)
+                    out[name][b] = float(100 * (hi - lo) / 2 / np.median(series))
+        return out
+
     def status(self, seconds: float = 0.0) -> Status:
         out_of_budget = self.rounds >= self.policy.max_rounds or seconds >= self.policy.budget_s
         if self.rounds < self.policy.min_rounds:
@@ -242,7 +258,7 @@ class LatencyRace:
                          else f"{leader}, the measured leader, is kept (no previous choice)")
                       + "; not a decision to cache")
         return RaceVerdict(status, winner, leader, self.rounds, seconds, reason, comps,
-                           dict(self.pruned), self.p50_ms())
+                           dict(self.pruned), self.p50_ms(), self.noise_pct())
 
 
 Runner = Callable[[], object]

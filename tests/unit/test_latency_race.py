@@ -154,3 +154,4 @@ def test_run_race_times_with_the_given_clock_until_decided() -> None:
     verdict = run_race({n: {1: runner(n), 4: runner(n)} for n in cost}, POLICY, clock=clock)
     assert verdict.status == "decided" and verdict.winner == "fast"
     assert verdict.p50_ms["fast"][1] == pytest.approx(1.0)
+    assert verdict.noise_pct["fast"][1] == pytest.approx(0.0, abs=1e-6)
