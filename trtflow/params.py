@@ -13,8 +13,19 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from trtflow.backends import BackendOptions
 from trtflow.errors import ParamsError
 
 BUILTIN_MODELS = ("digits", "minilm", "resnet18")
@@ -233,8 +244,9 @@ class SelectPolicy(_Strict):
     """`precision: best`: which candidate engines to build and time, as TensorRT's builder
     times each layer's kernels in every allowed precision and keeps the fastest."""
 
-    backends: list[Literal["onnxruntime", "openvino"]] = Field(
-        default=["onnxruntime", "openvino"])
+    backends: list[str] | None = Field(
+        default=None, description="registered CPU backends to time; default: every one "
+        "that offers itself for selection (trtflow.backends)")
     precisions: list[Literal["fp32", "bf16", "int8"]] = Field(
         default=["fp32", "int8", "bf16"],
         description="bf16 only where the CPU has it; int8 needs data.calibration")
@@ -254,32 +266,114 @@ class SelectPolicy(_Strict):
         "(outliers moved from MatMul inputs into their weights, re-calibrated on the "
         "selection split, every layer int8 unless the calibration's fallback budget fails)")
 
+    @field_validator("backends")
+    @classmethod
+    def _registered(cls, value: list[str] | None) -> list[str] | None:
+        from trtflow.backends import REGISTRY
+
+        cpu = [b for b, d in REGISTRY if d == "cpu"]
+        unknown = [b for b in value or [] if b not in cpu]
+        if unknown:
+            raise ValueError(f"{unknown} are not registered CPU backends (registered: {cpu})")
+        return value
+
+
+# Target fields that became backend options; params written before `options` existed
+# set them on the target itself, and still load (into `options`).
+FLAT_OPTIONS = ("optimization", "int8_source", "int8_activations", "reduce_range",
+                "int8_scheme")
+
 
 class Target(_Strict):
-    backend: Literal["onnxruntime", "tensorrt", "onnxruntime-tensorrt", "openvino"] = "onnxruntime"
-    device: Literal["cpu", "cuda"] = "cpu"
+    """One engine to build: a registered backend on a device, a precision, and the
+    backend's own options (validated by that backend's options model)."""
+
+    backend: str = Field(default="onnxruntime", description="a registered backend "
+                         "(trtflow.backends.REGISTRY): onnxruntime, openvino, tensorrt, ...")
+    device: str = Field(default="cpu", description="cpu or cuda, as the backend registers")
     precision: Literal["fp32", "fp16", "bf16", "int8", "fp8", "best"] = Field(
         default="fp32", description="bf16: openvino on CPUs with AVX512_BF16 or AMX")
     threads: int | None = Field(default=None, gt=0, description="intra-op threads; default: cores")
-    optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    int8_source: Literal["qdq", "calibration_cache"] = Field(
-        default="qdq", description="tensorrt int8: build from the calibrate stage's Q/DQ graph, "
-        "or (TensorRT <= 10 only) from the clean graph plus calibration.cache")
-    int8_activations: Literal["auto", "int8", "uint8"] = Field(
-        default="auto", description="activation encoding of an ORT CPU int8 engine; auto: "
-        "uint8 (zero point 128), the form ORT's x86 kernels fuse and run fastest")
     gates: Gates | None = Field(default=None, description="this target's gates; default: "
                                 "validate.gates")
     select: SelectPolicy = Field(default_factory=SelectPolicy,
                                  description="precision 'best' only: the candidates")
-    reduce_range: bool | None = Field(
-        default=None, description="7-bit weights; None: on where ORT's u8s8 kernels can "
-        "saturate (AVX2/AVX-512 without VNNI)")
-    int8_scheme: Literal["auto", "static-tensorrt", "dynamic"] = Field(
-        default="auto", description="openvino int8: auto = static Q/DQ after each conv, Relu "
-        "outputs uint8 (the form OpenVINO fuses, measured fastest); static-tensorrt = Q/DQ on "
-        "op inputs only; dynamic = int8 MatMul/Gemm weights, activations quantized per token "
-        "at run time (OpenVINO dynamic quantization, groups of 32)")
+    options: SerializeAsAny[BackendOptions] = Field(
+        default_factory=BackendOptions, description="the backend's own settings: the "
+        "`options` model of its module (e.g. onnxruntime: optimization, int8_activations, "
+        "reduce_range; openvino: int8_scheme; tensorrt: int8_source)")
+    _flat: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _flat_into_options(cls, data: Any, handler: Any) -> Target:
+        flat: list[str] = []
+        if isinstance(data, dict):
+            data = dict(data)
+            flat = [k for k in FLAT_OPTIONS if k in data]
+            options = data.get("options", {})
+            if flat and isinstance(options, dict):
+                data["options"] = {**{k: data.pop(k) for k in flat}, **options}
+            else:
+                data.setdefault("options", {})
+        target: Target = handler(data)
+        target._flat = frozenset(flat)
+        return target
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from trtflow.backends import backend_names
+
+        if value not in backend_names():
+            raise ValueError(f"unknown backend {value!r}; registered: {backend_names()}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        from trtflow.backends import REGISTRY
+
+        devices = sorted({d for _, d in REGISTRY})
+        if value not in devices:
+            raise ValueError(f"unknown device {value!r}; registered: {devices}")
+        return value
+
+    @field_validator("options", mode="plain")
+    @classmethod
+    def _backend_options(cls, value: Any, info: ValidationInfo) -> BackendOptions:
+        from trtflow.backends import REGISTRY, registered
+
+        backend, device = info.data.get("backend"), info.data.get("device")
+        if backend is None or device is None:  # reported on their own fields
+            return BackendOptions()
+        found = registered(backend, device)
+        if isinstance(value, BackendOptions):
+            if found is None or isinstance(value, found.options):
+                return value
+            value = value.model_dump()
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of backend {backend!r}'s options, got "
+                             f"{type(value).__name__}")
+        if found is None:  # built nowhere: `backend_for` says so when the target builds
+            if value:
+                devices = [d for b, d in REGISTRY if b == backend]
+                raise ValueError(f"backend {backend!r} is registered for {devices}, not "
+                                 f"device {device!r}")
+            return BackendOptions()
+        try:
+            return found.options.model_validate(value)
+        except ValidationError as exc:
+            fields = ", ".join(found.options.model_fields) or "none"
+            problems = "; ".join(_describe_error(e) for e in exc.errors())  # type: ignore[arg-type]
+            raise ValueError(f"{problems} (backend {backend!r} on {device} takes options: "
+                             f"{fields})") from None
+
+    def but(self, **changes: Any) -> Target:
+        """A copy with `changes`, validated again (a new backend gets its own options)."""
+        moved = any(k in changes and changes[k] != getattr(self, k) for k in ("backend", "device"))
+        data = self.model_dump(exclude={"options"} if moved else set())
+        return Target.model_validate({**data, **changes})
 
 
 class ValidateConfig(_Strict):
@@ -385,12 +479,9 @@ def ignored_fields(params: Params) -> list[tuple[str, str]]:
     for name, target in params.targets.items():
         if target.precision != "best" and _given(target, "select"):
             found.append((f"targets.{name}.select", "only `precision: best` selects"))
-        if target.backend != "onnxruntime" or target.precision not in ("int8", "best"):
-            found += [(f"targets.{name}.{f}", "only onnxruntime int8 engines read it")
-                      for f in ("int8_activations", "reduce_range") if _given(target, f)]
-        if _given(target, "int8_scheme") and (
-                target.backend, target.precision) != ("openvino", "int8"):
-            found.append((f"targets.{name}.int8_scheme", "only openvino int8 reads it"))
+        for field, why in target.options.ignored(target.precision):
+            where = field if field in target._flat else f"options.{field}"
+            found.append((f"targets.{name}.{where}", why))
     return found
 
 

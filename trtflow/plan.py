@@ -122,8 +122,8 @@ def _calibrate_facts(ctx: Context, target: str | None) -> dict[str, Any]:
 
 def _calibrate(ctx: Context, target: str | None, out: Path, cleaned: StageResult
                ) -> dict[str, Any]:
-    from trtflow.backends.onnxruntime_backend import default_threads
     from trtflow.datasets import open_data
+    from trtflow.ort_session import default_threads
 
     cal = ctx.params.data.calibration
     if cal is None:
@@ -206,7 +206,8 @@ def _select(ctx: Context, spec: Target, model: Path, out: Path,
 
 
 BUILD = Step(
-    "build", "build-3", _build,  # 3: the Q/DQ graph TensorRT gets kept beside the engine
+    "build", "build-4", _build,  # 3: the Q/DQ graph TensorRT gets kept beside the engine;
+    # 4: targets key their backend options under `options`
     inputs=(Upstream("cleanup"), Upstream("calibrate", when=needs_calibration)),
     reads=("targets.{target}",),
     libraries=("onnx",),  # the backend adds its own (backend_fingerprint)
@@ -219,8 +220,8 @@ BUILD = Step(
 
 def _validate_facts(ctx: Context, target: str | None) -> dict[str, Any]:
     from trtflow.backends import backend_fingerprint
-    from trtflow.backends.onnxruntime_backend import default_threads
     from trtflow.latency import host_fingerprint
+    from trtflow.ort_session import default_threads
 
     ev = ctx.params.data.evaluation
     parts: dict[str, Any] = {
@@ -240,8 +241,8 @@ def _validate_facts(ctx: Context, target: str | None) -> dict[str, Any]:
 def _validate(ctx: Context, target: str | None, out: Path, engine_art: StageResult,
               cleaned: StageResult) -> dict[str, Any]:
     from trtflow.backends import load_engine
-    from trtflow.backends.onnxruntime_backend import default_threads
     from trtflow.datasets import open_data, tile_batch
+    from trtflow.ort_session import default_threads
     from trtflow.reference import reference_runner
 
     name = str(target)

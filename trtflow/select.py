@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from trtflow.backends import REGISTRY, Calibration, build_engine, load_engine
+from trtflow.backends import Calibration, build_engine, load_engine, registered, selectable
 from trtflow.errors import BuildError, CalibrationError, ModelError
 from trtflow.latency import combined_noise_pct, median_interval
 from trtflow.params import SelectPolicy, Target
@@ -99,21 +99,23 @@ def candidates(target: Target, model_path: Path | None, calibrated: bool) -> lis
     variants (which need the graph) are left out."""
     policy = target.select
     out: list[Candidate] = []
-    for backend in policy.backends:
-        if (backend, "cpu") not in REGISTRY:
+    for backend in policy.backends if policy.backends is not None else selectable("cpu"):
+        found = registered(backend, "cpu")
+        if found is None:
             continue
         for precision in policy.precisions:
             if precision == "int8" and not calibrated:
                 continue
-            if precision == "bf16" and (backend != "openvino" or not has_bf16()):
+            if precision not in found.precisions or (precision == "bf16" and not has_bf16()):
                 continue
-            concrete = target.model_copy(update={"backend": backend, "precision": precision})
+            concrete = target.but(backend=backend, device="cpu", precision=precision)
             out.append(Candidate(f"{backend}-{precision}", concrete))
             if precision == "int8" and model_path is not None:
                 out += _int8_variants(policy, concrete, float_op_classes(model_path))
     if not out:
         raise BuildError("precision 'best': the select policy leaves no candidate on this CPU "
-                         f"(backends {policy.backends}, precisions {policy.precisions})")
+                         f"(backends {policy.backends or selectable('cpu')}, precisions "
+                         f"{policy.precisions})")
     return out
 
 
@@ -126,7 +128,7 @@ def _int8_variants(policy: SelectPolicy, target: Target, classes: dict[str, list
            for cls in (classes if policy.float_blocks else ())]
     if target.backend == "openvino" and policy.int8_schemes:
         schemes = ["static-tensorrt"] + (["dynamic"] if "matmul" in classes else [])
-        out += [Candidate(f"{name}-{scheme}", target.model_copy(update={"int8_scheme": scheme}))
+        out += [Candidate(f"{name}-{scheme}", target.but(options={"int8_scheme": scheme}))
                 for scheme in schemes]
     if "matmul" in classes:
         out += [Candidate(f"{name}-smoothquant{alpha:g}", target, smooth_alpha=alpha)

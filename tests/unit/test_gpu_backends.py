@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trtflow.backends import (
+    Calibration,
     backend_fingerprint,
     build_engine,
     engine_backend,
@@ -25,9 +26,9 @@ from trtflow.backends import (
     onnxruntime_backend,
     ort_cuda,
 )
-from trtflow.backends.mixed_precision import FP32_OPS, to_mixed_fp16
 from trtflow.errors import BuildError, DataError
 from trtflow.params import Target, load_params
+from trtflow.quant.mixed_precision import FP32_OPS, to_mixed_fp16
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,8 +119,9 @@ def test_gpu_engine_code_path_on_cpu_provider(tmp_path: Path, precision: str) ->
     onnx.save_model(two_branch_graph(), str(source))
     out = tmp_path / "engine"
     out.mkdir()
-    target = Target(device="cuda", precision=precision)  # type: ignore[arg-type]
-    report = ort_cuda.build(source, target, out, execution_device="cpu")
+    target = Target(device="cuda", precision=precision,  # type: ignore[arg-type]
+                    options={"execution_device": "cpu"})
+    report = ort_cuda.CUDA_BACKEND.build(source, target, out, None)
     assert report["session"]["precision"] == ("fp32" if precision == "fp32" else "fp16")
     engine = ort_cuda.CUDA_BACKEND.load(out)
     assert isinstance(engine, ort_cuda.OrtGpuEngine)
@@ -135,6 +137,15 @@ def test_gpu_engine_code_path_on_cpu_provider(tmp_path: Path, precision: str) ->
     assert all(not p["cuda_graph"] for p in engine.describe())  # no CUDA graphs on the CPU
 
 
+def _calibration(tmp_path: Path, amax: dict[str, float]) -> Calibration:
+    """A calibration directory holding only what a build reads: amax and no float layers."""
+    path = tmp_path / "calibration"
+    path.mkdir()
+    (path / "scales.json").write_text(json.dumps({t: {"amax": a} for t, a in amax.items()}))
+    (path / "accuracy.json").write_text(json.dumps({"fallback": None}))
+    return Calibration(path)
+
+
 def test_int8_on_gpu_engine_path_uses_tensorrt_placement(tmp_path: Path) -> None:
     from trtflow.quant.qdq import quantizable_activations
 
@@ -144,8 +155,8 @@ def test_int8_on_gpu_engine_path_uses_tensorrt_placement(tmp_path: Path) -> None
     amax = dict.fromkeys(quantizable_activations(model, "tensorrt"), 4.0)
     out = tmp_path / "engine"
     out.mkdir()
-    report = ort_cuda.build(source, Target(device="cuda", precision="int8"), out, amax,
-                            execution_device="cpu")
+    target = Target(device="cuda", precision="int8", options={"execution_device": "cpu"})
+    report = ort_cuda.CUDA_BACKEND.build(source, target, out, _calibration(tmp_path, amax))
     assert report["precision"]["qdq"]["placement"] == "tensorrt"
     assert report["engine_ops"].get("DequantizeLinear", 0) > 0
     got = ort_cuda.CUDA_BACKEND.load(out).run(feeds(2))
@@ -160,8 +171,9 @@ def test_cuda_target_without_cuda_provider_says_what_is_missing(tmp_path: Path) 
     with pytest.raises(BuildError, match="CUDAExecutionProvider is not available"):
         build_engine(source, Target(device="cuda", precision="fp16"), tmp_path)
     with pytest.raises(BuildError, match="runs only on a GPU"):
-        ort_cuda.build(source, Target(backend="onnxruntime-tensorrt", device="cuda"), tmp_path,
-                       execution_device="cpu")
+        ort_cuda.TENSORRT_PROVIDER_BACKEND.build(
+            source, Target(backend="onnxruntime-tensorrt", device="cuda",
+                           options={"execution_device": "cpu"}), tmp_path, None)
 
 
 def test_the_manifest_names_the_backend_that_built_the_engine(tmp_path: Path) -> None:

@@ -28,10 +28,8 @@ from trtflow.backends import (
     build_engine,
     load_engine,
     tensorrt_backend,
-    tensorrt_plan,
 )
 from trtflow.backends.tensorrt_plan import (
-    CACHE_FILE,
     BuildPlan,
     ConfigOptions,
     check_cache_complete,
@@ -42,10 +40,16 @@ from trtflow.backends.tensorrt_plan import (
 from trtflow.backends.tensorrt_report import fusion_report
 from trtflow.errors import BuildError, CalibrationError
 from trtflow.params import Target
+from trtflow.quant.artifact import CACHE_FILE, FP8_QDQ_FILE, QDQ_FILE
 from trtflow.quant.cache import write_calibration_cache
 from trtflow.quant.placement import float_activations
 
 from .test_gpu_backends import feeds, two_branch_graph
+
+
+def _trt(precision: str, **options: str) -> Target:
+    """A tensorrt target on cuda."""
+    return Target(backend="tensorrt", device="cuda", precision=precision, **options)  # type: ignore[arg-type]
 
 HAS_TENSORRT = tensorrt_backend.installed_version() is not None
 needs_tensorrt = pytest.mark.skipif(
@@ -56,34 +60,34 @@ needs_tensorrt = pytest.mark.skipif(
 
 
 def test_plan_on_tensorrt_10_uses_flags_and_allows_the_calibrator() -> None:
-    fp16 = plan_build(Target(device="cuda", precision="fp16"), 10)
+    fp16 = plan_build(_trt("fp16"), 10)
     assert fp16.as_dict() == {"graph": "clean", "strongly_typed": False, "flags": ["fp16"],
                               "calibrator": False}
-    qdq = plan_build(Target(device="cuda", precision="int8"), 10)
+    qdq = plan_build(_trt("int8"), 10)
     assert qdq.graph == "qdq" and qdq.flags == ("int8",)
     legacy = plan_build(
-        Target(device="cuda", precision="int8", int8_source="calibration_cache"), 10)
+        _trt("int8", int8_source="calibration_cache"), 10)
     assert legacy.graph == "clean" and legacy.calibrator is True
-    assert plan_build(Target(device="cuda", precision="best"), 10).flags == ("int8", "fp16")
-    fp32 = plan_build(Target(device="cuda", precision="fp32"), 10)
+    assert plan_build(_trt("best"), 10).flags == ("int8", "fp16")
+    fp32 = plan_build(_trt("fp32"), 10)
     assert fp32.flags == () and not fp32.strongly_typed
 
 
 def test_plan_on_tensorrt_11_is_strongly_typed() -> None:
-    fp16 = plan_build(Target(device="cuda", precision="fp16"), 11)
+    fp16 = plan_build(_trt("fp16"), 11)
     assert fp16.as_dict() == {"graph": "clean_fp16", "strongly_typed": True, "flags": [],
                               "calibrator": False}
-    int8 = plan_build(Target(device="cuda", precision="int8"), 11)
+    int8 = plan_build(_trt("int8"), 11)
     assert int8.graph == "qdq" and int8.strongly_typed and not int8.flags
     with pytest.raises(BuildError, match="no calibrator interface"):
-        plan_build(Target(device="cuda", precision="int8", int8_source="calibration_cache"), 11)
+        plan_build(_trt("int8", int8_source="calibration_cache"), 11)
     with pytest.raises(BuildError, match=r"builds precision \['best', 'fp16', 'fp32', 'fp8', "
                                          r"'int8'\], not 'bf16'"):
-        plan_build(Target(device="cuda", precision="bf16"), 11)
+        plan_build(_trt("bf16"), 11)
 
 
 def test_fp8_builds_the_fp8_qdq_graph_strongly_typed_on_10_and_11() -> None:
-    fp8 = Target(backend="tensorrt", device="cuda", precision="fp8")
+    fp8 = _trt("fp8")
     for major in (10, 11):
         assert plan_build(fp8, major) == BuildPlan("fp8_qdq", strongly_typed=True)
 
@@ -113,7 +117,7 @@ def test_config_is_polygraphys_createconfig_with_tf32_off_and_the_profile(
 
     shapes = {"input_ids": ((1, 1), (16, 128), (16, 512))}
     timing = tmp_path / "timing.cache"
-    fp32 = create_config(plan_build(Target(device="cuda", precision="fp32"), 10), shapes,
+    fp32 = create_config(plan_build(_trt("fp32"), 10), shapes,
                          ConfigOptions(timing_cache=timing))
     assert isinstance(fp32, CreateConfig)
     assert (fp32.tf32, fp32.fp16, fp32.int8, fp32.fp8) == (False, False, False, False)
@@ -121,10 +125,10 @@ def test_config_is_polygraphys_createconfig_with_tf32_off_and_the_profile(
     (profile,) = fp32.profiles
     shape = profile["input_ids"]
     assert (shape.min, shape.opt, shape.max) == ((1, 1), (16, 128), (16, 512))
-    best = create_config(plan_build(Target(device="cuda", precision="best"), 10), shapes,
+    best = create_config(plan_build(_trt("best"), 10), shapes,
                          ConfigOptions())
     assert (best.int8, best.fp16, best.tf32) == (True, True, False)
-    typed = create_config(plan_build(Target(device="cuda", precision="int8"), 11), shapes,
+    typed = create_config(plan_build(_trt("int8"), 11), shapes,
                           ConfigOptions())
     assert (typed.int8, typed.fp16) == (False, False)
 
@@ -144,7 +148,7 @@ def test_a_cache_missing_a_tensor_fails_the_tensorrt_build_naming_it(tmp_path: P
     calib = _calibration(tmp_path, model, drop={"sm", "r"})
     out = tmp_path / "engine"
     out.mkdir()
-    target = Target(backend="tensorrt", device="cuda", precision="int8")
+    target = _trt("int8")
     with pytest.raises(CalibrationError,
                        match=r"no scale for 2 of the 11 float activation tensor\(s\) of "
                              r".*model.onnx: sm, r;"):
@@ -216,7 +220,7 @@ def test_build_run_and_reuse_the_timing_cache(tmp_path: Path, precision: str,
     monkeypatch.setenv("TRTFLOW_TIMING_CACHE_DIR", str(tmp_path / "timing"))
     source = tmp_path / "model.onnx"
     onnx.save_model(two_branch_graph(), str(source))
-    target = Target(backend="tensorrt", device="cuda", precision=precision)  # type: ignore[arg-type]
+    target = _trt(precision)  # type: ignore[arg-type]
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
     second.mkdir()
@@ -241,7 +245,7 @@ def _quantized(tmp_path: Path, precision: str) -> tuple[Path, Path]:
     amax = dict.fromkeys(quantizable_activations(model, "tensorrt"), 4.0)
     calib = _calibration(tmp_path, model, drop=set())
     qdq, _ = insert_qdq(model, amax, "tensorrt", precision=precision)  # type: ignore[arg-type]
-    name = tensorrt_plan.QDQ_FILE if precision == "int8" else tensorrt_plan.FP8_QDQ_FILE
+    name = QDQ_FILE if precision == "int8" else FP8_QDQ_FILE
     onnx.save_model(qdq, str(calib / name))
     source = tmp_path / "model.onnx"
     onnx.save_model(model, str(source))
@@ -257,7 +261,7 @@ def test_int8_builds_and_runs(tmp_path: Path, int8_source: str) -> None:
     source, calib = _quantized(tmp_path, "int8")
     out = tmp_path / "engine"
     out.mkdir()
-    target = Target(backend="tensorrt", device="cuda", precision="int8",
+    target = _trt("int8",
                     int8_source=int8_source)  # type: ignore[arg-type]
     build_engine(source, target, out, Calibration(calib))
     got = load_engine(out).run(feeds(2))
@@ -274,8 +278,8 @@ def test_fp8_builds_from_the_fp8_qdq_graph(tmp_path: Path) -> None:
     source, calib = _quantized(tmp_path, "fp8")
     out = tmp_path / "engine"
     out.mkdir()
-    target = Target(backend="tensorrt", device="cuda", precision="fp8")
-    report = tensorrt_backend.build(source, target, out, calib)
+    target = _trt("fp8")
+    report = tensorrt_backend.BACKEND.build(source, target, out, Calibration(calib))
     assert report["tensorrt"]["plan"]["graph"] == "fp8_qdq"
     got = load_engine(out).run(feeds(2))
     assert np.isfinite(got["z"]).all()

@@ -1,30 +1,42 @@
 """Engine backends: one module each, behind one interface, found in a registry by name.
 
-A backend module exposes `BACKEND`, an object with
-  - `name` and `libraries` (the distributions whose versions shape its engines),
+`REGISTRY` is the one list of backends: params `backend` and `device` -> the module
+object that builds them. A backend object declares
+  - `name` (what engine manifests record), `precisions` (the target precisions it
+    builds), `libraries` (the distributions whose versions shape its engines),
+  - `options`: its pydantic options model (`targets.NAME.options` in params, validated
+    when the params load, so nothing outside the module knows its settings),
+  - `selectable`: whether `precision: best` times it by default on its device,
   - `fingerprint(target)`: what a build depends on besides the graph (CPU flags, GPU),
   - `build(model_path, target, out_dir, calibration)`: write an engine directory,
     return its report,
-  - `load(engine_dir, threads, spinning)`: an `Engine` that runs it.
+  - `load(engine_dir, threads, spinning)`: an `Engine` that runs it (what validate,
+    select, the benchmarks and the MLflow pyfunc all call).
 `build_engine` writes `engine.json` (the backend's name, the target) beside the
 engine, and `load_engine` reads it: nothing guesses from file contents. Adding a
-backend is one module plus one line in `REGISTRY`. (Polygraphy's runners share one
-interface the same way; its CLI picks them by name.)
+backend is one module plus one line in `REGISTRY` (docs/architecture.md). (Polygraphy's
+runners share one interface the same way; its CLI picks them by name.)
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import BaseModel, ConfigDict
+
 from trtflow.errors import BuildError
-from trtflow.params import Target
+from trtflow.quant.artifact import Calibration
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from trtflow.params import Target
+
+__all__ = ["REGISTRY", "Backend", "BackendOptions", "Calibration", "Engine", "backend_for",
+           "build_engine", "load_engine"]
 
 MANIFEST_FILE = "engine.json"
 
@@ -38,6 +50,22 @@ REGISTRY: dict[tuple[str, str], str] = {
 }
 
 
+class BackendOptions(BaseModel):
+    """A backend's own target settings (`targets.NAME.options`); each backend subclasses
+    it. Strict like every params section: unknown fields and loose types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    def ignored(self, precision: str) -> list[tuple[str, str]]:
+        """(field, why) for each option set here that a `precision` build would not read."""
+        return []
+
+    def given(self, field: str) -> bool:
+        """Set in the params to something other than its default."""
+        default = type(self).model_fields[field].get_default(call_default_factory=True)
+        return field in self.model_fields_set and getattr(self, field) != default
+
+
 class Engine(Protocol):
     input_names: list[str]
     output_names: list[str]
@@ -45,27 +73,12 @@ class Engine(Protocol):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """The calibrate stage's directory, as a backend reads it: amax per tensor, the layers
-    kept in float, the TensorRT-placement Q/DQ model and the TensorRT calibration cache."""
-
-    path: Path
-
-    def amax(self) -> dict[str, float]:
-        from trtflow.stages.calibrate import SCALES_FILE, read_scales
-
-        return read_scales(self.path / SCALES_FILE)
-
-    def float_layers(self) -> list[str]:
-        from trtflow.stages.calibrate import read_float_layers
-
-        return read_float_layers(self.path)
-
-
 class Backend(Protocol):
     name: str
+    precisions: tuple[str, ...]
     libraries: tuple[str, ...]
+    options: type[BackendOptions]
+    selectable: bool
 
     def fingerprint(self, target: Target) -> dict[str, str]: ...
 
@@ -76,17 +89,38 @@ class Backend(Protocol):
              ) -> Engine: ...
 
 
+def backend_names() -> list[str]:
+    """The params `backend` values, in registry order."""
+    return list(dict.fromkeys(b for b, _ in REGISTRY))
+
+
+def registered(backend: str, device: str) -> Backend | None:
+    """The backend registered for (backend, device), or None."""
+    where = REGISTRY.get((backend, device))
+    return None if where is None else _resolve(where)
+
+
+def selectable(device: str) -> list[str]:
+    """The params `backend` names `precision: best` times by default on `device`."""
+    out = []
+    for (name, dev), where in REGISTRY.items():
+        if dev == device and _resolve(where).selectable:
+            out.append(name)
+    return out
+
+
 def backend_for(target: Target) -> Backend:
     """The registered backend of a target's (backend, device)."""
-    where = REGISTRY.get((target.backend, target.device))
-    if where is None:
+    backend = registered(target.backend, target.device)
+    if backend is None:
         offered = ", ".join(f"{b}/{d}" for b, d in REGISTRY)
         raise BuildError(f"backend '{target.backend}' on device '{target.device}' is not "
                          f"available (registered: {offered}; see the README's feature table)")
-    return _resolve(where)
+    return backend
 
 
 def backend_named(name: str) -> Backend:
+    """The backend whose engines record `name` in their manifest."""
     for where in REGISTRY.values():
         backend = _resolve(where)
         if backend.name == name:
@@ -106,6 +140,9 @@ def build_engine(model_path: Path, target: Target, out_dir: Path,
     if target.precision in ("int8", "fp8") and calibration is None:
         raise BuildError(f"a {target.precision} target needs the calibrate stage's output")
     backend = backend_for(target)
+    if target.precision not in backend.precisions:
+        raise BuildError(f"backend '{target.backend}' on {target.device} builds precisions "
+                         f"{list(backend.precisions)}, not '{target.precision}'")
     report = backend.build(model_path, target, out_dir, calibration)
     manifest = {"backend": backend.name, "target": target.model_dump(mode="json")}
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
@@ -127,6 +164,7 @@ def engine_backend(engine_dir: Path) -> str:
 
 
 def load_engine(engine_dir: Path, threads: int | None = None, spinning: bool = True) -> Engine:
+    """The engine in `engine_dir`, loaded by the backend its manifest names."""
     return backend_named(engine_backend(engine_dir)).load(engine_dir, threads, spinning)
 
 

@@ -15,46 +15,60 @@ carries another CPU's kernel layout.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import onnx
-import onnxruntime as ort
+from pydantic import Field
 
-from trtflow.errors import BuildError
-from trtflow.params import Target
+from trtflow.backends import BackendOptions
+from trtflow.errors import BuildError, CalibrationError
+from trtflow.ort_session import default_threads, ort_session
 
 if TYPE_CHECKING:
-    from trtflow.backends import Calibration
+    import onnxruntime as ort
+
+    from trtflow.params import Target
+    from trtflow.quant.artifact import Calibration
+
+__all__ = ["BACKEND", "OrtCpuOptions", "OrtEngine", "default_threads"]
 
 ENGINE_FILE = "engine.onnx"
 CONFIG_FILE = "session.json"
-_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 _OFFLINE_CAP = {"all": "extended"}
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _providers(target: Target) -> list[str]:
-    if target.device == "cuda":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 QDQ_FILE = "model.qdq.cpu.onnx"
-# The Q/DQ graph TensorRT is handed for this target (the calibrate stage's model.qdq.onnx,
-# or model.qdq.fp8.onnx for fp8), kept beside the engine so validate can report it.
+# The Q/DQ graph TensorRT is handed for this target (the calibration's int8 or fp8 Q/DQ
+# graph), kept beside the engine so validate can report it.
 TENSORRT_QDQ_FILE = "tensorrt.qdq.onnx"
+
+
+class OrtCpuOptions(BackendOptions):
+    """`targets.NAME.options` of backend onnxruntime on the cpu."""
+
+    optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ORT graph optimization level (the saved graph stops at "
+        "extended; layout transformations are applied on the machine that runs it)")
+    int8_activations: Literal["auto", "int8", "uint8"] = Field(
+        default="auto", description="activation encoding of an int8 engine; auto: uint8 "
+        "(zero point 128), the form ORT's x86 kernels fuse and run fastest")
+    reduce_range: bool | None = Field(
+        default=None, description="7-bit weights; None: on where ORT's u8s8 kernels can "
+        "saturate (AVX2/AVX-512 without VNNI)")
+
+    def ignored(self, precision: str) -> list[tuple[str, str]]:
+        if precision in ("int8", "best"):
+            return []
+        return [(f, "only onnxruntime int8 engines read it")
+                for f in ("int8_activations", "reduce_range") if self.given(f)]
+
+
+def _options(target: Target) -> OrtCpuOptions:
+    options = target.options
+    if not isinstance(options, OrtCpuOptions):  # a Target validated against this backend
+        options = OrtCpuOptions.model_validate(options.model_dump())
+    return options
 
 
 def int8_encoding(target: Target, cpu_flags: list[str]) -> tuple[str, bool]:
@@ -65,8 +79,9 @@ def int8_encoding(target: Target, cpu_flags: list[str]) -> tuple[str, bool]:
     """
     from trtflow.quant.qdq import u8s8_may_saturate
 
-    act = "uint8" if target.int8_activations == "auto" else target.int8_activations
-    reduce = target.reduce_range
+    options = _options(target)
+    act = "uint8" if options.int8_activations == "auto" else options.int8_activations
+    reduce = options.reduce_range
     if reduce is None:
         reduce = act == "uint8" and u8s8_may_saturate(cpu_flags)
     return act, reduce
@@ -88,32 +103,28 @@ def prepare_int8(model_path: Path, amax: dict[str, float], target: Target,
     return out_dir / QDQ_FILE, report
 
 
-def build(model_path: Path, target: Target, out_dir: Path,
-          config_entries: dict[str, str] | None = None) -> dict[str, Any]:
-    if target.precision not in ("fp32", "int8", "fp8"):
-        raise BuildError(f"onnxruntime on {target.device}: precision '{target.precision}' is "
-                         "not supported yet")
-    optimization = target.optimization
+def _optimize(model_path: Path, target: Target, out_dir: Path,
+              config_entries: dict[str, str]) -> dict[str, Any]:
+    """Write ORT's offline-optimized `engine.onnx` and the session config to run it."""
+    import onnx
+    import onnxruntime as ort
+
+    optimization: str = _options(target).optimization
     if target.precision == "fp8" and optimization in ("extended", "all"):
         optimization = "basic"  # see the module docstring: ORT's QDQ fusions break FP8
     offline = _OFFLINE_CAP.get(optimization, optimization)
-    opts = ort.SessionOptions()
-    for key, value in (config_entries or {}).items():
-        opts.add_session_config_entry(key, value)
-    opts.graph_optimization_level = _LEVELS[offline]
-    opts.optimized_model_filepath = str(out_dir / ENGINE_FILE)
-    opts.log_severity_level = 3
     try:
-        ort.InferenceSession(str(model_path), opts, providers=_providers(target))
+        ort_session(model_path, offline, config_entries=config_entries,
+                    optimized_model_path=out_dir / ENGINE_FILE)
     except Exception as exc:
         raise BuildError(f"onnxruntime could not build an engine from {model_path}: "
                          f"{str(exc).splitlines()[0][:400]}") from None
     config = {
-        "providers": _providers(target),
+        "providers": ["CPUExecutionProvider"],
         "optimization": optimization,
         "offline_optimization": offline,
         "intra_op_threads": target.threads,
-        "config_entries": config_entries or {},
+        "config_entries": config_entries,
         "onnxruntime": ort.__version__,
     }
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -124,13 +135,10 @@ def build(model_path: Path, target: Target, out_dir: Path,
 
 
 def prepare_fp8(calibration: Calibration) -> tuple[Path, dict[str, Any]]:
-    """The calibrate stage's FP8 Q/DQ model, refused if a quantized tensor overflows E4M3."""
-    from trtflow.errors import CalibrationError
-    from trtflow.stages.calibrate import FP8_QDQ_FILE, SCALES_FILE
-
-    path = calibration.path / FP8_QDQ_FILE
-    scales = json.loads((calibration.path / SCALES_FILE).read_text())
-    if not path.is_file() or not all("fp8" in row for row in scales.values()):
+    """The calibration's FP8 Q/DQ model, refused if a quantized tensor overflows E4M3."""
+    path = calibration.qdq_model("fp8")
+    scales = calibration.scales()
+    if not all("fp8" in row for row in scales.values()):
         raise BuildError(f"{calibration.path}: no FP8 Q/DQ model or FP8 scales (a calibration "
                          "from before fp8 support?); recalibrate")
     overflow = {t: row["fp8"] for t, row in scales.items()
@@ -144,30 +152,16 @@ def prepare_fp8(calibration: Calibration) -> tuple[Path, dict[str, Any]]:
             f"448 x scale (scale {row['scale']:.6g} = amax {row['amax']:.6g} / 448 from "
             f"method {row['method']!r}; max |x| {row['max']:.6g}) and would saturate. E4M3 "
             "gains nothing from clipping: use calibration.fp8_method: max")
-    return path, {"fp8_qdq_model": FP8_QDQ_FILE, "numerical_stand_in": True,
+    return path, {"fp8_qdq_model": path.name, "numerical_stand_in": True,
                   "note": "ONNX Runtime runs TensorRT's FP8 Q/DQ graph on the CPU, simulating "
                           "E4M3 in float32: accuracy here, not FP8 speed"}
 
 
 def keep_tensorrt_qdq(calibration: Calibration, target: Target, out_dir: Path) -> str:
     """Copy the Q/DQ graph TensorRT gets for this precision next to the engine."""
-    import shutil
-
-    from trtflow.stages.calibrate import FP8_QDQ_FILE
-    from trtflow.stages.calibrate import QDQ_FILE as INT8_QDQ_FILE
-
-    source = FP8_QDQ_FILE if target.precision == "fp8" else INT8_QDQ_FILE
-    shutil.copyfile(calibration.path / source, out_dir / TENSORRT_QDQ_FILE)
-    return source
-
-
-def _options(spinning: bool) -> ort.SessionOptions:
-    """Session options; `spinning=False` when several sessions share the cores in turn
-    (idle ORT workers otherwise busy-wait and slow whichever session runs next)."""
-    opts = ort.SessionOptions()
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
+    precision = "fp8" if target.precision == "fp8" else "int8"
+    shutil.copyfile(calibration.qdq_model(precision), out_dir / TENSORRT_QDQ_FILE)
+    return calibration.qdq_model_name(precision)
 
 
 class OrtEngine:
@@ -177,30 +171,26 @@ class OrtEngine:
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
+        self.input_dtypes = {i.name: _NUMPY.get(i.type, np.float32) for i in session.get_inputs()}
 
     @classmethod
     def load(cls, engine_dir: Path, threads: int | None = None, spinning: bool = True
              ) -> OrtEngine:
+        import onnxruntime as ort
+
         config = json.loads((engine_dir / CONFIG_FILE).read_text())
-        opts = _options(spinning)
-        opts.graph_optimization_level = _LEVELS[config["optimization"]]
-        opts.intra_op_num_threads = threads or config["intra_op_threads"] or default_threads()
-        opts.log_severity_level = 3
-        for key, value in config.get("config_entries", {}).items():
-            opts.add_session_config_entry(key, value)
-        return cls(ort.InferenceSession(str(engine_dir / ENGINE_FILE), opts,
-                                        providers=config["providers"]))
+        available = set(ort.get_available_providers())
+        providers = [p for p in config["providers"] if p in available] or ["CPUExecutionProvider"]
+        return cls(ort_session(engine_dir / ENGINE_FILE, config["optimization"],
+                               threads or config["intra_op_threads"] or default_threads(),
+                               spinning, config.get("config_entries", {}),
+                               providers=providers))
 
     @classmethod
     def from_model(cls, model_path: Path, threads: int | None = None, spinning: bool = True
                    ) -> OrtEngine:
         """A plain FP32 session with all optimizations: the CPU baseline and reference."""
-        opts = _options(spinning)
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or default_threads()
-        opts.log_severity_level = 3
-        return cls(ort.InferenceSession(str(model_path), opts,
-                                        providers=["CPUExecutionProvider"]))
+        return cls(ort_session(model_path, "all", threads or default_threads(), spinning))
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {n: inputs[n] for n in self.input_names}
@@ -208,11 +198,18 @@ class OrtEngine:
                         strict=True))
 
 
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+          "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
 class OrtCpuBackend:
     """ONNX Runtime's CPU provider: FP32, or INT8 in the Q/DQ form its x86 kernels fuse."""
 
     name = "onnxruntime-cpu"
+    precisions = ("fp32", "int8", "fp8")
     libraries = ("onnxruntime", "onnx", "onnx-ir")
+    options = OrtCpuOptions
+    selectable = True
 
     def fingerprint(self, target: Target) -> dict[str, str]:
         if target.precision != "int8":
@@ -237,7 +234,7 @@ class OrtCpuBackend:
         if target.precision == "fp8":
             assert calibration is not None
             model_path, fp8_report = prepare_fp8(calibration)
-        report = build(model_path, target, out_dir, entries)
+        report = _optimize(model_path, target, out_dir, entries)
         if calibration is not None:
             report["tensorrt_qdq_model"] = keep_tensorrt_qdq(calibration, target, out_dir)
         if fp8_report is not None:

@@ -33,16 +33,18 @@ import io
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from trtflow.backends import BackendOptions
 from trtflow.errors import BuildError
 from trtflow.latency import cpu_flags
-from trtflow.params import Target
 
 if TYPE_CHECKING:
-    from trtflow.backends import Calibration
+    from trtflow.params import Target
+    from trtflow.quant.artifact import Calibration
     from trtflow.quant.qdq import Placement
 
 IR_FILE = "model.xml"
@@ -58,6 +60,31 @@ DYNAMIC_GROUP = 32  # activation values per dynamic quantization scale (OpenVINO
 # them at 0.9998 (resnet18, ort_cpu placement) and 1.0000 (digits, TensorRT placement);
 # the miscompiled digits graph fell to 0.94
 MIN_KERNEL_COSINE = 0.999
+_NUMPY = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32,
+          "boolean": np.bool_}
+
+
+Int8Scheme = Literal["auto", "static-tensorrt", "dynamic"]
+
+
+class OpenVinoOptions(BackendOptions):
+    """`targets.NAME.options` of backend openvino."""
+
+    int8_scheme: Int8Scheme = Field(
+        default="auto", description="int8: auto = static Q/DQ after each conv, Relu outputs "
+        "uint8 (the form OpenVINO fuses, measured fastest); static-tensorrt = Q/DQ on op "
+        "inputs only; dynamic = int8 MatMul/Gemm weights, activations quantized per token "
+        "at run time (OpenVINO dynamic quantization, groups of 32)")
+
+    def ignored(self, precision: str) -> list[tuple[str, str]]:
+        if precision == "int8" or not self.given("int8_scheme"):
+            return []
+        return [("int8_scheme", "only openvino int8 reads it")]
+
+
+def _scheme(target: Target) -> Int8Scheme:
+    options = target.options
+    return options.int8_scheme if isinstance(options, OpenVinoOptions) else "auto"
 
 
 def _openvino() -> Any:
@@ -124,12 +151,12 @@ def _int8_model(model_path: Path, calibration: Calibration, scheme: str, out_dir
     return out_dir / QDQ_FILE, {k: report[k] for k in keep if k in report}
 
 
-def _compile(ov: Any, source: Path, target: Target) -> tuple[Any, Any]:
+def _compile(ov: Any, source: Path, target: Target, scheme: str) -> tuple[Any, Any]:
     core = ov.Core()
     try:
         model = core.read_model(str(source))
         return model, core.compile_model(model, "CPU", _properties(
-            target.precision, target.int8_scheme, target.threads))
+            target.precision, scheme, target.threads))
     except Exception as exc:  # OpenVINO raises RuntimeError with a C++ message
         raise BuildError(f"OpenVINO {ov.__version__} could not compile {source}: "
                          f"{' '.join(str(exc).split())[:400]}") from None
@@ -140,19 +167,12 @@ def _kernel_cosine(compiled: Any, qdq_path: Path, batch: int = 4) -> float:
     unfused (the reference semantics of QuantizeLinear/DequantizeLinear), on synthetic
     inputs inside each input's range."""
     import onnx
-    import onnxruntime as ort
 
-    from trtflow.sources import onnx_inputs
-    from trtflow.sources.synthetic import synthetic_inputs
+    from trtflow.graph.feeds import random_feeds
+    from trtflow.ort_session import ort_session
 
-    # integer inputs no table bounds (an attention mask): 0 and 1 are valid for any
-    specs = [s if s.range is not None or not s.dtype.startswith("int")
-             else s.model_copy(update={"range": (0, 1)})
-             for s in onnx_inputs(onnx.load(str(qdq_path), load_external_data=False))]
-    feeds = synthetic_inputs(specs, batch)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(qdq_path), options, providers=["CPUExecutionProvider"])
+    feeds = random_feeds(onnx.load(str(qdq_path), load_external_data=False), batch)
+    session = ort_session(qdq_path, "disable")
     names = [o.name for o in session.get_outputs()]
     want = np.concatenate([o.ravel() for o in session.run(names, feeds)]).astype(np.float64)
     results = compiled.create_infer_request().infer(feeds)
@@ -164,7 +184,10 @@ def _kernel_cosine(compiled: Any, qdq_path: Path, batch: int = 4) -> float:
 
 class OpenVinoBackend:
     name = "openvino-cpu"
+    precisions = ("fp32", "bf16", "int8")
     libraries = ("openvino", "onnx")
+    options = OpenVinoOptions
+    selectable = True
 
     def fingerprint(self, target: Target) -> dict[str, str]:
         from trtflow.latency import host_fingerprint
@@ -175,9 +198,7 @@ class OpenVinoBackend:
     def build(self, model_path: Path, target: Target, out_dir: Path,
               calibration: Calibration | None) -> dict[str, Any]:
         ov = _openvino()
-        if target.precision not in _HINTS:
-            raise BuildError(f"backend 'openvino' builds precisions {sorted(_HINTS)}, not "
-                             f"'{target.precision}'")
+        scheme = _scheme(target)
         if target.precision == "bf16" and not set(cpu_flags()) & set(BF16_FLAGS):
             raise BuildError("precision 'bf16' on backend 'openvino' needs a CPU with "
                              f"{' or '.join(BF16_FLAGS)}; this one has neither")
@@ -185,22 +206,20 @@ class OpenVinoBackend:
         source = model_path
         if target.precision == "int8":
             assert calibration is not None
-            source, report["qdq"] = _int8_model(model_path, calibration, target.int8_scheme,
-                                                out_dir)
-        model, compiled = _compile(ov, source, target)
-        if target.precision == "int8" and target.int8_scheme == "auto":
+            source, report["qdq"] = _int8_model(model_path, calibration, scheme, out_dir)
+        model, compiled = _compile(ov, source, target, scheme)
+        if target.precision == "int8" and scheme == "auto":
             cosine = _kernel_cosine(compiled, source)
             report["qdq"]["kernel_cosine"] = cosine
             if cosine < MIN_KERNEL_COSINE:
                 assert calibration is not None
-                fallback = target.model_copy(update={"int8_scheme": "static-tensorrt"})
                 source, report["qdq"] = _int8_model(model_path, calibration,
                                                     "static-tensorrt", out_dir)
                 report["qdq"]["fallback"] = (
                     f"OpenVINO's int8 kernels computed the '{PLACEMENTS['auto']}' placement "
                     f"differently from its Q/DQ graph (cosine {cosine:.4f} < "
                     f"{MIN_KERNEL_COSINE}); built the TensorRT placement instead")
-                model, compiled = _compile(ov, source, fallback)
+                model, compiled = _compile(ov, source, target, "static-tensorrt")
                 report["qdq"]["kernel_cosine"] = _kernel_cosine(compiled, source)
         ov.save_model(model, str(out_dir / IR_FILE), compress_to_fp16=False)
         blob = compiled.export_model()
@@ -208,7 +227,7 @@ class OpenVinoBackend:
                                           else bytes(blob))
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # what it really runs
         ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-        config = {"precision": target.precision, "int8_scheme": target.int8_scheme,
+        config = {"precision": target.precision, "int8_scheme": scheme,
                   "inference_precision": ran,
                   "threads": target.threads, "openvino": ov.__version__,
                   "inputs": [i.get_any_name() for i in model.inputs],
@@ -232,6 +251,8 @@ class OpenVinoEngine:
         self.input_names = list(config["inputs"])
         self.output_names = list(config["outputs"])
         self.config = config
+        self.input_dtypes = {p.get_any_name(): _NUMPY.get(p.get_element_type().get_type_name(),
+                                                          np.float32) for p in compiled.inputs}
 
     @classmethod
     def load(cls, engine_dir: Path, threads: int | None = None) -> OpenVinoEngine:

@@ -12,7 +12,7 @@ and replays it afterwards, which removes the per-kernel launch cost that
 dominates small batches. A graph that cannot be captured (a node left on the
 CPU) falls back to plain IO binding, and the profile says why.
 
-Precisions on the CUDA provider: fp32; fp16 (mixed: see mixed_precision.py);
+Precisions on the CUDA provider: fp32; fp16 (mixed: see quant/mixed_precision.py);
 int8 as a Q/DQ graph in TensorRT's placement, which the CUDA provider runs as
 dequantize + float kernels (it has no int8 convolution), so it is measured but
 does not speed up; best = fp16.
@@ -25,17 +25,20 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from pydantic import Field
 
+from trtflow.backends import BackendOptions
 from trtflow.errors import BuildError, DataError
-from trtflow.params import Target
+from trtflow.ort_session import ort_session
 
 if TYPE_CHECKING:
-    from trtflow.backends import Calibration
+    from trtflow.params import Target
+    from trtflow.quant.artifact import Calibration
 
 ENGINE_FILE = "engine.onnx"
 CONFIG_FILE = "session.json"
@@ -56,6 +59,25 @@ _DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.floa
            onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
            onnx.TensorProto.BOOL: np.bool_}
 _preloaded = False
+
+
+class OrtGpuOptions(BackendOptions):
+    """`targets.NAME.options` of backends onnxruntime and onnxruntime-tensorrt on cuda."""
+
+    optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ORT graph optimization level when the engine loads (the "
+        "saved graph stops at basic, which is provider-independent)")
+    execution_device: Literal["cuda", "cpu"] = Field(
+        default="cuda", description="cpu: build and run the same engine on ORT's CPU provider "
+        "(same conversion, profiles and IO binding, no CUDA graphs), for tests and smoke "
+        "runs on machines without a GPU")
+
+
+def _options(target: Target) -> OrtGpuOptions:
+    options = target.options
+    if not isinstance(options, OrtGpuOptions):
+        options = OrtGpuOptions.model_validate(options.model_dump())
+    return options
 
 
 def preload() -> None:
@@ -89,7 +111,7 @@ def prepare_model(model_path: Path, target: Target, scales: dict[str, float] | N
     if precision == "fp32":
         return model, {"precision": "fp32"}
     if precision == "fp16":
-        from trtflow.backends.mixed_precision import to_mixed_fp16
+        from trtflow.quant.mixed_precision import to_mixed_fp16
 
         return to_mixed_fp16(model)
     from trtflow.quant.qdq import insert_qdq
@@ -101,15 +123,13 @@ def prepare_model(model_path: Path, target: Target, scales: dict[str, float] | N
     return qdq, {"precision": "int8", "qdq": {k: report[k] for k in keep}}
 
 
-def build(model_path: Path, target: Target, out_dir: Path, scales: dict[str, float] | None = None,
-          float_layers: list[str] | None = None, calibration_dir: Path | None = None,
-          execution_device: str = "cuda") -> dict[str, Any]:
-    """Write an ORT GPU engine directory; the session is created once on the GPU to check it.
-
-    `execution_device="cpu"` builds and later runs the same engine with ORT's CPU provider
-    (same conversion, profiles and IO binding, no CUDA graphs): for tests and smoke runs
-    on machines without a GPU. A real target never sets it.
-    """
+def _build(model_path: Path, target: Target, out_dir: Path,
+           calibration: Calibration | None) -> dict[str, Any]:
+    """Write an ORT GPU engine directory; the session is created once on the GPU to check it
+    (on the CPU with `execution_device: cpu`, see OrtGpuOptions)."""
+    execution_device = _options(target).execution_device
+    scales = calibration.amax() if calibration else None
+    float_layers = calibration.float_layers() if calibration else None
     route = TRT_EP if target.backend == "onnxruntime-tensorrt" else CUDA_EP
     if execution_device == "cuda":
         require_provider(route)
@@ -119,10 +139,7 @@ def build(model_path: Path, target: Target, out_dir: Path, scales: dict[str, flo
     model, precision_report = prepare_model(model_path, target, scales, float_layers or [])
     source = out_dir / "converted.onnx"
     onnx.save_model(model, str(source))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.optimized_model_filepath = str(out_dir / ENGINE_FILE)
-    opts.log_severity_level = 3
+    optimized: Path | None = out_dir / ENGINE_FILE
     build_options = {k: v for k, v in CUDA_OPTIONS.items() if k not in _LOAD_TIME_ONLY}
     providers: list[Any] = [(CUDA_EP, build_options), "CPUExecutionProvider"]
     if execution_device == "cpu":
@@ -131,17 +148,18 @@ def build(model_path: Path, target: Target, out_dir: Path, scales: dict[str, flo
         "backend": target.backend, "device": "cuda", "route": route,
         "execution_device": execution_device,
         "precision": effective_precision(target), "requested_precision": target.precision,
-        "optimization": target.optimization, "offline_optimization": "basic",
+        "optimization": _options(target).optimization, "offline_optimization": "basic",
         "cuda_options": CUDA_OPTIONS, "cuda_graph": "auto", "io_binding": True,
         "onnxruntime": ort.__version__,
     }
     if route == TRT_EP:
-        trt_options = tensorrt_provider_options(target, out_dir, calibration_dir)
+        trt_options = tensorrt_provider_options(
+            target, out_dir, calibration.cache_file if calibration else None)
         config["tensorrt_options"] = trt_options
-        opts.optimized_model_filepath = ""  # the TensorRT provider compiles at run time
+        optimized = None  # the TensorRT provider compiles at run time
         shutil.copyfile(source, out_dir / ENGINE_FILE)
     try:
-        ort.InferenceSession(str(source), opts, providers=providers)
+        ort_session(source, "basic", optimized_model_path=optimized, providers=providers)
     except Exception as exc:
         raise BuildError(f"onnxruntime ({route}) could not build an engine from {model_path}: "
                          f"{str(exc).splitlines()[0][:400]}") from None
@@ -157,12 +175,12 @@ def build(model_path: Path, target: Target, out_dir: Path, scales: dict[str, flo
     return report
 
 
-def tensorrt_provider_options(target: Target, engine_dir: Path, calibration_dir: Path | None
+def tensorrt_provider_options(target: Target, engine_dir: Path, calibration_cache: Path | None
                               ) -> dict[str, Any]:
     """ORT's TensorRT provider with its engine and timing caches inside the engine directory.
 
     Paths are stored relative to the engine directory and resolved when loading. The
-    INT8 route reads trtflow's calibration.cache as a native TensorRT table (ORT looks
+    INT8 route reads trtflow's calibration cache as a native TensorRT table (ORT looks
     for it in the engine cache folder), on a graph without Q/DQ.
     """
     cache = engine_dir / TRT_CACHE_DIR
@@ -174,11 +192,11 @@ def tensorrt_provider_options(target: Target, engine_dir: Path, calibration_dir:
         "trt_int8_enable": str(target.precision in ("int8", "best")),
     }
     if target.precision in ("int8", "best"):
-        if calibration_dir is None or not (calibration_dir / "calibration.cache").is_file():
+        if calibration_cache is None or not calibration_cache.is_file():
             raise BuildError("the onnxruntime-tensorrt int8 route needs the calibrate stage's "
-                             "calibration.cache")
-        shutil.copyfile(calibration_dir / "calibration.cache", cache / "calibration.cache")
-        options.update(trt_int8_calibration_table_name="calibration.cache",
+                             "calibration cache")
+        shutil.copyfile(calibration_cache, cache / calibration_cache.name)
+        options.update(trt_int8_calibration_table_name=calibration_cache.name,
                        trt_int8_use_native_calibration_table="True")
     return options
 
@@ -306,15 +324,8 @@ class OrtGpuEngine:
         return providers
 
     def _session(self, model: onnx.ModelProto, graph: bool) -> ort.InferenceSession:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        }.get(self.config.get("optimization", "all"), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), opts,
-                                       providers=self._providers(graph))
+        session = ort_session(model, self.config.get("optimization", "all"),
+                              providers=self._providers(graph))
         wanted = self.config.get("route", CUDA_EP) if self.ort_device == "cuda" else None
         if wanted and wanted not in session.get_providers():
             # ORT's Python API falls back to the next provider when one fails to load;
@@ -402,7 +413,10 @@ class OrtGpuEngine:
 class OrtGpuBackend:
     """ONNX Runtime on an NVIDIA GPU, through its CUDA or its TensorRT provider."""
 
+    precisions = ("fp32", "fp16", "int8", "best")
     libraries = ("onnxruntime", "onnxruntime-gpu", "onnx")
+    options = OrtGpuOptions
+    selectable = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -419,11 +433,8 @@ class OrtGpuBackend:
             # TensorRT's provider keeps a tensor without a scale out of INT8: refuse that cache
             from trtflow.backends.tensorrt_plan import check_cache_complete
 
-            check_cache_complete(calibration.path / "calibration.cache", model_path)
-        return build(model_path, target, out_dir,
-                     calibration.amax() if calibration else None,
-                     calibration.float_layers() if calibration else None,
-                     calibration.path if calibration else None)
+            check_cache_complete(calibration.cache_file, model_path)
+        return _build(model_path, target, out_dir, calibration)
 
     def load(self, engine_dir: Path, threads: int | None = None, spinning: bool = True
              ) -> OrtGpuEngine:

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trtflow.backends.tensorrt_plan import (
-    CACHE_FILE,
+    PLANS,
     BuildPlan,
     ConfigOptions,
+    TensorRTOptions,
     check_cache_complete,
     create_config,
     graph_for,
@@ -39,12 +40,12 @@ from trtflow.backends.tensorrt_plan import (
 )
 from trtflow.backends.tensorrt_report import fusion_report, onnx_nodes
 from trtflow.errors import BuildError, DataError
-from trtflow.params import Target
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from trtflow.backends import Calibration
+    from trtflow.params import Target
+    from trtflow.quant.artifact import Calibration
 
 ENGINE_FILE = "model.engine"
 CONFIG_FILE = "tensorrt.json"
@@ -111,7 +112,7 @@ def _fp16_graph(model_path: Path, out_dir: Path) -> Path:
     """TensorRT 11 fp16: a strongly typed network of trtflow's mixed FP16 graph."""
     import onnx
 
-    from trtflow.backends.mixed_precision import to_mixed_fp16
+    from trtflow.quant.mixed_precision import to_mixed_fp16
 
     converted, _ = to_mixed_fp16(onnx.load(str(model_path)))
     path = out_dir / "model.fp16.onnx"
@@ -119,7 +120,7 @@ def _fp16_graph(model_path: Path, out_dir: Path) -> Path:
     return path
 
 
-def _calibrator(plan: BuildPlan, calibration_dir: Path | None, out_dir: Path
+def _calibrator(plan: BuildPlan, calibration: Calibration | None, out_dir: Path
                 ) -> trt.IInt8Calibrator | None:
     """TensorRT <= 10 implicit INT8: Polygraphy's IInt8EntropyCalibrator2 serving a copy of
     trtflow's calibration.cache (a copy, since TensorRT writes the cache back) and no
@@ -129,22 +130,22 @@ def _calibrator(plan: BuildPlan, calibration_dir: Path | None, out_dir: Path
     import tensorrt as trt
     from polygraphy.backend.trt import Calibrator
 
-    assert calibration_dir is not None  # checked by check_cache_complete
-    copy = out_dir / CACHE_FILE
-    shutil.copyfile(calibration_dir / CACHE_FILE, copy)
+    assert calibration is not None  # checked by check_cache_complete
+    copy = out_dir / calibration.cache_file.name
+    shutil.copyfile(calibration.cache_file, copy)
     return Calibrator([], cache=str(copy), BaseClass=trt.IInt8EntropyCalibrator2)
 
 
-def build(model_path: Path, target: Target, out_dir: Path, calibration_dir: Path | None = None,
-          max_batch: int = 32) -> dict[str, Any]:
+def _build(model_path: Path, target: Target, out_dir: Path, calibration: Calibration | None,
+           max_batch: int = 32) -> dict[str, Any]:
     """Build `out_dir/model.engine` with a timing cache, layer JSON and fusion report."""
     if target.device != "cuda":
         raise BuildError(f"backend 'tensorrt' runs on device 'cuda', not '{target.device}'")
     if target.precision in ("int8", "best"):  # before TensorRT: runs (and is tested) anywhere
-        if calibration_dir is None:
+        if calibration is None:
             raise BuildError(f"a tensorrt {target.precision} target needs the calibrate stage's "
                              "output")
-        check_cache_complete(calibration_dir / CACHE_FILE, model_path)
+        check_cache_complete(calibration.cache_file, model_path)
     require_tensorrt()
     import tensorrt as trt
     from polygraphy.backend.trt import EngineFromNetwork, NetworkFromOnnxPath, SaveEngine
@@ -152,7 +153,7 @@ def build(model_path: Path, target: Target, out_dir: Path, calibration_dir: Path
     from polygraphy.logger import G_LOGGER
 
     plan = plan_build(target, major_version())
-    graph = graph_for(plan, model_path, calibration_dir)
+    graph = graph_for(plan, model_path, calibration)
     if plan.graph == "clean_fp16":
         graph = _fp16_graph(model_path, out_dir)
     timing_path = timing_cache_path()
@@ -160,7 +161,7 @@ def build(model_path: Path, target: Target, out_dir: Path, calibration_dir: Path
     reused = timing_path.stat().st_size if timing_path.is_file() else 0
     options = ConfigOptions(
         timing_cache=timing_path if reused else None,
-        calibrator=_calibrator(plan, calibration_dir, out_dir),
+        calibrator=_calibrator(plan, calibration, out_dir),
         profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: WORKSPACE_BYTES})
     config = create_config(plan, profile_shapes(graph, max_batch), options)
@@ -240,7 +241,10 @@ class TensorRTBackend:
     """NVIDIA TensorRT 10/11 through Polygraphy (where a real TensorRT loads)."""
 
     name = "tensorrt"
+    precisions = tuple(PLANS)
     libraries = ("onnx", "polygraphy")
+    options = TensorRTOptions
+    selectable = False
 
     def fingerprint(self, target: Target) -> dict[str, str]:
         from trtflow.backends import gpu_fingerprint
@@ -249,7 +253,7 @@ class TensorRTBackend:
 
     def build(self, model_path: Path, target: Target, out_dir: Path,
               calibration: Calibration | None) -> dict[str, Any]:
-        return build(model_path, target, out_dir, calibration.path if calibration else None)
+        return _build(model_path, target, out_dir, calibration)
 
     def load(self, engine_dir: Path, threads: int | None = None, spinning: bool = True
              ) -> TrtEngine:

@@ -18,19 +18,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import onnx
+from pydantic import Field
 
+from trtflow.backends import BackendOptions
 from trtflow.errors import BuildError, CalibrationError
-from trtflow.params import Target
-
-# the calibrate stage's files a TensorRT build reads: the INT8 and FP8 Q/DQ models, the cache
-from trtflow.stages.calibrate import CACHE_FILE, FP8_QDQ_FILE, QDQ_FILE
 
 if TYPE_CHECKING:
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig
+
+    from trtflow.params import Target
+    from trtflow.quant.artifact import Calibration
+
+
+class TensorRTOptions(BackendOptions):
+    """`targets.NAME.options` of backend tensorrt."""
+
+    int8_source: Literal["qdq", "calibration_cache"] = Field(
+        default="qdq", description="int8: build from the calibration's Q/DQ graph, or "
+        "(TensorRT <= 10 only) from the clean graph plus the calibration cache")
 
 
 # min / opt / max of one input in an optimization profile
@@ -65,7 +74,8 @@ def _plan_fp16(target: Target, weak: bool, major: int) -> BuildPlan:
 
 
 def _plan_int8(target: Target, weak: bool, major: int) -> BuildPlan:
-    if target.int8_source == "calibration_cache":
+    options = target.options
+    if isinstance(options, TensorRTOptions) and options.int8_source == "calibration_cache":
         if not weak:
             raise BuildError(f"TensorRT {major} has no calibrator interface (implicit INT8 was "
                              "removed in 11): use int8_source 'qdq'")
@@ -96,16 +106,15 @@ def plan_build(target: Target, major: int) -> BuildPlan:
     return planner(target, major <= 10, major)
 
 
-def graph_for(plan: BuildPlan, model_path: Path, calibration_dir: Path | None) -> Path:
+def graph_for(plan: BuildPlan, model_path: Path, calibration: Calibration | None) -> Path:
     """The ONNX file the plan builds from ('clean_fp16' is converted later, in out_dir)."""
     if plan.graph in ("clean", "clean_fp16"):
         return model_path
-    name = QDQ_FILE if plan.graph == "qdq" else FP8_QDQ_FILE
-    path = calibration_dir / name if calibration_dir else None
-    if path is None or not path.is_file():
-        raise BuildError(f"a tensorrt {plan.graph} build reads the calibrate stage's {name}, "
-                         f"which is missing ({path or 'no calibration given'})")
-    return path
+    precision = "int8" if plan.graph == "qdq" else "fp8"
+    if calibration is None:
+        raise BuildError(f"a tensorrt {plan.graph} build reads the calibration's {precision} "
+                         "Q/DQ graph, and no calibration was given")
+    return calibration.qdq_model(precision)
 
 
 def _dynamic_axes(value: onnx.ValueInfoProto) -> list[int]:
@@ -176,7 +185,7 @@ def check_cache_complete(cache_path: Path, graph_path: Path) -> dict[str, float]
 
     if not cache_path.is_file():
         raise CalibrationError(f"a tensorrt int8 target needs the calibrate stage's "
-                               f"{CACHE_FILE}; {cache_path} is missing")
+                               f"calibration cache; {cache_path} is missing")
     model = onnx.load(str(graph_path), load_external_data=False)
     wanted = float_activations(model)
     names = {v.name for v in model.graph.input} | {o for n in model.graph.node for o in n.output}

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from trtflow.errors import ModelError, ParityError
+from trtflow.ort_session import ort_session
 
 REFERENCE, CANDIDATE = "reference", "candidate"
 
@@ -37,12 +38,7 @@ class ParityReport:
 
 def _session(model_path: Path, threads: int | None) -> ort.InferenceSession:
     """ONNX Runtime CPU with basic optimizations: a reference, not a tuned engine."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    return ort_session(model_path, "basic", threads)
 
 
 _ORT_FAILURES = (ort.capi.onnxruntime_pybind11_state.Fail,

@@ -91,16 +91,11 @@ def channel_amax(model: onnx.ModelProto, tensors: Iterable[str],
                  feeds: Iterable[Mapping[str, np.ndarray]], threads: int = 1
                  ) -> dict[str, np.ndarray]:
     """max |x| per channel (last axis) of each tensor over the feeds, by ONNX Runtime."""
-    import onnxruntime as ort
-
+    from trtflow.ort_session import ort_session
     from trtflow.quant.collect import expose_outputs
 
     names = list(tensors)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(expose_outputs(model, names).SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
+    session = ort_session(expose_outputs(model, names), "all", threads)
     inputs = [i.name for i in session.get_inputs()]
     amax: dict[str, np.ndarray] = {}
     for feed in feeds:

@@ -17,19 +17,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from trtflow.ort_session import ort_session
 from trtflow.quant.qdq import insert_qdq
 
 Feeds = list[dict[str, np.ndarray]]
 
 
 def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
     # basic only: no QDQ fusion, so the graph computes its fake-quantized arithmetic
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    return ort_session(model, "basic", threads)
 
 
 def run_outputs(model: onnx.ModelProto, feeds: Feeds, threads: int) -> list[list[np.ndarray]]:

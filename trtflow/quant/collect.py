@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from trtflow.errors import CalibrationError
+from trtflow.ort_session import ort_session
 from trtflow.quant.collector import HistogramCollector
 from trtflow.quant.exact import ExactHistogramCollector, MaxCollector
 from trtflow.quant.histogram import DEFAULT_NUM_BINS
@@ -62,16 +63,9 @@ class _Updater(Protocol):
 
 def _session(model: onnx.ModelProto, tensors: list[str], threads: int
              ) -> ort.InferenceSession:
-    exposed = expose_outputs(model, tensors)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
     # ORT's idle workers spin between runs by default, taking the cores the histogram
-    # threads need right after each batch.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(exposed.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    # threads need right after each batch: spinning off.
+    return ort_session(expose_outputs(model, tensors), "all", threads, spinning=False)
 
 
 def _run_pass(session: ort.InferenceSession, tensors: list[str],

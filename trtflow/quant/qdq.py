@@ -376,20 +376,10 @@ def count_fused_ops(model: onnx.ModelProto | str | Path, level: Literal["extende
     Saved through ``optimized_model_filepath``: QLinearConv / QLinearMatMul / QGemm there
     prove a Q/DQ model is fused, Conv + DequantizeLinear that it runs dequantized floats.
     """
-    import onnxruntime as ort
+    from trtflow.ort_session import ort_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # not the "hardware specific optimizations" warning
-    options.graph_optimization_level = {
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    for key, value in (session_config or {}).items():
-        options.add_session_config_entry(key, value)
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(optimized_path) if optimized_path else Path(tmp) / "optimized.onnx"
-        options.optimized_model_filepath = str(target)
-        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        ort_session(model, level, config_entries=session_config, optimized_model_path=target)
         optimized = onnx.load(str(target), load_external_data=False)
     return collections.Counter(node.op_type for node in optimized.graph.node)

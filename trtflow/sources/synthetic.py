@@ -6,9 +6,9 @@ from a range the model states (an embedding/Gather table) or params give.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from trtflow.errors import DataError, ParamsError
+from trtflow.graph.feeds import gather_ranges
 from trtflow.params import TensorSpec
 
 __all__ = ["gather_ranges", "synthetic_inputs", "synthetic_shapes"]
@@ -59,35 +59,3 @@ def synthetic_inputs(specs: list[TensorSpec], batch: int, seed: int = 0,
         else:
             out[spec.name] = rng.uniform(lo, hi, size=shape).astype(spec.dtype)
     return out
-
-
-_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
-
-
-def gather_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
-    """{integer input: (0, rows - 1)} where the input (through shape-only ops) indexes a
-    Gather on an initializer table: the valid ids are that table's rows (the smallest,
-    if several tables read it)."""
-    tables = {i.name: list(i.dims) for i in model.graph.initializer}
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    ranges: dict[str, tuple[float, float]] = {}
-    for value in model.graph.input:
-        rows, frontier, seen = [], [value.name], set()
-        while frontier:
-            name = frontier.pop()
-            seen.add(name)
-            for node in users.get(name, []):
-                if node.op_type in _PASS_THROUGH and node.input[0] == name:
-                    frontier += [o for o in node.output if o not in seen]
-                elif node.op_type == "Gather" and len(node.input) > 1 \
-                        and node.input[1] == name and node.input[0] in tables:
-                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                    dims = tables[node.input[0]]
-                    if -len(dims) <= axis < len(dims):
-                        rows.append(dims[axis])
-        if rows and min(rows) > 0:
-            ranges[value.name] = (0.0, float(min(rows) - 1))
-    return ranges

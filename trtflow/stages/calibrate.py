@@ -32,6 +32,16 @@ from onnx import numpy_helper
 from trtflow.errors import CalibrationError
 from trtflow.params import CalibrationConfig
 from trtflow.quant import accuracy as accuracy_mod
+from trtflow.quant.artifact import (
+    ACCURACY_FILE,
+    CACHE_FILE,
+    FP8_QDQ_FILE,
+    HISTOGRAMS_FILE,
+    QDQ_FILE,
+    SCALES_FILE,
+    Calibration,
+)
+from trtflow.quant.artifact import read_scales as read_scales
 from trtflow.quant.cache import write_calibration_cache
 from trtflow.quant.collect import Progress, collect_histograms
 from trtflow.quant.collector import HistogramCollector
@@ -46,11 +56,6 @@ from trtflow.quant.qdq import (
 
 VERSION = "calibrate-5"  # 3-5: NVIDIA residual rule, MaxPool inputs, complete cache, fp8
 # Q/DQ, streaming histograms fed 8 samples at a time (their range starts elsewhere)
-SCALES_FILE = "scales.json"
-CACHE_FILE = "calibration.cache"
-HISTOGRAMS_FILE = "histograms.npz"
-QDQ_FILE = "model.qdq.onnx"
-FP8_QDQ_FILE = "model.qdq.fp8.onnx"
 # The TensorRT calibrator whose cache each method's scales stand for (the header).
 CACHE_ALGORITHM = {"entropy": "EntropyCalibration2", "max": "MinMaxCalibration",
                    "percentile": "LegacyCalibration", "mse": "LegacyCalibration",
@@ -58,7 +63,6 @@ CACHE_ALGORITHM = {"entropy": "EntropyCalibration2", "max": "MinMaxCalibration",
 # E4M3 rounds |x| / scale below 464 (halfway to the next binade step) to 448; above
 # that a value saturates: it overflows E4M3 after scaling.
 FP8_OVERFLOW = 464.0
-ACCURACY_FILE = "accuracy.json"
 PLACEMENTS: tuple[Placement, ...] = ("tensorrt", "ort_cpu")
 
 
@@ -254,17 +258,7 @@ def _write_scales(out_dir: Path, amax: dict[str, float], methods: dict[str, str]
 
 def read_float_layers(calibration_dir: Path) -> list[str]:
     """Layers the fallback kept in float (the build honours them)."""
-    meta = json.loads((calibration_dir / ACCURACY_FILE).read_text())
-    return list((meta.get("fallback") or {}).get("skip", []))
-
-
-def read_scales(path: Path) -> dict[str, float]:
-    """tensor -> amax from a scales.json, checked."""
-    try:
-        table = json.loads(path.read_text())
-        return {t: float(v["amax"]) for t, v in table.items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CalibrationError(f"{path}: not a valid scales.json ({exc})") from None
+    return Calibration(calibration_dir).float_layers()
 
 
 def _peak_rss_mb() -> float:
