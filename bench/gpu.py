@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+DEFAULT_PARTS = ("eager,ort,compile:reduce-overhead,inductor,compile:default,"
+                 "compile:max-autotune")
 
 
 # --- models --------------------------------------------------------------------------
@@ -134,9 +136,55 @@ class BertEncoder(nn.Module):
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+def trained_like(module: nn.Module) -> nn.Module:
+    """Non-zero biases and LayerNorm affine parameters (a fresh BertModel has zeros and ones,
+    which graph cleanups then delete: a trained model keeps those Adds and Muls)."""
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, nn.Linear) and sub.bias is not None:
+                sub.bias.normal_(0.0, 0.02)
+            elif isinstance(sub, nn.LayerNorm):
+                sub.weight.normal_(1.0, 0.05)
+                sub.bias.normal_(0.0, 0.02)
+    return module
+
+
 def bert(device: str, quick: bool) -> nn.Module:
     torch.manual_seed(0)
-    return BertEncoder(quick).to(device).eval()
+    return trained_like(BertEncoder(quick)).to(device).eval()
+
+
+# all-MiniLM-L6-v2's config (its 91 MB of weights do not travel to the device: seeded
+# random weights time the same kernels).
+MINILM_CONFIG = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                     intermediate_size=1536, max_position_embeddings=512, vocab_size=30522)
+
+
+class MiniLMShaped(nn.Module):
+    """all-MiniLM-L6-v2's encoder + mean pooling + L2 normalisation (trtflow's minilm demo)."""
+
+    def __init__(self, quick: bool) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        size = dict(MINILM_CONFIG, num_hidden_layers=2) if quick else MINILM_CONFIG
+        self.encoder = BertModel(BertConfig(**size), add_pooling_layer=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2.0, dim=1)
+
+
+def minilm(device: str, quick: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return trained_like(MiniLMShaped(quick)).to(device).eval()
+
+
+MODELS: dict[str, Callable[[str, bool], nn.Module]] = {
+    "resnet50": resnet50, "bert": bert, "minilm": minilm}
+OUTPUTS = {"resnet50": ["logits"], "bert": ["last_hidden_state"], "minilm": ["sentence_embedding"]}
 
 
 def make_inputs(model_name: str, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
@@ -155,21 +203,42 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(fn: Callable[[], object], device: str, warmup: int, iters: int,
-              max_seconds: float) -> dict[str, Any]:
+def time_call(fn: Callable[[], object], device: str, warmup: int, blocks: int,
+              block_s: float) -> dict[str, Any]:
+    """Latency per call: `blocks` blocks of n calls, each call followed by a device sync
+    (no overlap of one call's launches with the previous call's kernels), each block
+    timed with CUDA events (host clock on the CPU); median of the block means, and
+    their min..max as the noise interval. n makes a block last about `block_s`."""
     for _ in range(warmup):
         fn()
     sync(device)
-    times: list[float] = []
-    deadline = time.perf_counter() + max_seconds
-    while len(times) < iters and (len(times) < 10 or time.perf_counter() < deadline):
-        start = time.perf_counter()
+    t0 = time.perf_counter()
+    probe = 0
+    while probe < 3 or time.perf_counter() - t0 < 0.05:
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
-    ms = np.asarray(times) * 1e3
-    return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "iterations": len(ms)}
+        probe += 1
+    per_call = (time.perf_counter() - t0) / probe
+    n = max(5, min(2000, int(block_s / max(per_call, 1e-6))))
+    means = []
+    for _ in range(blocks):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(n):
+                fn()
+                torch.cuda.synchronize()
+            end.record()
+            end.synchronize()
+            means.append(start.elapsed_time(end) / n)
+        else:
+            s = time.perf_counter()
+            for _ in range(n):
+                fn()
+            means.append((time.perf_counter() - s) * 1e3 / n)
+    arr = np.asarray(means)
+    return {"median_ms": float(np.median(arr)), "min_ms": float(arr.min()),
+            "max_ms": float(arr.max()), "blocks": blocks, "calls_per_block": n}
 
 
 def accuracy(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -182,34 +251,37 @@ def accuracy(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "finite": bool(np.isfinite(a).all())}
 
 
-# --- trtflow engines -------------------------------------------------------------------
+# --- trtflow ORT CUDA engines ----------------------------------------------------------------
 
 
-def trtflow_engines(name: str, module: nn.Module, work: Path, quick: bool,
-                    want_int8: bool, log: Callable[[str], None], device: str) -> dict[str, Any]:
-    """Export, clean, calibrate and build every ORT GPU engine with trtflow's own stages."""
+def specs_for(name: str) -> list[Any]:
+    from trtflow.params import TensorSpec
+
+    if name == "resnet50":
+        return [TensorSpec(name="image", shape=["batch", 3, 224, 224])]
+    return [TensorSpec(name="input_ids", dtype="int64", shape=["batch", "sequence"]),
+            TensorSpec(name="attention_mask", dtype="int64", shape=["batch", "sequence"])]
+
+
+def trtflow_engines(name: str, module: nn.Module, work: Path, seq: int, want_int8: bool,
+                    fused: bool, log: Callable[[str], None], device: str) -> dict[str, Any]:
+    """Export, clean, [calibrate] and build the ORT GPU engines with trtflow's own stages;
+    transformers also get ONNX Runtime's transformer fusion (trtflow.graph.attention_fusion)."""
     import onnx
 
     from trtflow.backends import Calibration, build_engine
     from trtflow.graph.cleanup import PASSES, cleanup
-    from trtflow.params import CalibrationConfig, ExportConfig, Target, TensorSpec
+    from trtflow.params import CalibrationConfig, ExportConfig, Target
     from trtflow.sources import LoadedModel
     from trtflow.stages import calibrate as calibrate_stage
     from trtflow.stages.export import export_model
 
-    if name == "resnet50":
-        specs = [TensorSpec(name="image", shape=["batch", 3, 224, 224])]
-        outputs = ["logits"]
-    else:
-        specs = [TensorSpec(name="input_ids", dtype="int64", shape=["batch", "sequence"]),
-                 TensorSpec(name="attention_mask", dtype="int64", shape=["batch", "sequence"])]
-        outputs = ["last_hidden_state"]
     cpu_module = module.to("cpu")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     (work / "export").mkdir(parents=True, exist_ok=True)
-    sample = make_inputs(name, 2, 32 if quick else 128, seed=5)
-    export_report = export_model(LoadedModel(cpu_module, None, specs, outputs),
+    sample = make_inputs(name, 2, seq, seed=5)
+    export_report = export_model(LoadedModel(cpu_module, None, specs_for(name), OUTPUTS[name]),
                                  ExportConfig(opset=18, atol=1e-3, rtol=1e-3), sample,
                                  work / "export")
     timings["export_s"] = time.perf_counter() - start
@@ -221,42 +293,195 @@ def trtflow_engines(name: str, module: nn.Module, work: Path, quick: bool,
     timings["cleanup_s"] = time.perf_counter() - start
     log(f"{name}: exported and cleaned ({timings})")
 
-    scales = None
     calib_report: dict[str, Any] = {}
     if want_int8:
         start = time.perf_counter()
-        samples = 8 if quick else 64
-        batches = [make_inputs(name, 8, 32 if quick else 128, seed=100 + i)
-                   for i in range(samples // 8)]
+        batches = [make_inputs(name, 8, seq, seed=100 + i) for i in range(8)]
         (work / "calib").mkdir(exist_ok=True)
         cfg = CalibrationConfig(method="entropy", sensitivity=False, min_samples=8)
         calib_report = calibrate_stage.calibrate(clean, iter(batches), cfg,
                                                  os.cpu_count() or 1, work / "calib")
-        scales = calibrate_stage.read_scales(work / "calib" / calibrate_stage.SCALES_FILE)
         timings["calibrate_s"] = time.perf_counter() - start
-        log(f"{name}: calibrated {len(scales)} tensors in {timings['calibrate_s']:.1f}s")
+
+    sources: dict[str, tuple[Path, str]] = {"fp32": (clean, "fp32"), "fp16": (clean, "fp16")}
+    if want_int8:
+        sources["int8"] = (clean, "int8")
+    fusion: dict[str, Any] = {}
+    if fused and name != "resnet50":
+        from trtflow.graph.attention_fusion import fuse_transformer
+
+        for precision in ("fp32", "fp16"):
+            path = work / f"model.fused.{precision}.onnx"
+            start = time.perf_counter()
+            try:
+                fusion[precision] = fuse_transformer(clean, path, fp16=precision == "fp16")
+                fusion[precision]["seconds"] = time.perf_counter() - start
+                # the fused graph is already in its precision: built as is ("fp32" = no cast)
+                sources[f"fused_{precision}"] = (path, "fp32")
+                log(f"{name}: fused {precision}: {fusion[precision]['fused']} attention "
+                    f"{fusion[precision]['attention_fused']}")
+            except Exception as exc:
+                fusion[precision] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                traceback.print_exc()
 
     built: dict[str, Any] = {}
-    for precision in ("fp32", "fp16") + (("int8",) if want_int8 else ()):
-        out = work / f"engine-{precision}"
+    for label, (path, precision) in sources.items():
+        out = work / f"engine-{label}"
         out.mkdir(exist_ok=True)
         start = time.perf_counter()
-        target = Target(backend="onnxruntime", device="cuda", precision=precision)  # type: ignore[arg-type]
-        if device == "cuda":
-            report = build_engine(clean, target, out,
+        # device cpu (smoke test): the same engine code on ORT's CPU provider
+        options = {} if device == "cuda" else {"options": {"execution_device": "cpu"}}
+        try:
+            target = Target(backend="onnxruntime", device="cuda", precision=precision, **options)
+            report = build_engine(path, target, out,
                                   Calibration(work / "calib") if precision == "int8" else None)
-        else:  # smoke test: the same engine code on ORT's CPU provider
-            from trtflow.backends import ort_cuda
-
-            report = ort_cuda.build(clean, target, out, scales, [], None, execution_device="cpu")
-        built[precision] = {"dir": str(out), "build_s": time.perf_counter() - start,
-                            "precision_report": report.get("precision"),
-                            "engine_ops": report.get("engine_ops")}
-        log(f"{name}: built ORT CUDA {precision} in {built[precision]['build_s']:.1f}s")
+        except Exception as exc:
+            built[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            traceback.print_exc()
+            continue
+        built[label] = {"dir": str(out), "build_s": time.perf_counter() - start,
+                        "precision_report": report.get("precision"),
+                        "engine_ops": report.get("engine_ops")}
+        log(f"{name}: built ORT CUDA {label} in {built[label]['build_s']:.1f}s")
     return {"timings": timings, "export_parity": export_report.get("parity"),
-            "cleanup_ops_after": cleanup_report.get("ops_after"),
+            "cleanup_ops_after": cleanup_report.get("ops_after"), "fusion": fusion,
             "calibration": {k: calib_report.get(k) for k in ("method", "tensors", "samples")}
             if calib_report else None, "engines": built}
+
+
+def shaped_engine_class() -> type:
+    """OrtGpuEngine whose profiles learn unknown output shapes (contrib ops defeat ONNX
+    shape inference) from one plain run, so fused graphs get CUDA graphs too."""
+    from trtflow.backends.ort_cuda import OrtGpuEngine
+
+    class ShapedOrtGpuEngine(OrtGpuEngine):  # type: ignore[misc]
+        def _make_profile(self, shapes: dict[str, tuple[int, ...]]) -> Any:
+            from trtflow.backends.ort_cuda import _DTYPES, static_model
+
+            model, out_shapes = static_model(self.model, shapes)
+            if self.use_graph and any(s is None for s in out_shapes.values()):
+                in_types = {i.name: _DTYPES.get(i.type.tensor_type.elem_type, np.float32)
+                            for i in model.graph.input}
+                feeds = {n: np.ones(shapes[n], in_types[n]) for n in self.input_names}
+                probe = self._session(model, False).run(None, feeds)
+                out_shapes = {n: tuple(o.shape) for n, o in
+                              zip(self.output_names, probe, strict=True)}
+                out_types = {o.name: _DTYPES.get(o.type.tensor_type.elem_type, np.float32)
+                             for o in model.graph.output}
+                return self._bind(model, shapes, in_types, out_shapes, out_types, True, "")
+            return super()._make_profile(shapes)
+
+    return ShapedOrtGpuEngine
+
+
+def ort_contenders(name: str, built: dict[str, Any], batches: tuple[int, ...],
+                   inputs: dict[int, dict[str, np.ndarray]], refs: dict[int, np.ndarray],
+                   args: argparse.Namespace, record: Callable[[str, int, dict[str, Any]], None],
+                   ) -> None:
+    engine_cls = shaped_engine_class()
+    variants = []
+    for label, info in built["engines"].items():
+        if "dir" not in info:
+            continue
+        variants.append((f"trtflow_ort_cuda_{label}_cudagraph", label, True))
+        if label in ("fp16",) or args.quick:
+            variants.append((f"trtflow_ort_cuda_{label}", label, False))
+    for contender, label, graph in variants:
+        try:
+            engine = engine_cls.load(Path(built["engines"][label]["dir"]), cuda_graph=graph)
+        except Exception as exc:
+            for bs in batches:
+                record(contender, bs, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            continue
+        for bs in batches:
+            try:
+                t0 = time.perf_counter()
+                profile = engine.bind(inputs[bs])
+                setup_s = time.perf_counter() - t0
+                result = time_call(profile.run, args.device, args.warmup, args.blocks,
+                                   args.block_s)
+                profile.run()
+                out = profile.fetch()[engine.output_names[0]]
+                result.update(accuracy(out, refs[bs]))
+                result.update(profile_setup_s=setup_s, cuda_graph=profile.cuda_graph,
+                              note=profile.note)
+            except Exception as exc:
+                result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+                traceback.print_exc()
+            record(contender, bs, result)
+        del engine
+
+
+# --- AOTInductor engines ----------------------------------------------------------------------
+
+
+def inductor_contenders(name: str, module: nn.Module, work: Path, seq: int,
+                        batches: tuple[int, ...], dev_inputs: dict[int, dict[str, torch.Tensor]],
+                        refs: dict[int, np.ndarray], args: argparse.Namespace,
+                        record: Callable[[str, int, dict[str, Any]], None],
+                        log: Callable[[str], None], entry: dict[str, Any]) -> None:
+    """trtflow's torch-inductor backend: one .pt2 per precision (dynamic batch), run with
+    and without CUDA-graph replay; FP8 Linear (static scales) for the transformers."""
+    from trtflow.backends import torch_inductor as ti
+
+    names = [s.name for s in specs_for(name)]
+    example = tuple(torch.from_numpy(v) for v in make_inputs(name, 2, seq, seed=7).values())
+    dynamic = {n: {0: "batch"} for n in names}
+    precisions = args.inductor_precisions.split(",")
+    variants: list[tuple[str, str, ti.InductorOptions]] = [
+        (p, p, ti.InductorOptions()) for p in precisions[:1]]
+    if name != "resnet50" and args.device == "cuda" and ti.fp8_supported("cuda") \
+            and not args.no_fp8:  # FP8 Linear with static (calibrated) activation scales
+        calib = [tuple(torch.from_numpy(v).to(args.device) for v in
+                       make_inputs(name, 8, seq, seed=200 + i).values()) for i in range(4)]
+        fp8_amax = ti.linear_input_amax(module, calib)
+        variants.append(("fp8_fp16", "fp16", ti.InductorOptions(fp8_linear=True)))
+    else:
+        fp8_amax = None
+    variants += [(p, p, ti.InductorOptions()) for p in precisions[1:]]
+    if args.inductor_autotune and name in args.inductor_autotune.split(","):
+        variants.append(("fp16_autotune", "fp16", ti.InductorOptions(max_autotune=True)))
+    entry.setdefault("inductor", {})
+    for label, precision, options in variants:
+        if time.perf_counter() - MODEL_START > args.model_budget_s - 45:
+            for bs in batches:
+                record(f"trtflow_inductor_{label}_cudagraph", bs, {"not_run": "time budget"})
+            continue
+        out = work / f"inductor-{label}"
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            report = ti.compile_package(module, example, names, dynamic, precision,
+                                        args.device, out, options, fp8_amax)
+        except Exception as exc:
+            entry["inductor"][label] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+            traceback.print_exc()
+            continue
+        entry["inductor"][label] = {k: report.get(k) for k in
+                                    ("export_s", "compile_s", "engine_bytes")}
+        if "fp8_linear" in report:
+            entry["inductor"][label]["fp8_linears"] = len(report["fp8_linear"])
+        log(f"{name}: AOTInductor {label} compiled in {report['compile_s']:.1f}s")
+        for graph in ((True, False) if args.device == "cuda" else (False,)):
+            engine = ti.InductorEngine(out, cuda_graph=graph)
+            contender = f"trtflow_inductor_{label}" + ("_cudagraph" if graph else "")
+            for bs in batches:
+                try:
+                    tensors = tuple(t.to(engine.dtypes[n]) for n, t in
+                                    zip(names, dev_inputs[bs].values(), strict=True))
+                    with torch.inference_mode():
+                        result = time_call(lambda t=tensors, e=engine: e(*t), args.device,
+                                           args.warmup, args.blocks, args.block_s)
+                        outs = engine(*tensors)
+                    out_t = outs[0] if isinstance(outs, tuple | list) else outs
+                    result.update(accuracy(out_t.float().cpu().numpy(), refs[bs]))
+                    result["cuda_graph"] = engine.use_graph
+                    if engine.notes:
+                        result["note"] = "; ".join(engine.notes)
+                except Exception as exc:
+                    result = {"error": f"{type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:300]}"}
+                    traceback.print_exc()
+                record(contender, bs, result)
 
 
 # --- one model -------------------------------------------------------------------------
@@ -272,20 +497,24 @@ class Recorder:
         tmp.replace(self.path)
 
 
+MODEL_START = 0.0
+
+
 def bench_model(name: str, args: argparse.Namespace, rec: Recorder,
                 log: Callable[[str], None]) -> None:
+    global MODEL_START
+    MODEL_START = time.perf_counter()
     device = args.device
     seq = 32 if args.quick else 128
-    batches = (1, 2) if args.quick else ((1, 32) if name == "resnet50" else (1, 8))
+    batches = (1, 2) if args.quick else (1, 8, 32)
     if args.batches:
         batches = tuple(int(b) for b in args.batches.split(","))
-    module = resnet50(device, args.quick) if name == "resnet50" else bert(device, args.quick)
+    module = MODELS[name](device, args.quick)
     entry: dict[str, Any] = {"batch_sizes": list(batches), "contenders": {}}
     if name != "resnet50":
         entry["sequence"] = seq
     rec.data["models"][name] = entry
-    parts = set(args.parts.split(","))
-    iters, warmup = (5, 2) if args.quick else (args.iters, 20)
+    parts = args.parts.split(",")
 
     inputs = {bs: make_inputs(name, bs, seq, seed=bs) for bs in batches}
     dev_inputs = {bs: {k: torch.from_numpy(v).to(device) for k, v in inputs[bs].items()}
@@ -298,8 +527,9 @@ def bench_model(name: str, args: argparse.Namespace, rec: Recorder,
         row[f"bs{bs}"] = result
         rec.save()
         if "median_ms" in result:
-            log(f"{name} bs{bs} {label}: median {result['median_ms']:.3f} ms, p99 "
-                f"{result['p99_ms']:.3f} ms, cos {result.get('cosine', float('nan')):.6f}")
+            log(f"{name} bs{bs} {label}: median {result['median_ms']:.3f} ms "
+                f"[{result['min_ms']:.3f}..{result['max_ms']:.3f}], "
+                f"cos {result.get('cosine', float('nan')):.6f}")
         else:
             log(f"{name} bs{bs} {label}: {result}")
 
@@ -313,8 +543,8 @@ def bench_model(name: str, args: argparse.Namespace, rec: Recorder,
                     out = fn(**dev_inputs[bs])
                     sync(device)
                     first_s = time.perf_counter() - t0
-                    result = time_call(lambda bs=bs: fn(**dev_inputs[bs]), device, warmup, iters,
-                                       args.max_seconds)
+                    result = time_call(lambda bs=bs: fn(**dev_inputs[bs]), device, args.warmup,
+                                       args.blocks, args.block_s)
                     out = fn(**dev_inputs[bs])
                 result.update(accuracy(out.float().cpu().numpy(), refs[bs]))
                 result["first_call_s"] = first_s
@@ -323,113 +553,115 @@ def bench_model(name: str, args: argparse.Namespace, rec: Recorder,
                 traceback.print_exc()
             record(label, bs, result)
 
-    if "eager" in parts:
-        torch_contender("pytorch_eager_fp32", module, autocast=False)
-        torch_contender("pytorch_eager_autocast_fp16", module, autocast=True)
-
-    if "ort" in parts:
-        work = Path(tempfile.mkdtemp(prefix=f"trtflow-gpu-{name}-"))
-        try:
-            built = trtflow_engines(name, module, work, args.quick, not args.no_int8, log,
-                                    device)
-            module.to(device)
-            entry["trtflow"] = built
-            rec.save()
-            ort_contenders(name, built, batches, inputs, refs, args, record, log)
-        except Exception as exc:
-            entry["trtflow_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}"
-            traceback.print_exc()
-            rec.save()
-        module.to(device)
-
-    if "compile" in parts:
-        for mode in args.compile_modes.split(","):
-            if time.perf_counter() - START > args.budget_s:
-                for bs in batches:
-                    record(f"torch_compile_{mode}_fp16", bs, {"not_run": "time budget"})
-                continue
-            torch._dynamo.reset()
-            compiled = torch.compile(module, mode=None if mode == "default" else mode)
-            torch_contender(f"torch_compile_{mode}_fp16", compiled, autocast=True)
+    def compile_mode(mode: str) -> None:
+        need = 150 if mode == "max-autotune" else 30  # what a mode's compile takes, about
+        if time.perf_counter() - MODEL_START > args.model_budget_s - need:
+            for bs in batches:
+                record(f"torch_compile_{mode}_fp16", bs, {"not_run": "time budget"})
+            return
         torch._dynamo.reset()
-    summarize(entry)
-    rec.save()
-    del module
+        compiled = torch.compile(module, mode=None if mode == "default" else mode)
+        mode_batches = batches
+        if mode == "max-autotune" and args.autotune_batches:
+            mode_batches = tuple(int(b) for b in args.autotune_batches.split(","))
+        try:
+            for bs in batches:
+                if bs not in mode_batches:
+                    record(f"torch_compile_{mode}_fp16", bs,
+                           {"not_run": "max-autotune capped to --autotune-batches"})
+            sub = {bs: dev_inputs[bs] for bs in mode_batches}
+            for bs in mode_batches:
+                ctx = torch.autocast(device_type=device, dtype=torch.float16
+                                     if device == "cuda" else torch.bfloat16)
+                try:
+                    with torch.inference_mode(), ctx:
+                        t0 = time.perf_counter()
+                        out = compiled(**sub[bs])
+                        sync(device)
+                        first_s = time.perf_counter() - t0
+                        result = time_call(lambda bs=bs: compiled(**sub[bs]), device,
+                                           args.warmup, args.blocks, args.block_s)
+                        out = compiled(**sub[bs])
+                    result.update(accuracy(out.float().cpu().numpy(), refs[bs]))
+                    result["first_call_s"] = first_s
+                except Exception as exc:
+                    result = {"error": f"{type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:300]}"}
+                    traceback.print_exc()
+                record(f"torch_compile_{mode}_fp16", bs, result)
+        finally:
+            torch._dynamo.reset()
+
+    work = Path(tempfile.mkdtemp(prefix=f"trtflow-gpu-{name}-"))
+    for part in parts:
+        if part == "eager":
+            torch_contender("pytorch_eager_fp32", module, autocast=False)
+            torch_contender("pytorch_eager_autocast_fp16", module, autocast=True)
+        elif part == "ort":
+            try:
+                built = trtflow_engines(name, module, work, seq, args.int8, not args.no_fused,
+                                        log, device)
+                module.to(device)
+                entry["trtflow"] = built
+                rec.save()
+                ort_contenders(name, built, batches, inputs, refs, args, record)
+            except Exception as exc:
+                entry["trtflow_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}"
+                traceback.print_exc()
+                rec.save()
+            module.to(device)
+        elif part == "inductor":
+            inductor_contenders(name, module, work, seq, batches,
+                                {bs: dev_inputs[bs] for bs in batches}, refs, args, record, log,
+                                entry)
+        elif part.startswith("compile:"):
+            compile_mode(part.split(":", 1)[1])
+        else:
+            raise SystemExit(f"--parts: unknown part '{part}' (eager, ort, inductor, "
+                             "compile:MODE)")
+        summarize(entry, args.min_cosine)
+        rec.save()
     if device == "cuda":
         torch.cuda.empty_cache()
 
 
-def ort_contenders(name: str, built: dict[str, Any], batches: tuple[int, ...],
-                   inputs: dict[int, dict[str, np.ndarray]], refs: dict[int, np.ndarray],
-                   args: argparse.Namespace, record: Callable[[str, int, dict[str, Any]], None],
-                   log: Callable[[str], None]) -> None:
-    from trtflow.backends.ort_cuda import OrtGpuEngine
-
-    iters, warmup = (5, 2) if args.quick else (args.iters, 20)
-    variants = []
-    for precision in built["engines"]:
-        variants.append((f"trtflow_ort_cuda_{precision}_cudagraph", precision, True, None))
-        variants.append((f"trtflow_ort_cuda_{precision}", precision, False, None))
-    if name == "resnet50":  # the engines default to NHWC; NCHW and cuDNN bias fusion for contrast
-        for precision in ("fp32", "fp16"):
-            variants.append((f"trtflow_ort_cuda_{precision}_cudagraph_nchw", precision, True,
-                             {"prefer_nhwc": "0", "fuse_conv_bias": "0"}))
-        variants.append(("trtflow_ort_cuda_fp16_cudagraph_no_fuse_conv_bias", "fp16", True,
-                         {"fuse_conv_bias": "0"}))
-    for label, precision, graph, options in variants:
-        try:
-            engine = OrtGpuEngine.load(Path(built["engines"][precision]["dir"]), cuda_graph=graph,
-                                       cuda_options=options)
-        except Exception as exc:
-            for bs in batches:
-                record(label, bs, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})
-            continue
-        for bs in batches:
-            try:
-                t0 = time.perf_counter()
-                profile = engine.bind(inputs[bs])
-                setup_s = time.perf_counter() - t0
-                result = time_call(profile.run, args.device, warmup, iters, args.max_seconds)
-                profile.run()
-                out = profile.fetch()[engine.output_names[0]]
-                result.update(accuracy(out, refs[bs]))
-                result.update(profile_setup_s=setup_s, cuda_graph=profile.cuda_graph,
-                              note=profile.note)
-            except Exception as exc:
-                result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
-                traceback.print_exc()
-            record(label, bs, result)
-        del engine
-
-
-def summarize(entry: dict[str, Any]) -> None:
-    """Speed-up of every contender vs eager FP32, and the best torch.compile per batch."""
+def summarize(entry: dict[str, Any], min_cosine: float) -> None:
+    """Speed-up vs eager FP32, the best torch.compile mode, the best trtflow engine and
+    the engine `best` would keep (fastest with cosine >= min_cosine), with the noise."""
     rows = entry["contenders"]
     base = rows.get("pytorch_eager_fp32", {})
     summary: dict[str, Any] = {}
     for bs in entry["batch_sizes"]:
         key = f"bs{bs}"
         eager = base.get(key, {}).get("median_ms")
-        timed = {label: r[key]["median_ms"] for label, r in rows.items()
-                 if "median_ms" in r.get(key, {})}
+        timed = {label: r[key] for label, r in rows.items() if "median_ms" in r.get(key, {})}
         if eager:
-            for r in rows.values():
-                if "median_ms" in r.get(key, {}):
-                    r[key]["speedup_vs_eager_fp32"] = eager / r[key]["median_ms"]
+            for r in timed.values():
+                r["speedup_vs_eager_fp32"] = eager / r["median_ms"]
         compiled = {k: v for k, v in timed.items() if k.startswith("torch_compile_")}
-        ours = {k: v for k, v in timed.items() if k.startswith("trtflow_")}
-        best_compile = min(compiled.items(), key=lambda kv: kv[1]) if compiled else None
-        best_ours = min(ours.items(), key=lambda kv: kv[1]) if ours else None
-        summary[key] = {
-            "eager_fp32_ms": eager,
-            "best_torch_compile": {"label": best_compile[0], "median_ms": best_compile[1]}
-            if best_compile else None,
-            "best_trtflow": {"label": best_ours[0], "median_ms": best_ours[1],
-                             "speedup_vs_eager_fp32": eager / best_ours[1] if eager else None}
-            if best_ours else None,
-            "trtflow_faster_than_best_compile": (best_ours[1] < best_compile[1])
-            if best_ours and best_compile else None,
-        }
+        ours = {k: v for k, v in timed.items() if k.startswith("trtflow_")
+                and v.get("cosine", 0) >= min_cosine and v.get("finite", True)}
+        best_compile = min(compiled.items(), key=lambda kv: kv[1]["median_ms"]) \
+            if compiled else None
+        best_ours = min(ours.items(), key=lambda kv: kv[1]["median_ms"]) if ours else None
+        row: dict[str, Any] = {"eager_fp32_ms": eager}
+        if best_compile:
+            row["best_torch_compile"] = {"label": best_compile[0],
+                                         "median_ms": best_compile[1]["median_ms"]}
+        if best_ours:
+            row["selected_trtflow"] = {
+                "label": best_ours[0], "median_ms": best_ours[1]["median_ms"],
+                "cosine": best_ours[1].get("cosine"),
+                "speedup_vs_eager_fp32": eager / best_ours[1]["median_ms"] if eager else None}
+        if best_ours and best_compile:
+            o, c = best_ours[1], best_compile[1]
+            ratio = c["median_ms"] / o["median_ms"]
+            # noise: the block-mean intervals of the two overlap -> a tie
+            overlap = o["min_ms"] <= c["max_ms"] and c["min_ms"] <= o["max_ms"]
+            row["vs_best_compile"] = ratio
+            row["verdict"] = ("tie (inside the noise)" if overlap else
+                              ("faster" if ratio > 1 else "slower"))
+        summary[key] = row
     entry["summary"] = summary
 
 
@@ -497,15 +729,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few iterations")
-    parser.add_argument("--models", default="resnet50,bert")
-    parser.add_argument("--parts", default="eager,ort,compile")
-    parser.add_argument("--compile-modes", default=",".join(COMPILE_MODES))
-    parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--models", default="resnet50,bert,minilm")
+    parser.add_argument("--parts", default=DEFAULT_PARTS,
+                        help="in order: eager, ort, inductor, compile:MODE (each mode its own)")
+    parser.add_argument("--int8", action="store_true", help="also the ORT int8 Q/DQ engine")
+    parser.add_argument("--no-fused", action="store_true",
+                        help="no ORT transformer fusion variant")
+    parser.add_argument("--no-fp8", action="store_true", help="no AOTInductor FP8 Linear")
+    parser.add_argument("--inductor-precisions", default="fp16,bf16")
+    parser.add_argument("--inductor-autotune", default="",
+                        help="models that also get an AOTInductor max-autotune package")
+    parser.add_argument("--autotune-batches", default="1",
+                        help="batch sizes torch.compile max-autotune runs (its compile cost)")
     parser.add_argument("--batches", help="override the batch sizes, e.g. 32")
-    parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--max-seconds", type=float, default=10.0)
-    parser.add_argument("--budget-s", type=float, default=1e9,
-                        help="skip torch.compile modes once this many seconds have passed")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--blocks", type=int, default=5)
+    parser.add_argument("--block-s", type=float, default=0.1, help="seconds per timed block")
+    parser.add_argument("--min-cosine", type=float, default=0.995,
+                        help="the agreement gate of the engine `best` keeps")
+    parser.add_argument("--model-budget-s", type=float, default=1e9,
+                        help="per model: skip compile modes / packages once past this")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("--name", default="gpu.json")
     parser.add_argument("--flow", type=Path, help="run a params file's cuda targets instead")
@@ -523,23 +766,24 @@ def main() -> None:
         merged = {"device": devices[0] if len(devices) == 1 else devices, "runs": runs}
         (args.out / args.name).write_text(json.dumps(merged, indent=2))
         return
+    import onnxruntime as ort
+
+    if args.device == "cuda":
+        ort.preload_dlls()
+        torch.backends.cudnn.benchmark = True
     if args.flow:
         run_flow(args.flow, args.targets.split(",") if args.targets else None, args.out, log)
         return
-    if args.device == "cuda":
-        import onnxruntime
-
-        onnxruntime.preload_dlls()
-        torch.backends.cudnn.benchmark = True
-    import onnxruntime as ort
 
     rec = Recorder(args.out / args.name, {
         "device": device_name(args.device), "device_kind": args.device,
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
         "python": platform.python_version(), "quick": args.quick,
-        "timing": "host perf_counter around each call, torch.cuda.synchronize() before and "
-                  "after; inputs already on the device; median and p99 over the iterations",
+        "timing": "latency: each call followed by torch.cuda.synchronize(); CUDA events "
+                  "around blocks of n calls (a block ~--block-s); median of the block means, "
+                  "min..max = noise interval; inputs already on the device",
+        "args": vars(args) | {"out": str(args.out)},
         "tf32": {"cudnn": torch.backends.cudnn.allow_tf32,
                  "matmul": torch.backends.cuda.matmul.allow_tf32},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": {}})
@@ -549,9 +793,30 @@ def main() -> None:
         bench_model(name, args, rec, log)
     rec.data["wall_s"] = time.perf_counter() - START
     rec.save()
-    for name, entry in rec.data["models"].items():
-        for key, summary in entry.get("summary", {}).items():
-            log(f"SUMMARY {name} {key}: {json.dumps(summary)}")
+    print_table(rec.data)
+
+
+def print_table(data: dict[str, Any]) -> None:
+    """The short table last in stdout: per model and batch, eager FP32, the best
+    torch.compile, the engine `best` keeps, and the ratios the targets name."""
+    print(f"\n{data.get('device')}  (ms, median of block means)")
+    print(f"{'model':9} {'bs':>3} {'eager32':>8} {'compile':>8} {'trtflow':>8} {'x comp':>6} "
+          f"{'x eager':>7}  selected / best compile / verdict")
+    for name, entry in data["models"].items():
+        for key, row in entry.get("summary", {}).items():
+            comp = row.get("best_torch_compile") or {}
+            ours = row.get("selected_trtflow") or {}
+
+            def ms(v: Any) -> str:
+                return f"{v:8.3f}" if isinstance(v, float) else f"{'-':>8}"
+
+            ratio = row.get("vs_best_compile")
+            speed = ours.get("speedup_vs_eager_fp32")
+            print(f"{name:9} {key[2:]:>3} {ms(row.get('eager_fp32_ms'))} "
+                  f"{ms(comp.get('median_ms'))} {ms(ours.get('median_ms'))} "
+                  f"{(f'{ratio:6.2f}' if ratio else '     -')} "
+                  f"{(f'{speed:7.2f}' if speed else '      -')}  {ours.get('label', '-')} / "
+                  f"{comp.get('label', '-')} / {row.get('verdict', '-')}")
 
 
 if __name__ == "__main__":
