@@ -23,6 +23,8 @@ median and its spread over rounds, the load average before and after, and the CP
     python bench/calibration_speed.py                     # all models, 3 rounds
     python bench/calibration_speed.py --models resnet18 --rounds 2 --samples 64
     python bench/calibration_speed.py --profile resnet18  # cProfile of the trtflow stage
+    python bench/calibration_speed.py --sensitivity resnet18 --samples 16
+                                          # per-layer vs grouped sensitivity rankings
 """
 
 from __future__ import annotations
@@ -254,6 +256,54 @@ def profile(model: str, n: int, overrides: dict[str, Any]) -> None:
     pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
 
 
+def compare_sensitivity(model: str, n: int, top: int = 8) -> dict[str, Any]:
+    """Per-layer sensitivity (one evaluation a layer) vs the grouped, best-first ranking
+    (``quant.group_sensitivity``) on the same selection samples: top layers, evaluations,
+    seconds."""
+    import onnx
+
+    from trtflow.quant import accuracy
+    from trtflow.quant.collect import collect_histograms
+    from trtflow.quant.group_sensitivity import grouped_sensitivity
+    from trtflow.quant.methods import compute_amax
+    from trtflow.quant.qdq import float_activations
+
+    clean = prepare(model)
+    graph = onnx.load(str(clean))
+    feeds = samples_for(model, n)
+    tensors = float_activations(graph)
+    hists = collect_histograms(graph, tensors, feeds, threads()).collector
+    amax = {t: compute_amax(hists[t], "entropy") for t in tensors}
+    ev = accuracy.Evaluator(graph, feeds, "cosine", threads())
+
+    class Counting:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def quantized_nodes(self, a: Any) -> list[str]:
+            return ev.quantized_nodes(a)
+
+        def score(self, a: Any, skip: Any = ()) -> dict[str, float]:
+            self.calls += 1
+            return ev.score(a, skip)
+
+    per_layer, grouped = Counting(), Counting()
+    start = time.perf_counter()
+    exact = accuracy.sensitivity(per_layer, amax)  # type: ignore[arg-type]
+    exact_s = time.perf_counter() - start
+    start = time.perf_counter()
+    fast = grouped_sensitivity(grouped, amax, top=top)
+    fast_s = time.perf_counter() - start
+    exact_top = [r["node"] for r in exact[:top]]
+    fast_top = [r["node"] for r in fast]
+    return {"samples": n, "layers": len(exact), "top": top,
+            "per_layer": {"evaluations": per_layer.calls, "seconds": exact_s,
+                          "top": exact_top},
+            "grouped": {"evaluations": grouped.calls, "seconds": fast_s, "top": fast_top},
+            "same_top_set": set(exact_top) == set(fast_top), "same_order": exact_top == fast_top,
+            "loadavg": os.getloadavg()}
+
+
 def cpu_info() -> dict[str, Any]:
     from trtflow.latency import cpu_flags, host_fingerprint
 
@@ -274,6 +324,8 @@ def main() -> None:
                         "(instead of the defaults, named 'trtflow')")
     parser.add_argument("--nncf-b1", action="store_true", help="also NNCF fed one sample "
                         "per item")
+    parser.add_argument("--sensitivity", nargs="*", choices=MODELS,
+                        help="compare per-layer and grouped sensitivity rankings instead")
     parser.add_argument("--profile", choices=MODELS)
     parser.add_argument("--set", type=json.loads, default={},
                         help="JSON calibration params for --profile")
@@ -282,14 +334,24 @@ def main() -> None:
     if args.profile:
         profile(args.profile, args.samples, args.set)
         return
+    if args.sensitivity:
+        out = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        for model in args.sensitivity:
+            out.setdefault("sensitivity", {})[model] = row = compare_sensitivity(
+                model, args.samples)
+            print(model, json.dumps(row, indent=1), flush=True)
+        args.out.write_text(json.dumps(out, indent=2))
+        return
     variants = dict(VARIANTS) if not args.variant else {}
     for spec in args.variant:
         name, _, overrides = spec.partition("=")
         variants[name] = json.loads(overrides)
     results: dict[str, Any] = {}
+    previous: dict[str, Any] = {}
     if args.out.is_file():  # a run of some models keeps the others' figures
         with contextlib.suppress(ValueError):
-            results = json.loads(args.out.read_text()).get("models", {})
+            previous = json.loads(args.out.read_text())
+            results = previous.get("models", {})
     for model in args.models:
         results[model] = bench_model(model, args.samples, args.rounds, variants, args.nncf_b1)
         print(json.dumps({k: v for k, v in results[model].items()
@@ -300,7 +362,9 @@ def main() -> None:
     args.out.write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                     "trtflow": str(Path(trtflow.__file__).parent),
                                     "note": os.environ.get("BENCH_NOTE", ""),
-                                    "host": cpu_info(), "models": results}, indent=2))
+                                    "host": cpu_info(), "models": results,
+                                    **({"sensitivity": previous["sensitivity"]}
+                                       if "sensitivity" in previous else {})}, indent=2))
     print(f"wrote {args.out}")
 
 
