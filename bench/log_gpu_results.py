@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FIGURES = ("median_ms", "p99_ms", "speedup_vs_eager_fp32", "cosine")
+FIGURES = ("median_ms", "p99_ms", "min_ms", "max_ms", "speedup_vs_eager_fp32", "cosine")
+SUMMARY = ("vs_best_compile", "eager_fp32_ms")
 ENV = ("device", "torch", "cuda", "onnxruntime", "python", "timing", "started")
 
 
@@ -32,6 +33,15 @@ def metrics_of(run: dict[str, Any]) -> dict[str, float]:
                 for fig in FIGURES:
                     if isinstance(row.get(fig), int | float):
                         out[f"{model}.{contender}.{bs}.{fig}"] = float(row[fig])
+        # the engine `best` keeps vs the best torch.compile mode, per batch size
+        for bs, row in result.get("summary", {}).items():
+            for fig in SUMMARY:
+                if isinstance(row.get(fig), int | float):
+                    out[f"{model}.summary.{bs}.{fig}"] = float(row[fig])
+            selected = row.get("selected_trtflow") or {}
+            for fig in ("median_ms", "speedup_vs_eager_fp32"):
+                if isinstance(selected.get(fig), int | float):
+                    out[f"{model}.summary.{bs}.selected_{fig}"] = float(selected[fig])
     return out
 
 
