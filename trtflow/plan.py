@@ -171,9 +171,13 @@ def _build_facts(ctx: Context, target: str | None) -> dict[str, Any]:
     from trtflow.latency import host_fingerprint
     from trtflow.select import candidates
 
-    # the choice is a measurement on this host, of every candidate backend
-    return {"host": host_fingerprint(), "metric": metric(ctx), "candidates": {
+    # the choice is a measurement on this host, of every candidate backend; SmoothQuant
+    # candidates re-calibrate with the calibration settings
+    facts = {"host": host_fingerprint(), "metric": metric(ctx), "candidates": {
         c.name: backend_fingerprint(c.target) for c in candidates(spec, None, True)}}
+    if spec.select.smoothquant_alpha:
+        facts["calibration"] = ctx.params.section_digest("calibration")
+    return facts
 
 
 def _build(ctx: Context, target: str | None, out: Path, cleaned: StageResult,
@@ -202,12 +206,14 @@ def _select(ctx: Context, spec: Target, model: Path, out: Path,
     if ctx.progress:
         ctx.progress("build: timing the candidate engines (precision best)")
     return select_engine(model, spec, out, calibration, selection, metric(ctx),
-                         spec.select.min_agreement or gates.min_agreement, spec.threads)
+                         spec.select.min_agreement or gates.min_agreement, spec.threads,
+                         ctx.params.calibration)
 
 
 BUILD = Step(
-    "build", "build-4", _build,  # 3: the Q/DQ graph TensorRT gets kept beside the engine;
-    # 4: targets key their backend options under `options`
+    "build", "build-5", _build,  # 3: the Q/DQ graph TensorRT gets kept beside the engine;
+    # 4: targets key their backend options under `options`; 5: SmoothQuant candidates
+    # re-calibrate through the calibrate stage's own function
     inputs=(Upstream("cleanup"), Upstream("calibrate", when=needs_calibration)),
     reads=("targets.{target}",),
     libraries=("onnx",),  # the backend adds its own (backend_fingerprint)

@@ -32,7 +32,7 @@ import numpy as np
 from trtflow.backends import Calibration, build_engine, load_engine, registered, selectable
 from trtflow.errors import BuildError, CalibrationError, ModelError
 from trtflow.latency import combined_noise_pct, median_interval
-from trtflow.params import SelectPolicy, Target
+from trtflow.params import CalibrationConfig, SelectPolicy, Target
 
 SELECTION_FILE = "selection.json"
 CANDIDATES_DIR = "candidates"
@@ -186,7 +186,8 @@ def decide(pool: list[Candidate]) -> tuple[Candidate, str]:
 
 def select_engine(model_path: Path, target: Target, out_dir: Path,
                   calibration: Calibration | None, selection: dict[str, np.ndarray],
-                  metric: str, min_agreement: float, threads: int | None) -> dict[str, Any]:
+                  metric: str, min_agreement: float, threads: int | None,
+                  calibration_config: CalibrationConfig | None = None) -> dict[str, Any]:
     """Build, check and time every candidate; copy the winner's engine into `out_dir`
     (its manifest names the backend that really built it) and write selection.json."""
     from trtflow.backends.onnxruntime_backend import OrtEngine
@@ -194,6 +195,7 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
     from trtflow.stages.validate import accuracy_and_agreement
 
     pool = candidates(target, model_path, calibration is not None)
+    calibration_config = calibration_config or CalibrationConfig()
     reference = OrtEngine.from_model(model_path, threads, spinning=False).run(selection)
     work = out_dir / CANDIDATES_DIR
     engines: dict[str, Any] = {}
@@ -206,8 +208,9 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
             if cand.float_ops and calibration is not None:
                 calib = _with_float_ops(calibration, model_path, cand.float_ops, cand_dir)
             if cand.smooth_alpha is not None and calibration is not None:
-                source, calib = smoothed_calibration(model_path, calibration, cand.smooth_alpha,
-                                                     selection, metric, threads, cand_dir)
+                source, calib = smoothed_calibration(model_path, calibration_config,
+                                                     cand.smooth_alpha, selection, metric,
+                                                     threads, cand_dir)
             reports[cand.name] = build_engine(source, cand.target, cand_dir, calib)
             engine = load_engine(cand_dir, threads, spinning=False)
             cand.agreement = float(accuracy_and_agreement(
@@ -244,78 +247,45 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
 def _with_float_ops(calibration: Calibration, model_path: Path, classes: tuple[str, ...],
                     cand_dir: Path) -> Calibration:
     """A copy of the calibration whose float fallback also keeps `classes` in float."""
-    from trtflow.stages.calibrate import ACCURACY_FILE
-
-    copy = cand_dir / "calibration"
-    shutil.copytree(calibration.path, copy)
-    meta = json.loads((copy / ACCURACY_FILE).read_text())
-    fallback = dict(meta.get("fallback") or {})
     extra = [label for cls in classes for label in float_op_classes(model_path)[cls]]
-    fallback["skip"] = sorted(set(fallback.get("skip", [])) | set(extra))
-    meta["fallback"] = fallback
-    (copy / ACCURACY_FILE).write_text(json.dumps(meta, indent=2))
-    return Calibration(copy)
+    return calibration.with_float_layers(extra, cand_dir / "calibration")
 
 
 SMOOTH_FILE = "model.smooth.onnx"
 SMOOTH_REPORT = "smoothquant.json"
 
 
-def smoothed_calibration(model_path: Path, calibration: Calibration, alpha: float,
+def smoothed_calibration(model_path: Path, cfg: CalibrationConfig, alpha: float,
                          selection: dict[str, np.ndarray], metric: str, threads: int | None,
                          cand_dir: Path) -> tuple[Path, Calibration]:
-    """SmoothQuant at `alpha`, then calibration re-run on the smoothed graph over the
-    selection split (the calibration data): the method with the best agreement, every
-    layer int8 unless that misses the calibration's fallback budget, in which case its
-    fallback keeps the most sensitive layers float. Returns the graph and a calibration
-    directory that fit each other (the smoothed tensors have new amax)."""
+    """SmoothQuant at `alpha`, then the calibrate stage's own `calibrate` on the smoothed
+    graph over the selection split (the calibration data), with the params' calibration
+    settings and `method: auto`: every layer int8 unless that misses the fallback budget,
+    in which case its fallback keeps the most sensitive layers float. Returns the graph and
+    a calibration that fit each other (the smoothed tensors have new amax)."""
     import onnx
 
     from trtflow.graph.smoothquant import channel_amax, smooth, smoothable
-    from trtflow.quant import accuracy
-    from trtflow.quant.cache import write_calibration_cache
-    from trtflow.quant.collect import collect_histograms
-    from trtflow.quant.methods import METHODS, compute_amax, scale_from_amax
-    from trtflow.quant.qdq import insert_qdq
-    from trtflow.stages.calibrate import (
-        ACCURACY_FILE,
-        CACHE_FILE,
-        QDQ_FILE,
-        SCALES_FILE,
-        calibration_tensors,
-    )
+    from trtflow.stages.calibrate import calibrate
 
     workers = threads or 1
     model = onnx.load(str(model_path))
     smoothed, report = smooth(model, channel_amax(model, smoothable(model), [selection],
                                                   workers), alpha)
     onnx.save_model(smoothed, str(cand_dir / SMOOTH_FILE))
-    tensors = calibration_tensors(smoothed)
-    histograms = collect_histograms(smoothed, tensors, [selection], workers).collector
-    inputs = {i.name for i in smoothed.graph.input}  # bounded data: max, as calibrate does
-    by_method = {m: {t: compute_amax(histograms[t], "max" if t in inputs else m)
-                     for t in tensors} for m in METHODS}
-    evaluator = accuracy.Evaluator(smoothed, [selection], metric, workers)
-    method, scores = accuracy.choose_method(evaluator, by_method)
-    amax = by_method[method]
-    meta = json.loads((calibration.path / ACCURACY_FILE).read_text())
-    budget = (meta.get("fallback") or {}).get("min_agreement")
-    fallback = None
-    if budget is not None and scores[method]["agreement"] < budget:
-        ranked = accuracy.sensitivity(evaluator, amax)
-        fallback = accuracy.fallback(evaluator, amax, ranked, budget, max_layers=8)
+    samples = len(next(iter(selection.values())))
+    settings = cfg.model_copy(update={"method": "auto", "sensitivity": False,
+                                      "max_samples": None, "min_samples": 1,
+                                      "selection_samples": samples})
     copy = cand_dir / "calibration"
     copy.mkdir()
-    skip = frozenset((fallback or {}).get("skip", []))  # a complete calibration directory:
-    write_calibration_cache(copy / CACHE_FILE,  # TensorRT's cache and Q/DQ model too
-                            {t: scale_from_amax(a, t) for t, a in amax.items()})
-    onnx.save_model(insert_qdq(smoothed, amax, "tensorrt", skip=skip)[0], str(copy / QDQ_FILE))
-    (copy / SCALES_FILE).write_text(json.dumps(
-        {t: {"amax": a, "scale": a / 127.0, "method": method} for t, a in amax.items()},
-        indent=2))
-    (copy / ACCURACY_FILE).write_text(json.dumps(
-        {"method_scores": scores, "sensitivity": [], "fallback": fallback}, indent=2))
+    result = calibrate(cand_dir / SMOOTH_FILE, iter([selection]), settings, workers, copy,
+                       metric=metric, selection=iter([selection]),
+                       batches_again=lambda: iter([selection]))
+    method = str(result["method"])
+    scores = result.get("method_scores") or {}
     (cand_dir / SMOOTH_REPORT).write_text(json.dumps(
-        {**report.as_dict(), "method": method, "agreement": scores[method]["agreement"],
-         "float_layers": (fallback or {}).get("skip", [])}, indent=2))
+        {**report.as_dict(), "method": method,
+         "agreement": (scores.get(method) or {}).get("agreement"),
+         "float_layers": result.get("float_layers", [])}, indent=2))
     return cand_dir / SMOOTH_FILE, Calibration(copy)

@@ -10,16 +10,16 @@ import pytest
 
 from trtflow.errors import CalibrationError
 from trtflow.params import CalibrationConfig, Fallback
-from trtflow.quant.cache import check_cache_matches, read_calibration_cache
-from trtflow.quant.collector import HistogramCollector
-from trtflow.stages.calibrate import (
+from trtflow.quant.artifact import (
     ACCURACY_FILE,
     CACHE_FILE,
     HISTOGRAMS_FILE,
     QDQ_FILE,
     SCALES_FILE,
-    calibrate,
 )
+from trtflow.quant.cache import check_cache_matches, read_calibration_cache
+from trtflow.quant.collector import HistogramCollector
+from trtflow.stages.calibrate import calibrate
 
 from .tiny import conv_bn_graph
 

@@ -14,8 +14,9 @@ from onnx import TensorProto, numpy_helper
 
 from trtflow.errors import CalibrationError, ParamsError
 from trtflow.params import CalibrationConfig
+from trtflow.quant.artifact import FP8_QDQ_FILE, SCALES_FILE
 from trtflow.quant.qdq import FP8_MAX, insert_qdq, quantize_weight
-from trtflow.stages.calibrate import FP8_QDQ_FILE, SCALES_FILE, calibrate
+from trtflow.stages.calibrate import calibrate
 
 from .test_qdq import _feeds, _run, attention_block, residual_block, true_amax
 from .tiny import conv_bn_graph

@@ -160,14 +160,16 @@ def test_a_smoothquant_candidate_is_recalibrated_on_the_smoothed_graph(tmp_path:
     assert rows["onnxruntime-int8-smoothquant0.5"]["agreement"] > 0.99
     cand = tmp_path / "cand"
     cand.mkdir()
-    graph, smoothed = smoothed_calibration(tmp_path / "m.onnx", Calibration(calib), 0.5,
-                                           batches[0], "cosine", 1, cand)
+    graph, smoothed = smoothed_calibration(tmp_path / "m.onnx", CalibrationConfig(method="max"),
+                                           0.5, batches[0], "cosine", 1, cand)
     smoothing = json.loads((cand / "smoothquant.json").read_text())
     assert [g["activation"] for g in smoothing["groups"]] == ["h", "r"]
     assert smoothing["float_layers"] == []  # no fallback budget in this calibration
-    # a complete calibration directory: TensorRT's Q/DQ model and cache for the new graph
-    assert {"model.qdq.onnx", "calibration.cache", "scales.json", "accuracy.json"} <= {
-        p.name for p in smoothed.path.iterdir()}
+    # a complete calibration, written by the calibrate stage itself: TensorRT's Q/DQ models,
+    # cache, scales with every method's amax, histograms, for the new graph
+    assert smoothed.qdq_model("int8").is_file() and smoothed.qdq_model("fp8").is_file()
+    assert smoothed.cache_file.is_file() and smoothed.histograms_file.is_file()
+    assert all("amax_by_method" in row for row in smoothed.scales().values())
     # the MatMul reads the smoothed tensor now, and the calibration has its amax
     assert "h_smoothed" in smoothed.amax() and "h_smoothed" not in Calibration(calib).amax()
     assert any(n.op_type == "Mul" and n.output[0] == "h_smoothed"

@@ -1,7 +1,7 @@
 """ONNX Runtime engines: an offline-optimized graph plus the session config to run it.
 
-fp8 on the CPU is a numerical stand-in, not an FP8 engine: the calibrate stage's FP8
-Q/DQ model (``model.qdq.fp8.onnx``, what TensorRT builds FP8 engines from) run by ORT,
+fp8 on the CPU is a numerical stand-in, not an FP8 engine: the calibration's FP8
+Q/DQ graph (what TensorRT builds FP8 engines from) run by ORT,
 which simulates E4M3 rounding in float. It runs at ORT's *basic* level: ORT 1.32's
 extended QDQ fusions treat FP8 Q/DQ as integer ones (digits: top-1 agreement 0.98 at
 basic, 0.13 at extended), so they are kept off.

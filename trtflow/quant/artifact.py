@@ -12,11 +12,16 @@ the float fallback). Backends, reports and the select step read it through
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trtflow.errors import BuildError, CalibrationError
+
+if TYPE_CHECKING:
+    import onnx
 
 SCALES_FILE = "scales.json"
 CACHE_FILE = "calibration.cache"
@@ -94,3 +99,45 @@ class Calibration:
     def qdq_model_name(self, precision: str = "int8") -> str:
         """The file name of that graph, for reports that record which one was used."""
         return FP8_QDQ_FILE if precision == "fp8" else QDQ_FILE
+
+    def logged_files(self) -> list[Path]:
+        """The files a run logs (MLflow's `calibration/` artifacts), those that exist:
+        scales, cache, accuracy report, INT8 Q/DQ graph and histograms (a few MB at most,
+        for `trtflow report`)."""
+        names = (SCALES_FILE, CACHE_FILE, ACCURACY_FILE, QDQ_FILE, HISTOGRAMS_FILE)
+        return [self.path / n for n in names if (self.path / n).is_file()]
+
+    # --- writing: the calibrate stage only ---------------------------------------
+
+    def write_cache(self, scales: Mapping[str, float], algorithm: str) -> int:
+        """TensorRT's text cache of `scales` (tensor -> scale); the entries written."""
+        from trtflow.quant.cache import write_calibration_cache
+
+        write_calibration_cache(self.cache_file, scales, algorithm=algorithm)
+        return len(scales)
+
+    def write_scales(self, table: Mapping[str, Mapping[str, Any]]) -> None:
+        """scales.json: per tensor amax, scale, method, every method's amax, whether the
+        Q/DQ model quantizes it, its FP8 row."""
+        self.scales_file.write_text(json.dumps(table, indent=2))
+
+    def write_qdq_model(self, model: onnx.ModelProto, precision: str = "int8") -> Path:
+        import onnx
+
+        path = self.path / self.qdq_model_name(precision)
+        onnx.save_model(model, str(path))
+        return path
+
+    def write_accuracy(self, report: Mapping[str, Any]) -> None:
+        self.accuracy_file.write_text(json.dumps(report, indent=2))
+
+    def with_float_layers(self, layers: list[str], dest: Path) -> Calibration:
+        """A copy at `dest` whose float fallback also keeps `layers` in float (the builds
+        reading it leave them unquantized)."""
+        shutil.copytree(self.path, dest)
+        copy = Calibration(dest)
+        meta = copy.accuracy()
+        fallback = dict(meta.get("fallback") or {})
+        fallback["skip"] = sorted(set(fallback.get("skip", [])) | set(layers))
+        copy.write_accuracy({**meta, "fallback": fallback})
+        return copy

@@ -1,4 +1,4 @@
-"""Histograms of many tensors, streamed batch by batch, and their ``histograms.npz`` file.
+"""Histograms of many tensors, streamed batch by batch, and their ``.npz`` file.
 
 The per-tensor histogram and its exact power-of-two regridding live in ``histogram``;
 this module holds the collection of them that a calibration pass updates concurrently,
@@ -84,7 +84,7 @@ class HistogramCollector:
         return len(self.histograms)
 
     def save_npz(self, path: str | Path) -> Path:
-        """Write ``histograms.npz`` atomically (temp file in the same folder, then rename).
+        """Write the histograms as an ``.npz``, atomically (temp file in the folder, renamed).
 
         Tensor names may hold '/', '.', ':' (ONNX names do), so they are stored as a
         ``names`` array and each tensor's fine counts under an index key ``counts_<i>``.

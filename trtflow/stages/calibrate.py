@@ -1,24 +1,25 @@
 """calibrate: one histogram pass over the calibration data, scales from all four methods.
 
-Outputs (one directory, content-addressed like every stage):
-- `histograms.npz`   the raw per-tensor histograms (methods can be compared later);
-- `scales.json`      tensor -> {amax, scale, method} for the chosen method, plus every
-                     method's amax so reports can compare them;
-- `calibration.cache` TensorRT's text cache of the chosen scales for *every* float
-                     activation of the graph, as TensorRT's own calibrator writes it
-                     (TensorRT <= 10, ORT-TRT); the header names the chosen method's
-                     TensorRT algorithm, scales.json each tensor's own method;
-- `model.qdq.onnx`   explicit INT8 quantization placed the TensorRT way (TensorRT 11 builds
-                     only from Q/DQ graphs): the subset of the cache's tensors it needs;
-- `model.qdq.fp8.onnx` the same placement in FP8 (E4M3FN, opset 19, scale = amax/448 with
-                     `fp8_method`'s amax): what a TensorRT fp8 build reads, and what an
-                     ONNX Runtime fp8 target runs on the CPU as its numerical stand-in.
+Its directory is a `trtflow.quant.artifact.Calibration` (that module names the files):
+- the raw per-tensor histograms (methods can be compared later);
+- the scales: tensor -> {amax, scale, method} for the chosen method, plus every
+  method's amax so reports can compare them;
+- TensorRT's text cache of the chosen scales for *every* float activation of the
+  graph, as TensorRT's own calibrator writes it (TensorRT <= 10, ORT-TRT); the header
+  names the chosen method's TensorRT algorithm, the scales each tensor's own method;
+- the INT8 Q/DQ graph, placed the TensorRT way (TensorRT 11 builds only from Q/DQ
+  graphs): the subset of the cache's tensors it needs;
+- the FP8 Q/DQ graph: the same placement in E4M3FN (opset 19, scale = amax/448 with
+  `fp8_method`'s amax): what a TensorRT fp8 build reads, and what an ONNX Runtime fp8
+  target runs on the CPU as its numerical stand-in;
+- the selection-split accuracy report (method scores, sensitivity, fallback).
 A graph that already carries Q/DQ (from QAT) keeps its scales; it still gets a cache.
+`calibrate` is also what precision best's SmoothQuant candidates run on their
+smoothed graph (trtflow.select): one writer of calibrations.
 """
 
 from __future__ import annotations
 
-import json
 import resource
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,17 +33,7 @@ from onnx import numpy_helper
 from trtflow.errors import CalibrationError
 from trtflow.params import CalibrationConfig
 from trtflow.quant import accuracy as accuracy_mod
-from trtflow.quant.artifact import (
-    ACCURACY_FILE,
-    CACHE_FILE,
-    FP8_QDQ_FILE,
-    HISTOGRAMS_FILE,
-    QDQ_FILE,
-    SCALES_FILE,
-    Calibration,
-)
-from trtflow.quant.artifact import read_scales as read_scales
-from trtflow.quant.cache import write_calibration_cache
+from trtflow.quant.artifact import Calibration
 from trtflow.quant.collect import Progress, collect_histograms
 from trtflow.quant.collector import HistogramCollector
 from trtflow.quant.methods import METHODS, compute_amax, scale_from_amax
@@ -145,7 +136,8 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
 
         warnings.warn(f"calibration used only {result.samples} samples (< min_samples="
                       f"{cfg.min_samples}); scales may not represent the data", stacklevel=2)
-    result.collector.save_npz(out_dir / HISTOGRAMS_FILE)
+    artifact = Calibration(out_dir)
+    result.collector.save_npz(artifact.histograms_file)
     all_amax = {m: {t: compute_amax(result.collector[t], m, **method_options(cfg, m))
                     for t in tensors} for m in METHODS}
     accuracy = AccuracyReport()
@@ -171,8 +163,8 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
     skip = accuracy.fallback["skip"] if accuracy.fallback else []
     fp8 = fp8_table(result.collector, {t: all_amax[cfg.fp8_method][t] for t in tensors},
                     cfg.fp8_method)
-    qdq_report = _write_outputs(model, chosen, methods, all_amax, skip, out_dir, method, fp8)
-    (out_dir / ACCURACY_FILE).write_text(json.dumps(accuracy.as_dict(), indent=2))
+    qdq_report = _write_outputs(model, chosen, methods, all_amax, skip, artifact, method, fp8)
+    artifact.write_accuracy(accuracy.as_dict())
     return {
         "method": method, "requested_method": cfg.method, "input_method": cfg.input_method,
         "tensors": len(tensors), "histogram": cfg.histogram,
@@ -198,10 +190,11 @@ def tensor_methods(model: onnx.ModelProto, tensors: list[str], cfg: CalibrationC
 
 
 def _from_qat(model: onnx.ModelProto, amax: dict[str, float], out_dir: Path) -> dict[str, Any]:
-    write_calibration_cache(out_dir / CACHE_FILE, {t: a / 127.0 for t, a in amax.items()})
-    _write_scales(out_dir, amax, dict.fromkeys(amax, "qat"), {"qat": amax})
-    onnx.save_model(model, str(out_dir / QDQ_FILE))
-    (out_dir / ACCURACY_FILE).write_text(json.dumps(AccuracyReport().as_dict()))
+    artifact = Calibration(out_dir)
+    artifact.write_cache({t: a / 127.0 for t, a in amax.items()}, CACHE_ALGORITHM["qat"])
+    _write_scales(artifact, amax, dict.fromkeys(amax, "qat"), {"qat": amax})
+    artifact.write_qdq_model(model)
+    artifact.write_accuracy(AccuracyReport().as_dict())
     return {"method": "qat", "tensors": len(amax), "samples": 0, "qat": True,
             "float_layers": []}
 
@@ -226,39 +219,33 @@ def fp8_table(collector: HistogramCollector, amax: dict[str, float], method: str
 
 
 def _write_outputs(model: onnx.ModelProto, amax: dict[str, float], methods: dict[str, str],
-                   all_amax: dict[str, dict[str, float]], skip: list[str], out_dir: Path,
+                   all_amax: dict[str, dict[str, float]], skip: list[str], artifact: Calibration,
                    method: str = "entropy", fp8: dict[str, dict[str, Any]] | None = None
                    ) -> dict[str, Any]:
-    write_calibration_cache(out_dir / CACHE_FILE,
-                            {t: scale_from_amax(a, t) for t, a in amax.items()},
-                            algorithm=CACHE_ALGORITHM.get(method, "EntropyCalibration2"))
+    in_cache = artifact.write_cache({t: scale_from_amax(a, t) for t, a in amax.items()},
+                                    CACHE_ALGORITHM.get(method, "EntropyCalibration2"))
     qdq_model, report = insert_qdq(model, amax, "tensorrt", skip=frozenset(skip))
-    onnx.save_model(qdq_model, str(out_dir / QDQ_FILE))
+    artifact.write_qdq_model(qdq_model)
     in_qdq = {row["amax_from"] for row in report["activations"].values()}
     if fp8 is not None:
         fp8_model, _ = insert_qdq(model, {t: row["amax"] for t, row in fp8.items()},
                                   "tensorrt", skip=frozenset(skip), precision="fp8")
-        onnx.save_model(fp8_model, str(out_dir / FP8_QDQ_FILE))
-    _write_scales(out_dir, amax, methods, all_amax, in_qdq, fp8)
-    report["cache_coverage"] = {"float_activations": len(amax), "in_cache": len(amax),
-                                "in_qdq_model": len(in_qdq)}
+        artifact.write_qdq_model(fp8_model, "fp8")
+    _write_scales(artifact, amax, methods, all_amax, in_qdq, fp8)
+    # counted apart, so a cache that misses an activation of the graph shows the gap
+    report["cache_coverage"] = {"float_activations": len(float_activations(model)),
+                                "in_cache": in_cache, "in_qdq_model": len(in_qdq)}
     return report
 
 
-def _write_scales(out_dir: Path, amax: dict[str, float], methods: dict[str, str],
+def _write_scales(artifact: Calibration, amax: dict[str, float], methods: dict[str, str],
                   all_amax: dict[str, dict[str, float]], in_qdq: set[str] | None = None,
                   fp8: dict[str, dict[str, Any]] | None = None) -> None:
-    table = {t: {"amax": a, "scale": a / 127.0, "method": methods[t],
-                 "amax_by_method": {m: all_amax[m][t] for m in all_amax},
-                 "in_qdq_model": in_qdq is None or t in in_qdq,
-                 **({"fp8": fp8[t]} if fp8 else {})}
-             for t, a in amax.items()}
-    (out_dir / SCALES_FILE).write_text(json.dumps(table, indent=2))
-
-
-def read_float_layers(calibration_dir: Path) -> list[str]:
-    """Layers the fallback kept in float (the build honours them)."""
-    return Calibration(calibration_dir).float_layers()
+    artifact.write_scales({t: {"amax": a, "scale": a / 127.0, "method": methods[t],
+                               "amax_by_method": {m: all_amax[m][t] for m in all_amax},
+                               "in_qdq_model": in_qdq is None or t in in_qdq,
+                               **({"fp8": fp8[t]} if fp8 else {})}
+                           for t, a in amax.items()})
 
 
 def _peak_rss_mb() -> float:
