@@ -20,6 +20,7 @@ from typing import Any
 
 from trtflow.atomic import atomic_file
 from trtflow.context import Context
+from trtflow.names import inside
 from trtflow.params import load_params
 from trtflow.plan import run_up_to
 from trtflow.stage import StageResult
@@ -40,7 +41,7 @@ def resolve_stages(name: str, params_path: Path, target: str | None, root: Path
 def default_output(root: Path, model: str, name: str, target: str | None) -> Path:
     """`build/<model>/<stage>[-target]`; calibration is per model, so never suffixed."""
     suffix = f"-{target}" if target and name != "calibrate" else ""
-    return root / "build" / model / f"{name}{suffix}"
+    return inside(root / "build", model, f"{name}{suffix}")
 
 
 def run_single_stage(name: str, params_path: Path, target: str | None, output: Path | None,

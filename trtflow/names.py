@@ -14,6 +14,7 @@ refuses a result outside its base directory (defence in depth: the rule is lexic
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -76,3 +77,52 @@ def inside(base: Path, *parts: str) -> Path:
         raise ParamsError(f"the path {joined!r} would leave {root}; names that become paths "
                           f"must be {RULE}")
     return full
+
+
+# S3's bucket naming rules (AWS "General purpose bucket naming rules"), checked when params
+# load so a bad name fails before any stage runs, not at upload.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+BUCKET_RULE = ("3 to 63 characters: lower-case letters, digits, '.' and '-', starting and "
+               "ending with a letter or digit, no '..', not an IP address")
+
+
+def bucket_problem(value: str) -> str | None:
+    """Why `value` is not a valid S3 bucket name, or None."""
+    if not _BUCKET.fullmatch(value):
+        if not 3 <= len(value) <= 63:
+            return f"it has {len(value)} characters"
+        odd = sorted({c for c in value if not (c.islower() or c.isdigit() or c in ".-")})
+        if odd:
+            return "it contains " + ", ".join(repr(c) for c in odd[:5])
+        return f"it starts or ends with {value[0] if not value[0].isalnum() else value[-1]!r}"
+    if ".." in value or ".-" in value or "-." in value:
+        return "it has '..' or a '.' next to a '-'"
+    try:
+        ipaddress.IPv4Address(value)
+        return "it is an IP address"
+    except ValueError:
+        pass
+    if value.startswith(("xn--", "sthree-")) or value.endswith(("-s3alias", "--ol-s3")):
+        return "it uses a prefix or suffix S3 reserves"
+    return None
+
+
+def _validated_bucket(value: str) -> str:
+    problem = bucket_problem(value)
+    if problem is not None:
+        raise ValueError(f"not a valid S3 bucket name ({problem}); S3 needs {BUCKET_RULE}")
+    return value
+
+
+def _validated_prefix(value: str) -> str:
+    for part in value.split("/"):
+        problem = name_problem(part)
+        if problem is not None:
+            raise ValueError(f"each '/'-separated part of an S3 prefix must be a valid name: "
+                             f"{part!r} is not ({problem}); {RULE}")
+    return value
+
+
+# `publish.bucket` and `publish.prefix` in params.
+BucketName = Annotated[str, AfterValidator(_validated_bucket)]
+KeyPrefix = Annotated[str, AfterValidator(_validated_prefix)]

@@ -27,6 +27,7 @@ from pydantic import (
 
 from trtflow.backends import BackendOptions
 from trtflow.errors import ParamsError
+from trtflow.names import BucketName, KeyPrefix, Name
 
 BUILTIN_MODELS = ("digits", "minilm", "resnet18")
 NO_WEIGHTS = "none"  # `model.source.weights: none`: the factory's own weights, on purpose
@@ -102,7 +103,8 @@ class ModelSource(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(description="experiment / registry name; letters, digits, - and _")
+    name: Name = Field(description="experiment / registry name: 1-64 letters, digits, '.', "
+                       "'_' and '-', starting with a letter or digit (trtflow/names.py)")
     source: ModelSource
     inputs: list[TensorSpec] | None = Field(
         default=None, description="required only where the source cannot tell (factory)"
@@ -411,8 +413,9 @@ class RegistryConfig(_Strict):
 class PublishConfig(_Strict):
     """Publish each registered engine to S3 (boto3; credentials from the AWS environment)."""
 
-    bucket: str | None = Field(default=None, description="S3 bucket; unset: do not publish")
-    prefix: str = "trtflow"
+    bucket: BucketName | None = Field(default=None,
+                                      description="S3 bucket; unset: do not publish")
+    prefix: KeyPrefix = Field(default="trtflow", description="key prefix: names joined by '/'")
     endpoint_url: str | None = Field(
         default=None, description="S3-compatible endpoint; default: the AWS environment/config")
 
@@ -423,7 +426,7 @@ class Params(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     cleanup: CleanupConfig = Field(default_factory=CleanupConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    targets: dict[str, Target] = Field(default_factory=lambda: {"fp32": Target()})
+    targets: dict[Name, Target] = Field(default_factory=lambda: {"fp32": Target()})
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from trtflow.names import inside
+
 
 def state_dir(root: Path) -> Path:
     return root / ".trtflow"
@@ -52,7 +54,7 @@ def project_lock(root: Path, name: str) -> Iterator[None]:
     such as registering a version or creating a schema run one process at a time."""
     locks = state_dir(root) / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{name}.lock", "w") as handle:
+    with open(inside(locks, f"{name}.lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

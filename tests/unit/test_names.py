@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,54 @@ def test_yaml_size_limits_are_checked_before_the_rest_is_parsed(tmp_path: Path) 
 
     with pytest.raises(ParamsError, match=r"big.yaml: .* bytes; .* at most 1,048,576"):
         load_yaml(big)
+
+
+def _params(**sections: object) -> dict:
+    return {"model": {"name": "m", "source": {"builtin": "digits"}}, **sections}
+
+
+@pytest.mark.parametrize(("section", "value", "field"), [
+    ("model", {"name": "../../outside", "source": {"builtin": "digits"}}, "model.name"),
+    ("model", {"name": "x" * 300, "source": {"builtin": "digits"}}, "model.name"),
+    ("targets", {"--int8": {}}, "targets.--int8"),
+    ("targets", {"a/b": {}}, "targets.a/b"),
+    ("publish", {"bucket": "engines/prod"}, "publish.bucket"),
+    ("publish", {"bucket": "engines..prod"}, "publish.bucket"),
+    ("publish", {"bucket": "10.0.0.1"}, "publish.bucket"),
+    ("publish", {"bucket": "Engines"}, "publish.bucket"),
+    ("publish", {"bucket": "ok-bucket", "prefix": "team/../x"}, "publish.prefix"),
+])
+def test_params_refuse_names_that_would_become_bad_paths_at_load(
+        section: str, value: object, field: str) -> None:
+    from trtflow.params import parse_params
+
+    with pytest.raises(ParamsError, match=rf"field '{re.escape(field)}"):
+        parse_params(_params(**{section: value}))
+
+
+def test_valid_bucket_and_prefix_load() -> None:
+    from trtflow.params import parse_params
+
+    params = parse_params(_params(publish={"bucket": "team.engines-1", "prefix": "a/b-c"}))
+    assert params.publish.bucket == "team.engines-1"
+
+
+@pytest.mark.parametrize("bucket", ["engines/prod", "UPPER", "1.2.3.4", "ab"])
+def test_publish_and_fetch_refuse_bad_buckets_before_any_request(tmp_path: Path,
+                                                                 bucket: str) -> None:
+    from trtflow.track.publish import fetch, publish
+
+    (tmp_path / "engine.onnx").write_bytes(b"x")
+    with pytest.raises(ParamsError, match="not a valid bucket name"):
+        publish(tmp_path, bucket, "trtflow", "m", "1", {}, client=object())
+    with pytest.raises(ParamsError, match="not a valid bucket name"):
+        fetch(bucket, "trtflow", "m", "1", tmp_path / "dest", client=object())
+
+
+def test_publish_refuses_a_model_or_version_that_is_not_a_name(tmp_path: Path) -> None:
+    from trtflow.track.publish import version_prefix
+
+    assert version_prefix("team/engines", "m", "int8-7130") == "team/engines/m/int8-7130/"
+    for model, version in (("../m", "1"), ("m", "--1"), ("m", "")):
+        with pytest.raises(ParamsError, match="not a valid name"):
+            version_prefix("trtflow", model, version)

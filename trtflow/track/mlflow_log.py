@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trtflow.errors import TrackingError
+from trtflow.names import inside
 from trtflow.params import Params
 from trtflow.stage import StageResult
 from trtflow.stages.build_report import BuildReport
@@ -111,7 +112,7 @@ def experiment_id(name: str) -> str:
     location = os.environ.get("TRTFLOW_MLFLOW_ARTIFACTS")
     try:
         return mlflow.create_experiment(
-            name, artifact_location=Path(location, name).as_uri() if location else None,
+            name, artifact_location=inside(Path(location), name).as_uri() if location else None,
             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another run
         exp = mlflow.get_experiment_by_name(name)

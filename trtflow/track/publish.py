@@ -51,7 +51,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from trtflow.errors import S3UnreachableError, StoreError, TrtflowError
+from trtflow.errors import ParamsError, S3UnreachableError, StoreError, TrtflowError
+from trtflow.names import BUCKET_RULE, RULE, bucket_problem, name_problem
 from trtflow.store import file_digest
 
 MANIFEST = "manifest.json"
@@ -106,8 +107,15 @@ def s3_client(endpoint_url: str | None = None, *, max_attempts: int | None = Non
 def version_prefix(prefix: str, model: str, version: str) -> str:
     """The key prefix of one published version: `PREFIX/MODEL/VERSION/` (no leading slash)."""
     for name, value in (("model", model), ("version", version)):
-        if not value or "/" in value or value in (".", ".."):
-            raise TrtflowError(f"publish {name} {value!r} must be a non-empty name without '/'")
+        problem = name_problem(value)
+        if problem is not None:
+            raise ParamsError(f"publish {name} {value[:80]!r} is not a valid name ({problem}); "
+                              f"it must be {RULE}")
+    for part in (p for p in prefix.strip("/").split("/") if p):
+        problem = name_problem(part)
+        if problem is not None:
+            raise ParamsError(f"publish prefix {prefix[:80]!r}: the part {part[:80]!r} is not "
+                              f"a valid name ({problem}); each part must be {RULE}")
     parts = [p for p in prefix.strip("/").split("/") if p] + [model, version]
     return "/".join(parts) + "/"
 
@@ -285,6 +293,10 @@ class _S3:
     """The few S3 calls publishing needs, each turning boto errors into `StoreError`."""
 
     def __init__(self, client: Any, bucket: str) -> None:
+        problem = bucket_problem(bucket)
+        if problem is not None:  # every publish, fetch and bucket check comes through here
+            raise ParamsError(f"S3 bucket {bucket[:80]!r} is not a valid bucket name "
+                              f"({problem}); S3 needs {BUCKET_RULE}")
         self.client = client
         self.bucket = bucket
 
