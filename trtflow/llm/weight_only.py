@@ -1,0 +1,163 @@
+"""Weight-only quantization of a decoder's projections: INT8 and INT4, grouped along the
+input dimension, symmetric or asymmetric, with round-to-nearest (RTN) or AWQ-style
+activation-aware scales from calibration text.
+
+A weight W[in, out] is cut into groups of `group_size` input rows per output column;
+each group has one scale (and, asymmetric, one zero point). Codes are unsigned
+(`bits`-wide) with the zero point subtracted, the layout ONNX Runtime's `MatMulNBits`
+reads. Symmetric groups use the zero point 2^(bits-1).
+
+AWQ (Lin et al. 2023), as AutoAWQ applies it: per block of projections that share an
+input, a per-input-channel scale s = mean|x|^alpha (alpha searched on a 0..1 grid)
+multiplies the weight rows and divides the input, the division folded into the
+preceding RMSNorm weight (q/k/v, gate/up) or the preceding projection's columns
+(up -> down); o_proj is scaled only when every head has its own KV head (else its
+input cannot be divided exactly). Then a per-group clipping ratio is searched on the
+calibration activations. Everything is chosen by the output error ||X W - X' W_q||
+on sampled calibration rows, never on evaluation text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from trtflow.errors import CalibrationError
+
+Method = Literal["rtn", "awq"]
+ALPHAS = tuple(i / 10 for i in range(11))
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+
+
+@dataclass(frozen=True)
+class WeightOnlyConfig:
+    bits: Literal[4, 8] = 4
+    group_size: int = 32
+    symmetric: bool = False
+    method: Method = "awq"
+    # embeddings stay float; lm_head gets INT8 at this group size (NNCF keeps the same
+    # layers at 8 bits by default); None keeps it float
+    lm_head_bits: int | None = 8
+    lm_head_group_size: int = 64
+
+
+@dataclass
+class QuantizedWeight:
+    """Codes [out, groups, group_size] (uint8, unpacked), scales and zero points
+    [out, groups]."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray
+    bits: int
+    group_size: int
+    symmetric: bool
+    clip_ratio: np.ndarray | None = None  # [out, groups] where searched
+
+    @property
+    def in_features(self) -> int:
+        return self.codes.shape[1] * self.group_size
+
+    def dequantize(self) -> np.ndarray:
+        """The float weight W[in, out] these codes stand for."""
+        w = (self.codes.astype(np.float32) - self.zero_points[..., None]) * self.scales[..., None]
+        return w.reshape(w.shape[0], -1).T.copy()
+
+
+@dataclass
+class QuantizedDecoder:
+    """Every quantized projection, plus the float weights the AWQ folding changed."""
+
+    config: WeightOnlyConfig
+    weights: dict[str, QuantizedWeight]
+    float_weights: dict[str, np.ndarray]  # the (folded) float weights of the whole decoder
+    awq_alphas: dict[str, float] = field(default_factory=dict)
+
+
+def check_group(name: str, rows: int, group_size: int) -> None:
+    if group_size < 16 or group_size & (group_size - 1):
+        raise CalibrationError(f"group_size {group_size}: expected a power of two >= 16 "
+                               "(MatMulNBits block sizes)")
+    if rows % group_size:
+        raise CalibrationError(f"group_size {group_size} does not divide {name}'s input "
+                               f"dimension {rows}; expected a group size that divides it "
+                               f"(e.g. {_divisors(rows)})")
+
+
+def _divisors(rows: int) -> list[int]:
+    return [g for g in (16, 32, 64, 128, 256) if rows % g == 0]
+
+
+def _grouped(w: np.ndarray, group_size: int) -> np.ndarray:
+    """W[in, out] -> [out, groups, group_size]."""
+    return w.T.reshape(w.shape[1], w.shape[0] // group_size, group_size)
+
+
+def quantize_groups(w: np.ndarray, bits: int, group_size: int, symmetric: bool,
+                    clip: np.ndarray | float = 1.0) -> QuantizedWeight:
+    """Round-to-nearest codes for W[in, out]; `clip` scales each group's range."""
+    g = _grouped(w.astype(np.float32), group_size)
+    top = 2 ** bits - 1
+    clip = np.asarray(clip, np.float32)
+    clip = clip[..., None] if clip.ndim else clip
+    if symmetric:
+        amax = np.abs(g).max(-1, keepdims=True) * clip
+        half = 2 ** (bits - 1)
+        scale = np.maximum(amax / (half - 1), 1e-10)
+        zero = np.full_like(scale, half)
+    else:
+        hi = np.maximum(g.max(-1, keepdims=True), 0) * clip
+        lo = np.minimum(g.min(-1, keepdims=True), 0) * clip
+        scale = np.maximum((hi - lo) / top, 1e-10)
+        zero = np.clip(np.round(-lo / scale), 0, top)
+    codes = np.clip(np.round(g / scale) + zero, 0, top).astype(np.uint8)
+    return QuantizedWeight(codes=codes, scales=scale[..., 0].astype(np.float32),
+                           zero_points=zero[..., 0].astype(np.float32), bits=bits,
+                           group_size=group_size, symmetric=symmetric)
+
+
+def search_clip(w: np.ndarray, x: np.ndarray, bits: int, group_size: int, symmetric: bool
+                ) -> QuantizedWeight:
+    """Per-group clipping ratio minimising ||X_g (W_g - Q(W_g))||^2 on sampled rows."""
+    rows, groups = x.shape[0], w.shape[0] // group_size
+    xg = x.reshape(rows, groups, group_size)
+    best_err = np.full((w.shape[1], groups), np.inf, np.float32)
+    best_ratio = np.ones((w.shape[1], groups), np.float32)
+    g = _grouped(w, group_size)
+    for ratio in CLIP_RATIOS:
+        q = quantize_groups(w, bits, group_size, symmetric, ratio)
+        delta = g - (q.codes.astype(np.float32) - q.zero_points[..., None]) * q.scales[..., None]
+        # per group: X_g [groups, rows, k] @ delta_g [groups, k, out] (batched BLAS)
+        err = (np.matmul(xg.transpose(1, 0, 2), delta.transpose(1, 2, 0)) ** 2).sum(1).T
+        better = err < best_err
+        best_err[better], best_ratio[better] = err[better], ratio
+    q = quantize_groups(w, bits, group_size, symmetric, best_ratio)
+    q.clip_ratio = best_ratio
+    return q
+
+
+def _output_error(x: np.ndarray, weights: list[np.ndarray], s: np.ndarray, bits: int,
+                  group_size: int, symmetric: bool) -> float:
+    xs = x / s
+    err = 0.0
+    for w in weights:
+        deq = quantize_groups(w * s[:, None], bits, group_size, symmetric).dequantize()
+        err += float(((x @ w - xs @ deq) ** 2).mean())
+    return err
+
+
+def search_scale(x: np.ndarray, weights: list[np.ndarray], bits: int, group_size: int,
+                 symmetric: bool) -> tuple[np.ndarray, float]:
+    """AWQ's per-input-channel scale for projections sharing the input rows `x`."""
+    mean_abs = np.abs(x).mean(0) + 1e-6
+    best: tuple[float, np.ndarray, float] | None = None
+    for alpha in ALPHAS:
+        s = mean_abs ** alpha
+        s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+        err = _output_error(x, weights, s, bits, group_size, symmetric)
+        if best is None or err < best[0]:
+            best = (err, s, alpha)
+    assert best is not None
+    return best[1], best[2]
