@@ -295,3 +295,13 @@ def test_params_refuse_a_group_size_that_is_no_power_of_two(tmp_path: Path) -> N
                     "group_size: 48}}\n")
     with pytest.raises(ParamsError, match=r"p\.yaml: field targets\.int4\.group_size"):
         load_llm_params(path)
+
+
+def test_generate_command_names_a_missing_params_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "trtflow.cli", "generate", "nope.yaml",
+                          "--prompt", "hi", "--root", str(tmp_path)], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and "nope.yaml" in res.stderr and "Traceback" not in res.stderr

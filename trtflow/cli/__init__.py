@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "trtflow.cli.registry",  # promote, history
     "trtflow.cli.report",    # report
     "trtflow.cli.store",     # store verify, store gc, check-cache
+    "trtflow.llm.cli",       # llm (compile + validate a decoder), generate
 )
 ENTRY_POINT_GROUP = "trtflow.commands"
 
