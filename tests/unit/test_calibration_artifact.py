@@ -21,10 +21,6 @@ NAMES = re.compile(r"(?<![\w.])(scales\.json|calibration\.cache|histograms\.npz|
 # Files that still spell the names, owned elsewhere, until they read through Calibration
 # (remove a line when its file switches).
 PENDING = {
-    "trtflow/track/mlflow_log.py",
-    "trtflow/report/runs.py",
-    "trtflow/report/page.py",
-    "trtflow/report/__init__.py",
     "trtflow/backends/tensorrt_plan.py",  # docstrings only
     "trtflow/backends/tensorrt_backend.py",  # docstrings only
 }

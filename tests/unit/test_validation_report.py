@@ -117,9 +117,16 @@ def test_dvc_metrics_and_the_release_manifest_read_the_same_figures() -> None:
     assert json.loads(json.dumps(manifest)) == manifest  # JSON as it stands
 
 
-_KEYS = "quality|latency|speedup_p50|gates|decisions|qdq_model|selection"
-_STRING_KEY_READ = re.compile(  # a read, not `summary["quality"] = ...`
-    rf"""\[["']({_KEYS})["']\](?!\s*=[^=])|\.get\(["']({_KEYS})["']""")
+_Q = r"""["']"""  # either quote
+_STRING_KEY_READ = re.compile(  # the reports' own paths, read (not `summary["x"] = ...`)
+    "|".join(rf"{_Q}{a}{_Q}\]\[{_Q}({b}){_Q}" for a, b in (
+        ("gates", "passed|decisions"), ("latency", "engine|baseline"),
+        ("quality", "accuracy|reference_accuracy|agreement|labelled|metric|max_abs_error"),
+        ("selection", "winner|why|candidates")))
+    + rf"|\[{_Q}(speedup_p50|qdq_model|selection){_Q}\](?!\s*=[^=])"
+    + rf"|\.get\({_Q}(speedup_p50|qdq_model|selection){_Q}"
+    + rf"|\.report(\[|\.get\(){_Q}(quality|latency|gates|speedup_p50|qdq_model|selection|"
+      rf"baseline|threads|engine_bytes|engine_ops|backend){_Q}")
 
 
 def test_the_validation_and_build_reports_are_read_by_attribute_outside_their_modules(

@@ -9,7 +9,7 @@ Everything is read back from MLflow (run metrics, params and tags, artifacts,
 model-version tags), so the page describes what was logged, not what a local
 re-run would give. Two things MLflow does not hold are taken from the project's
 artifact store by the stage key that the run records: the raw histograms
-(`histograms.npz`; the run logs only a thresholds plot) and, when a run has no
+(the run logs only a thresholds plot of them) and, when a run has no
 logged engine, the build report. Images are PNGs inlined as base64 (matplotlib
 Agg; `trtflow/report/page.py` draws them); the page has no scripts and no
 external links, so it can be mailed or attached to a ticket as one file.

@@ -161,7 +161,7 @@ def threshold_figure(group: list[TargetRun], tmp: Path) -> str | None:
             if first.thresholds_png else None
     scales = tmp / f"scales-{first.run_id}.json"
     scales.write_text(json.dumps(first.scales))
-    tensors = sensitive_tensors(tmp / "absent-accuracy.json", scales)
+    tensors = sensitive_tensors(tmp / "absent", scales)  # ranks by the scales alone
     png = plot_thresholds(first.histograms, scales, tensors, tmp / f"thr-{first.run_id}.png")
     return base64.b64encode(png.read_bytes()).decode("ascii")
 
@@ -356,7 +356,7 @@ def render(data: ReportData, tmp: Path) -> str:
         for note in sorted({t.histograms_note for t in group if t.histograms_note}):
             sections.append(f"<p class=note>{_e(note)}</p>")
         sections.append(_scales_table(group) if any(t.scales for t in group) else
-                        "<p class=note>scales.json was not logged</p>")
+                        "<p class=note>the scale table was not logged</p>")
     sections.append("<h2>Fusion report</h2>")
     sections.append(_fusion(data))
     sections.append("<h2>Promotion decision</h2>")

@@ -184,25 +184,35 @@ def _engine_ops(client: Any, run: Any, store: Any, tmp: Path) -> dict[str, int] 
 
 
 def _calibration(target: TargetRun, run: Any, store: Any, tmp: Path) -> None:
-    target.scales = _read_json(_download(run.info.run_id, "calibration/scales.json", tmp))
-    accuracy = _read_json(_download(run.info.run_id, "calibration/accuracy.json", tmp))
+    from trtflow.quant.artifact import Calibration
+    from trtflow.track.mlflow_log import LOGGED_CALIBRATION
+
+    # the run's artifact folder holds the calibrate directory's files under their names
+    logged_dir = Calibration(Path(LOGGED_CALIBRATION))
+
+    def download(path: Path) -> Path | None:
+        return _download(run.info.run_id, path.as_posix(), tmp)
+
+    target.scales = _read_json(download(logged_dir.scales_file))
+    accuracy = _read_json(download(logged_dir.accuracy_file))
     target.method_scores = (accuracy or {}).get("method_scores")
-    logged = _download(run.info.run_id, "calibration/histograms.npz", tmp)
+    logged = download(logged_dir.histograms_file)
     key = run.data.tags.get("trtflow.stage.calibrate.key", "")
     if logged is not None:
         target.histograms = logged
         return
     artifact = store.get("calibrate", key) if key and store is not None else None
-    if artifact is not None and artifact.file("histograms.npz").is_file():
-        target.histograms = artifact.file("histograms.npz")
+    stored = Calibration(artifact.path) if artifact is not None else None
+    if stored is not None and stored.histograms_file.is_file():
+        target.histograms = stored.histograms_file
         target.histograms_note = ("histograms read from the project's store by the calibrate "
                                   "key: MLflow holds only the thresholds plot")
     else:
-        target.histograms_note = ("histograms.npz is not logged to MLflow and calibrate key "
+        target.histograms_note = ("the histograms are not logged to MLflow and calibrate key "
                                   f"{key[:12] or '?'} is not in this project's store (run the "
                                   "report from the project that compiled it, or pass --root); "
                                   "shown: the thresholds plot the run logged")
-        logged_plot = _download(run.info.run_id, "calibration/thresholds.png", tmp)
+        logged_plot = download(Path(LOGGED_CALIBRATION) / "thresholds.png")
         target.thresholds_png = logged_plot.read_bytes() if logged_plot else None
 
 

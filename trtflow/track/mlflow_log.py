@@ -295,12 +295,16 @@ def _log_stages(stages: list[StageResult]) -> None:
         mlflow.log_metric(f"stage_seconds.{s.stage}", s.seconds)
 
 
+LOGGED_CALIBRATION = "calibration"  # a run's artifact folder: the calibrate directory's files
+
+
 def _log_calibration(cal: StageResult) -> None:
     """Scale table, cache, accuracy report, threshold plots; time and memory as metrics."""
     import tempfile
 
     import mlflow
 
+    from trtflow.quant.artifact import Calibration
     from trtflow.quant.plots import plot_thresholds, sensitive_tensors
 
     rep = cal.report
@@ -310,16 +314,15 @@ def _log_calibration(cal: StageResult) -> None:
     for key in ("collect_seconds", "peak_rss_mb", "samples", "tensors", "float_fraction"):
         if isinstance(rep.get(key), int | float):
             mlflow.log_metric(f"calibration.{key}", rep[key])
-    for name in ("scales.json", "calibration.cache", "accuracy.json", "model.qdq.onnx",
-                 "histograms.npz"):  # histograms: for `trtflow report` (a few MB at most)
-        if cal.file(name).is_file():
-            mlflow.log_artifact(str(cal.file(name)), artifact_path="calibration")
-    if cal.file("histograms.npz").is_file():
-        tensors = sensitive_tensors(cal.file("accuracy.json"), cal.file("scales.json"))
+    calibration = Calibration(Path(cal.path))
+    for path in calibration.logged_files():  # histograms too: for `trtflow report`
+        mlflow.log_artifact(str(path), artifact_path=LOGGED_CALIBRATION)
+    if calibration.histograms_file.is_file():
+        tensors = sensitive_tensors(calibration.accuracy_file, calibration.scales_file)
         with tempfile.TemporaryDirectory() as tmp:
-            plot = plot_thresholds(cal.file("histograms.npz"), cal.file("scales.json"),
+            plot = plot_thresholds(calibration.histograms_file, calibration.scales_file,
                                    tensors, Path(tmp) / "thresholds.png")
-            mlflow.log_artifact(str(plot), artifact_path="calibration")
+            mlflow.log_artifact(str(plot), artifact_path=LOGGED_CALIBRATION)
 
 
 ENGINE_MODEL_TAG = "trtflow.engine_model_uri"
