@@ -13,6 +13,8 @@ from trtflow.errors import GateError, ParityError
 from trtflow.params import load_params
 from trtflow.plan import EXPORT
 from trtflow.stage import run_step
+from trtflow.stages.build_report import BuildReport
+from trtflow.stages.validation_report import ValidationReport
 
 from .conftest import write_params
 
@@ -40,9 +42,9 @@ def _stages(summary: dict) -> list:
 
 
 def test_digits_compiles_and_logs_to_mlflow(first_run: dict) -> None:
-    validate = first_run["stages"]["fp32"][-1]
-    assert validate.report["quality"]["accuracy"] >= 0.97
-    assert validate.report["quality"]["agreement"] == 1.0
+    quality = ValidationReport.of(first_run["stages"]["fp32"][-1]).quality
+    assert quality.accuracy is not None and quality.accuracy >= 0.97
+    assert quality.agreement == 1.0
     assert [s.prefect_state for s in _stages(first_run)] == ["Completed"] * 7
 
     client = mlflow.MlflowClient()
@@ -75,9 +77,9 @@ def test_digits_compiles_and_logs_to_mlflow(first_run: dict) -> None:
 
 def test_digits_int8_keeps_accuracy_and_logs_calibration(first_run: dict) -> None:
     calibrate, build, validate = first_run["stages"]["int8"]
-    quality = validate.report["quality"]
-    assert quality["reference_accuracy"] - quality["accuracy"] <= 0.003  # issue target
-    assert build.report["engine_ops"].get("QLinearConv", 0) >= 3  # really integer convs
+    drop = ValidationReport.of(validate).quality.accuracy_drop
+    assert drop is not None and drop <= 0.003  # issue target
+    assert (BuildReport.of(build).engine_ops or {}).get("QLinearConv", 0) >= 3  # integer convs
     assert build.report["qdq"]["activation_dtype"] == "uint8"
     client = mlflow.MlflowClient()
     run = client.get_run(first_run["run_ids"]["int8"])
@@ -106,8 +108,8 @@ def test_validate_param_change_reruns_only_validate(first_run: dict, digits_root
     assert states == [("export", "Cached"), ("cleanup", "Cached"),
                       ("build", "Cached"), ("validate", "Completed"),
                       ("calibrate", "Cached"), ("build", "Cached"), ("validate", "Completed")]
-    rows = changed["stages"]["fp32"][-1].report["latency"]["engine"]
-    assert [r["batch_size"] for r in rows] == [1, 8]
+    rows = ValidationReport.of(changed["stages"]["fp32"][-1]).latency.engine
+    assert [r.batch_size for r in rows] == [1, 8]
 
 
 def test_an_openvino_engine_is_compiled_validated_registered_and_served(
@@ -119,7 +121,7 @@ def test_an_openvino_engine_is_compiled_validated_registered_and_served(
                            ["openvino-int8"])
     calibrate, build, validate = summary["stages"]["openvino-int8"]
     assert calibrate.key == first_run["stages"]["int8"][0].key and calibrate.cached
-    assert build.report["backend"] == "openvino-cpu"
+    assert BuildReport.of(build).backend == "openvino-cpu"
     assert any(k.startswith("Convolution:") and k.endswith(("i8", "u8"))
                for k in build.report["runtime_layers"])  # int8 kernels really ran
     # OpenVINO's kernels compute what the Q/DQ graph says (on digits the fast placement
@@ -127,8 +129,8 @@ def test_an_openvino_engine_is_compiled_validated_registered_and_served(
     qdq = build.report["qdq"]
     assert qdq["kernel_cosine"] >= 0.999
     assert qdq["placement"] == "ort_cpu" or "fallback" in qdq
-    quality = validate.report["quality"]
-    assert quality["reference_accuracy"] - quality["accuracy"] <= 0.003
+    drop = ValidationReport.of(validate).quality.accuracy_drop
+    assert drop is not None and drop <= 0.003
     released = summary["released"]["openvino-int8"]
     assert released["registered"] == "digits-openvino-int8"
     version = mlflow.MlflowClient().get_model_version("digits-openvino-int8",

@@ -22,6 +22,7 @@ import yaml
 
 from flows.compile import compile_flow
 from trtflow.sources.builtin import digits_splits
+from trtflow.stages.validation_report import ValidationReport
 from trtflow.store import ArtifactStore, tree_digest
 
 from .conftest import copy_tracked
@@ -115,8 +116,8 @@ def test_dvc_repro_builds_the_same_artifacts_as_the_prefect_flow(repo: Path,
         assert dvc_artifact is not None, f"{out}: dvc repro computed another key"
         assert tree_digest(repo / BUILD / out) == dvc_artifact.digest, out  # DVC's copy
         if out.startswith("validate"):  # a measurement: same key and quality, new latencies
-            dvc_report = json.loads((repo / BUILD / out / "validation.json").read_text())
-            assert dvc_report["quality"] == result.report["quality"]
+            dvc_report = ValidationReport.read(repo / BUILD / out)
+            assert dvc_report.quality == ValidationReport.of(result).quality
         else:
             assert dvc_artifact.digest == result.digest, f"{out}: different bytes"
 

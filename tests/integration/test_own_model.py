@@ -19,6 +19,7 @@ from trtflow.params import load_params
 from trtflow.plan import EXPORT
 from trtflow.sources import load_model
 from trtflow.stage import run_step
+from trtflow.stages.validation_report import ValidationReport
 
 pytestmark = pytest.mark.integration
 
@@ -96,10 +97,10 @@ def test_each_source_form_compiles_and_agrees(own: dict, form: str) -> None:
         source = {"factory": FACTORY, "weights": weights}
         extra = {"inputs": INPUTS, "outputs": ["logits"]}
     summary = compile_flow(str(_params(root, f"sensor-{form}", source, **extra)), str(root))
-    report = summary["stages"]["fp32"][-1].report
-    assert report["quality"]["accuracy"] == 1.0  # labels are the model's own predictions
-    assert report["quality"]["agreement"] == 1.0
-    assert report["quality"]["max_abs_error"] < 1e-4
+    quality = ValidationReport.of(summary["stages"]["fp32"][-1]).quality
+    assert quality.accuracy == 1.0  # labels are the model's own predictions
+    assert quality.agreement == 1.0
+    assert quality.max_abs_error < 1e-4
     engine = Path(summary["stages"]["fp32"][0].path) / "engine.onnx"
     from trtflow.graph.parity import ort_run
 
@@ -174,8 +175,8 @@ def test_registered_model_compiles_from_an_alias(own: dict) -> None:
     path = _params(root, "sensor-mlflow", {"mlflow": "models:/sensor-registered@candidate"},
                    outputs=["logits"])
     summary = compile_flow(str(path), str(root))
-    report = summary["stages"]["fp32"][-1].report
-    assert report["quality"]["accuracy"] == 1.0 and report["quality"]["agreement"] == 1.0
+    quality = ValidationReport.of(summary["stages"]["fp32"][-1]).quality
+    assert quality.accuracy == 1.0 and quality.agreement == 1.0
     import mlflow
 
     run = mlflow.MlflowClient().get_run(summary["run_ids"]["parent"])
