@@ -254,7 +254,10 @@ def _validate(ctx: Context, target: str | None, out: Path, engine_art: StageResu
     name = str(target)
     threads = ctx.target(name).threads or default_threads()
     engine = load_engine(Path(engine_art.path), threads=threads)
-    reference, label = reference_runner(ctx, threads, ctx.target(name).device)
+    # an engine this host cannot run (a TensorRT-RTX plan: its stand-in runs on the CPU) is
+    # compared with the CPU reference
+    device = "cpu" if getattr(engine, "latency_note", None) else ctx.target(name).device
+    reference, label = reference_runner(ctx, threads, device)
     ev = ctx.params.data.evaluation
     if ev is not None:
         num_classes = _num_classes(reference, ctx)

@@ -47,6 +47,7 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("onnxruntime-tensorrt", "cuda"): "trtflow.backends.ort_cuda:TENSORRT_PROVIDER_BACKEND",
     ("tensorrt", "cuda"): "trtflow.backends.tensorrt_backend:BACKEND",
     ("openvino", "cpu"): "trtflow.backends.openvino_backend:BACKEND",
+    ("tensorrt-rtx", "cuda"): "trtflow.backends.tensorrt_rtx:BACKEND",
 }
 
 
