@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,6 +78,24 @@ def _run_name() -> str:
     return f"compile {name}" + (f" [{','.join(targets)}]" if targets else "")
 
 
+@contextmanager
+def _failed_on_error(run_ids: dict[str, str]) -> Iterator[None]:
+    """A compile that fails after its MLflow runs were logged (publishing, registering)
+    marks them FAILED: a FINISHED run must mean a finished compile."""
+    try:
+        yield
+    except BaseException:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        for run_id in run_ids.values():
+            try:
+                client.set_terminated(run_id, "FAILED")
+            except Exception:  # the tracking server itself may be what failed
+                pass
+        raise
+
+
 @flow(name="compile", flow_run_name=_run_name, validate_parameters=False)
 def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
                  remeasure: bool = False) -> dict[str, Any]:
@@ -85,6 +105,10 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
     reporter = _reporter.get()
     ctx.progress = reporter.progress if reporter else None
     names = select_targets(ctx, targets)
+    if params.publish.bucket:  # a dead endpoint or missing bucket fails before any stage
+        from trtflow.track.publish import check_bucket
+
+        check_bucket(params.publish.bucket, params.publish.endpoint_url)
     stages = plan(params, names)
     done: dict[Node, StageResult] = {}
     for node in stages:
@@ -99,7 +123,7 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
     with tracking_server_guard("logging the compile"):
         run_ids = log_compile(params, params_path, Path(root), [exported, cleaned], per_target,
                               wall)
-    with tracking_server_guard("registering the engines"):
+    with tracking_server_guard("registering the engines"), _failed_on_error(run_ids):
         released = release(params, Path(root), per_target, run_ids, [exported, cleaned])
         import mlflow
 

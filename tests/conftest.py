@@ -73,6 +73,21 @@ def _stop(pids: list[int], grace: float = 5.0) -> None:
                     pass
 
 
+def _drain_prefect() -> None:
+    import sys
+
+    if "prefect" not in sys.modules:
+        return
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+    except Exception:  # best effort: a server that is already gone cannot take them
+        pass
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Leave nothing behind: servers a test started in this process (Prefect's ephemeral
     server, started by an in-process flow, outlives the worker otherwise) and this session's
@@ -80,5 +95,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     controller = (getattr(session.config.option, "numprocesses", None) or 0) > 0 and \
         not hasattr(session.config, "workerinput")
     if not controller:
+        _drain_prefect()  # send what Prefect still queues while its server is up
         _stop(_descendants(os.getpid()))
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)

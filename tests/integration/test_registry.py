@@ -163,6 +163,13 @@ def test_unreachable_s3_fails_the_compile_and_registers_nothing(root: Path, mode
     for key, value in {**TEST_ENV, "AWS_MAX_ATTEMPTS": "2"}.items():
         monkeypatch.setenv(key, value)
     closed = f"http://127.0.0.1:{free_port()}"
+    client = mlflow.MlflowClient()
+    runs_before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    store_before = sorted(p.name for p in (root / ".trtflow" / "store").rglob("*"))
     with pytest.raises(StoreError, match="is unreachable .*2 attempts"):
         compile_model(root, model, "down", publish={"bucket": "engines", "endpoint_url": closed})
-    assert mlflow.MlflowClient().search_registered_models(f"name='{model}-down'") == []
+    assert client.search_registered_models(f"name='{model}-down'") == []
+    # checked before the first stage: nothing built, nothing logged
+    assert sorted(p.name for p in (root / ".trtflow" / "store").rglob("*")) == store_before
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) \
+        == runs_before
