@@ -51,22 +51,18 @@ class Context:
                               f"(defined: {sorted(self.params.targets)})") from None
 
     def sample_inputs(self, batch: int) -> dict[str, np.ndarray]:
-        src = self.params.model.source
-        if src.builtin:
-            from trtflow.sources import builtin
-
-            return builtin.sample_inputs(src.builtin, batch)
         from trtflow import sources
 
-        return sources.synthetic_inputs(self.model().inputs, batch)
+        known = sources.source_kind(self.params.model.source).sample_inputs(self.params.model,
+                                                                            batch)
+        return known if known is not None else sources.synthetic_inputs(self.model().inputs,
+                                                                         batch)
 
     def input_specs(self) -> list[TensorSpec]:
-        src = self.params.model.source
-        if src.builtin:
-            from trtflow.sources.builtin import BUILTIN_INPUTS
+        from trtflow import sources
 
-            return BUILTIN_INPUTS[src.builtin]
-        return self.model().inputs
+        known = sources.source_kind(self.params.model.source).known_inputs(self.params.model)
+        return known if known is not None else self.model().inputs
 
     def source_digest(self) -> str:
         from trtflow import sources
@@ -99,34 +95,16 @@ def preflight(ctx: Context) -> None:
     from trtflow.datasets import open_data
 
     ctx.source_digest()
-    src = ctx.params.model.source
-    num_classes: int | None = None
-    if src.onnx:
-        from trtflow.preflight import output_classes
-        from trtflow.sources import check_onnx_file
+    from trtflow.sources import source_kind
 
-        model = ctx.model()
-        assert model.onnx_path is not None
-        num_classes = output_classes(check_onnx_file(model.onnx_path))
-    elif src.builtin:
-        from trtflow.sources.builtin import BUILTIN_CLASSES
-
-        num_classes = BUILTIN_CLASSES.get(src.builtin)
-    if src.weights_file and src.weights_file.endswith(".safetensors"):
-        from trtflow.params import project_path
-        from trtflow.sources.weights_file import check_safetensors
-
-        check_safetensors(project_path(src.weights_file, ctx.root, "model.source.weights"))
-    specs = ctx.input_specs() if not src.factory else ctx.params.model.inputs
-    if specs and not src.builtin:
+    kind = source_kind(ctx.params.model.source)
+    num_classes = kind.check(ctx)
+    # a kind whose inputs only params declare is not loaded here (a factory runs code)
+    specs = ctx.params.model.inputs if kind.inputs_from_params else ctx.input_specs()
+    if specs and kind.synthetic_check:
         from trtflow.sources import synthetic_shapes
 
         synthetic_shapes(specs, max(ctx.params.export.samples, ctx.params.data.batch_size))
-    if src.onnx and any(isinstance(d, str) for s in specs or [] for d in s.shape[1:]):
-        from trtflow.graph.parity import ort_run
-
-        # dynamic dims past the batch are filled with a guess: try it once, now
-        ort_run(ctx.model().onnx_path, ctx.sample_inputs(ctx.params.export.samples))  # type: ignore[arg-type]
     data = ctx.params.data
     for ds, classes in ((data.calibration, None), (data.evaluation, num_classes)):
         if ds is not None and specs:

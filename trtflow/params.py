@@ -53,31 +53,39 @@ class TensorSpec(_Strict):
     )
 
 
-class ModelSource(_Strict):
-    """Where the model comes from; exactly one of the source fields is set."""
+def _source_kind(handler: str, **field: Any) -> Any:
+    """A `model.source` kind: its field, naming the object that identifies, loads and
+    checks it (trtflow/sources/kinds.py). Adding a kind is one such field plus its module."""
+    return Field(default=None, json_schema_extra={"source_kind": handler}, **field)
 
-    builtin: Literal["digits", "minilm", "resnet18"] | None = None
-    onnx: str | None = Field(default=None, description="path to an .onnx file")
-    exported_program: str | None = Field(default=None, description="a torch.export .pt2 file")
-    factory: str | None = Field(default=None, description="'package.module:function'")
+
+class ModelSource(_Strict):
+    """Where the model comes from; exactly one of the source kinds is set."""
+
+    builtin: Literal["digits", "minilm", "resnet18"] | None = _source_kind(
+        "trtflow.sources.kinds:BUILTIN", description="a demo model")
+    onnx: str | None = _source_kind("trtflow.sources.kinds:ONNX",
+                                    description="path to an .onnx file")
+    exported_program: str | None = _source_kind("trtflow.sources.kinds:EXPORTED_PROGRAM",
+                                                description="a torch.export .pt2 file")
+    factory: str | None = _source_kind("trtflow.sources.kinds:FACTORY",
+                                       description="'package.module:function'")
     weights: str | None = Field(default=None, description="weights for `factory`: a "
                                 ".safetensors or state-dict .pt file; required for a factory, "
                                 "or 'none' to compile the factory's own (untrained) weights")
-    mlflow: str | None = Field(default=None,
-                               description="models:/NAME/VERSION or models:/NAME@ALIAS")
+    mlflow: str | None = _source_kind("trtflow.sources.kinds:MLFLOW",
+                                      description="models:/NAME/VERSION or models:/NAME@ALIAS")
     allow_pickle: bool = Field(default=False, description="mlflow only: load a model MLflow "
                                "saved with pickle (runs code from the file); recorded in the "
                                "run's tags. The default refuses it; pt2 needs no pickle")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        kinds = [k for k in ("builtin", "onnx", "exported_program", "factory", "mlflow")
-                 if getattr(self, k) is not None]
+        names = list(source_kinds())
+        kinds = [k for k in names if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError(
-                "exactly one of builtin, onnx, exported_program, factory, mlflow must be set"
-                f" (got {', '.join(kinds) or 'none'})"
-            )
+            raise ValueError(f"exactly one of {', '.join(names)} must be set"
+                             f" (got {', '.join(kinds) or 'none'})")
         if self.weights is not None and self.factory is None:
             raise ValueError("'weights' is only valid together with 'factory'")
         if self.factory is not None and self.weights is None:
@@ -96,10 +104,20 @@ class ModelSource(_Strict):
 
     @property
     def kind(self) -> str:
-        for k in ("builtin", "onnx", "exported_program", "factory", "mlflow"):
+        for k in source_kinds():
             if getattr(self, k) is not None:
                 return k
         raise AssertionError("validated model source has no kind")
+
+
+def source_kinds() -> dict[str, str]:
+    """`model.source` kind -> "module:object" that handles it, in field order."""
+    kinds = {}
+    for name, info in ModelSource.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "source_kind" in extra:
+            kinds[name] = str(extra["source_kind"])
+    return kinds
 
 
 class ModelConfig(_Strict):
@@ -200,10 +218,11 @@ class Fallback(_Strict):
 
 
 class CalibrationConfig(_Strict):
-    method: Literal["entropy", "percentile", "mse", "max", "auto"] = Field(
-        default="entropy", description="auto: the method with the best agreement on the "
-        "selection split (the calibration data), since all four cost nothing extra")
-    input_method: Literal["entropy", "percentile", "mse", "max", "same"] = Field(
+    method: str = Field(
+        default="entropy", description="a registered method (trtflow.quant.methods.REGISTRY: "
+        "entropy, percentile, mse, max, ...) or auto: the method with the best agreement on "
+        "the selection split (the calibration data), since all cost nothing extra")
+    input_method: str = Field(
         default="max", description="method for the graph's own inputs: they are bounded, "
         "preprocessed data, often discrete (pixels), where a KL search can clip badly; "
         "'same' uses `method`")
@@ -213,7 +232,7 @@ class CalibrationConfig(_Strict):
         default="streaming", description="exact: a max pass, then histograms over each "
         "tensor's global max (TensorRT's EntropyCalibration2 grid, two passes); streaming: "
         "one pass, range grown by powers of two and re-gridded (docs/quantization.md)")
-    fp8_method: Literal["entropy", "percentile", "mse", "max"] = Field(
+    fp8_method: str = Field(
         default="max", description="amax method of fp8 targets (scale = amax/448): E4M3 "
         "gains no resolution from clipping, so max, ModelOpt's FP8 default")
     max_samples: int | None = Field(default=None, gt=0, description="use at most this many")
@@ -222,6 +241,17 @@ class CalibrationConfig(_Strict):
                                    "to score methods, layer sensitivity and the fallback")
     sensitivity: bool = Field(default=True, description="write a per-layer sensitivity report")
     fallback: Fallback = Field(default_factory=Fallback)
+
+    @field_validator("method", "input_method", "fp8_method")
+    @classmethod
+    def _registered_method(cls, value: str, info: ValidationInfo) -> str:
+        from trtflow.quant.methods import METHODS
+
+        extra = {"method": ("auto",), "input_method": ("same",)}.get(str(info.field_name), ())
+        if value not in (*METHODS, *extra):
+            raise ValueError(f"unknown calibration method {value!r}; expected one of "
+                             f"{[*METHODS, *extra]}")
+        return value
 
 
 class Gates(_Strict):

@@ -6,15 +6,21 @@ compared on one pass. Every method reads ``hist.finalized()``: ``num_bins`` bins
 over ``[0, amax]`` (for 2048 bins, TensorRT's EntropyCalibration2 grid), whatever
 range the streaming collector ended with. Symmetric int8 throughout:
 ``scale = amax / 127``.
+
+``REGISTRY`` is the one list of methods: params validate ``calibration.method`` against
+it, the calibrate stage computes each, the cache header, plots and reports read what
+each declares. Adding a method is one module with its function plus one line there.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import math
 import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +34,47 @@ INT8_MAX = 127
 # subnormal: anything below it is zero in a half-precision engine anyway, and
 # scale = 2**-24 / 127 is a normal float32 whose inverse is far from overflow.
 AMAX_FLOOR = 2.0**-24
-METHODS = ("max", "percentile", "mse", "entropy")
+
+
+@dataclass(frozen=True)
+class CalibrationMethod:
+    """A registered method: where its amax function lives and what it means elsewhere."""
+
+    function: str  # "module:function", a pure function of a TensorHistogram -> amax > 0
+    cache_algorithm: str  # the TensorRT calibrator its scales stand for (the cache header)
+    options: tuple[str, ...] = ()  # `calibration` params fields passed to it by keyword
+    color: str = "black"  # its threshold line in plots
+
+    def amax_function(self) -> Callable[..., float]:
+        module, _, name = self.function.partition(":")
+        function: Callable[..., float] = getattr(importlib.import_module(module), name)
+        return function
+
+
+# One line per method.
+REGISTRY: dict[str, CalibrationMethod] = {
+    "max": CalibrationMethod("trtflow.quant.methods:amax_max", "MinMaxCalibration",
+                             color="tab:red"),
+    "percentile": CalibrationMethod("trtflow.quant.methods:amax_percentile",
+                                    "LegacyCalibration", ("percentile",), "tab:orange"),
+    "mse": CalibrationMethod("trtflow.quant.methods:amax_mse", "LegacyCalibration",
+                             color="tab:green"),
+    "entropy": CalibrationMethod("trtflow.quant.methods:amax_entropy", "EntropyCalibration2",
+                                 color="tab:blue"),
+}
+METHODS = tuple(REGISTRY)
+
+
+def cache_algorithm(method: str) -> str:
+    """The TensorRT calibrator named in the cache header for `method`'s scales (QAT
+    scales, which no method made, keep TensorRT's default EntropyCalibration2)."""
+    registered = REGISTRY.get(method)
+    return registered.cache_algorithm if registered else "EntropyCalibration2"
+
+
+def method_options(method: str, config: Any) -> dict[str, Any]:
+    """The keyword options `method` reads from a calibration config (its declared fields)."""
+    return {field: getattr(config, field) for field in REGISTRY[method].options}
 # MSE candidates are evaluated this many at a time (bounded temporaries).
 _MSE_CHUNK = 32
 # max |F(y) - y/12| of the rounding-error integral F (see _MseTerms.lower_bounds).
@@ -286,21 +332,14 @@ def amax_entropy(hist: TensorHistogram, num_quantized_bins: int = 128) -> float:
     return _floored(hist, kept_bins[best] * (hist.amax / hist.num_bins))
 
 
-_DISPATCH: dict[str, Callable[..., float]] = {
-    "max": amax_max,
-    "percentile": amax_percentile,
-    "mse": amax_mse,
-    "entropy": amax_entropy,
-}
-
-
 def compute_amax(hist: TensorHistogram, method: str, **opts: Any) -> float:
     """Dispatch by method name, one of ``METHODS``; ``opts`` go to that method."""
-    function = _DISPATCH.get(method)
-    if function is None:
+    registered = REGISTRY.get(method)
+    if registered is None:
         raise CalibrationError(
             f"tensor {hist.name!r}: unknown calibration method {method!r},"
             f" expected one of {list(METHODS)}")
+    function = registered.amax_function()
     try:
         inspect.signature(function).bind(hist, **opts)
     except TypeError as exc:

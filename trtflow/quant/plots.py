@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from trtflow.quant.collector import HistogramCollector
+from trtflow.quant.methods import REGISTRY
 
-METHOD_COLORS = {"max": "tab:red", "percentile": "tab:orange", "mse": "tab:green",
-                 "entropy": "tab:blue"}
+METHOD_COLORS = {name: method.color for name, method in REGISTRY.items()}
 
 
 def sensitive_tensors(accuracy_json: Path, scales_json: Path, limit: int = 6) -> list[str]:

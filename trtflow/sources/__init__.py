@@ -7,7 +7,6 @@ safetensors carry no code.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import os
 import pickle
@@ -16,22 +15,22 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
 
 from trtflow.errors import ModelError
-from trtflow.params import ModelConfig, TensorSpec, project_path
-from trtflow.sources import builtin
+from trtflow.params import ModelConfig, ModelSource, TensorSpec, source_kinds
+from trtflow.sources.kinds import BUILTIN_VERSION as BUILTIN_VERSION
 from trtflow.sources.synthetic import gather_ranges
 from trtflow.sources.synthetic import synthetic_inputs as synthetic_inputs
 from trtflow.sources.synthetic import synthetic_shapes as synthetic_shapes
-from trtflow.store import ArtifactStore, file_digest
+from trtflow.store import ArtifactStore
 
 if TYPE_CHECKING:  # torch is imported where a torch model is loaded, not by a cached run
     import torch
 
-BUILTIN_VERSION = "builtin-1"
+    from trtflow.context import Context
 
 
 @dataclass
@@ -44,43 +43,41 @@ class LoadedModel:
     outputs: list[str]
 
 
-def _resolve(path: str, root: Path, field: str = "model.source") -> Path:
-    return project_path(path, root, field)
+class SourceKind(Protocol):
+    """How one `model.source` kind is identified, loaded and checked (sources/kinds.py)."""
+
+    synthetic_check: bool
+    inputs_from_params: bool
+
+    def digest(self, cfg: ModelConfig, root: Path) -> str: ...
+
+    def load(self, cfg: ModelConfig, root: Path, store: ArtifactStore) -> LoadedModel: ...
+
+    def known_inputs(self, cfg: ModelConfig) -> list[TensorSpec] | None: ...
+
+    def sample_inputs(self, cfg: ModelConfig, batch: int) -> dict[str, Any] | None: ...
+
+    def check(self, ctx: Context) -> int | None: ...
+
+
+def source_kind(src: ModelSource) -> SourceKind:
+    """The object registered for `src`'s kind (its field in params.ModelSource names it)."""
+    module, _, attr = source_kinds()[src.kind].partition(":")
+    kind: SourceKind = getattr(importlib.import_module(module), attr)
+    return kind
 
 
 def source_digest(cfg: ModelConfig, root: Path) -> str:
     """Identity of the model source, computed without loading it."""
-    src = cfg.source
-    if src.builtin:
-        return f"{BUILTIN_VERSION}:{src.builtin}:{builtin.DIGITS_TRAIN_VERSION}"
-    parts: list[str] = [src.kind]
-    for field in ("onnx", "exported_program", "weights"):
-        value = src.weights_file if field == "weights" else getattr(src, field)
-        if value:
-            path = _resolve(value, root, f"model.source.{field}")
-            if not path.is_file():
-                raise ModelError(f"model.source.{field}: file {path} does not exist")
-            parts.append(file_digest(path))
-            if field == "onnx":
-                for data_file in sorted(_external_files(path)):
-                    if not data_file.is_file():
-                        raise ModelError(_missing_external(path, data_file))
-                    parts.append(file_digest(data_file))
-    if src.factory:
-        parts.append(src.factory)
-    if src.mlflow:
-        from trtflow.sources import mlflow_model
-
-        parts += [*mlflow_model.resolve(src.mlflow), str(src.allow_pickle)]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return source_kind(cfg.source).digest(cfg, root)
 
 
-def _missing_external(path: Path, data_file: Path) -> str:
+def missing_external(path: Path, data_file: Path) -> str:
     return (f"ONNX file {path} keeps its weights in {data_file.name}, which is missing "
             f"(expected next to the model, at {data_file})")
 
 
-def _external_files(onnx_path: Path) -> set[Path]:
+def external_files(onnx_path: Path) -> set[Path]:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
@@ -120,40 +117,16 @@ def _check_external_range(onnx_path: Path, name: str, info: dict[str, str],
 
 
 def load_model(cfg: ModelConfig, root: Path, store: ArtifactStore) -> LoadedModel:
-    src = cfg.source
-    if src.builtin:
-        module = builtin.builtin_module(src.builtin, store)
-        return LoadedModel(module, None, builtin.BUILTIN_INPUTS[src.builtin],
-                           builtin.BUILTIN_OUTPUTS[src.builtin])
-    if src.onnx:
-        path = _resolve(src.onnx, root, "model.source.onnx")
-        model = check_onnx_file(path)
-        return LoadedModel(None, path, cfg.inputs or onnx_inputs(model),
-                           [o.name for o in model.graph.output])
-    if src.factory:
-        weights = (_resolve(src.weights_file, root, "model.source.weights")
-                   if src.weights_file else None)
-        module = _load_factory(src.factory, weights)
-        if not cfg.inputs:
-            raise ModelError("model.inputs is required for a 'factory' source: a Python "
-                             "function does not say its input names, dtypes or shapes")
-        return LoadedModel(module, None, cfg.inputs, cfg.outputs or ["output"])
-    if src.exported_program:
-        return load_exported_program(
-            _resolve(src.exported_program, root, "model.source.exported_program"), cfg)
-    if src.mlflow:
-        return _load_mlflow(src.mlflow, src.allow_pickle, cfg, store)
-    raise ModelError(f"model.source.{src.kind} is not supported yet (see the README's "
-                     "feature table)")
+    return source_kind(cfg.source).load(cfg, root, store)
 
 
 def check_onnx_file(path: Path) -> onnx.ModelProto:
     """Load and check an ONNX file (and its external data); clear error when broken."""
     if not path.is_file():
         raise ModelError(f"ONNX file {path} does not exist")
-    for data_file in _external_files(path):
+    for data_file in external_files(path):
         if not data_file.is_file():
-            raise ModelError(_missing_external(path, data_file))
+            raise ModelError(missing_external(path, data_file))
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, OSError...
@@ -230,7 +203,7 @@ def onnx_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
     return specs
 
 
-def _load_mlflow(uri: str, allow_pickle: bool, cfg: ModelConfig, store: ArtifactStore
+def load_mlflow(uri: str, allow_pickle: bool, cfg: ModelConfig, store: ArtifactStore
                  ) -> LoadedModel:
     from trtflow.sources import mlflow_model
 
@@ -334,7 +307,7 @@ def _embedding_ranges(program: Any) -> dict[str, tuple[float, float]]:
     return ranges
 
 
-def _load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
+def load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
     import torch
 
     module_name, _, func_name = factory.partition(":")

@@ -42,7 +42,7 @@ def describe(arg: str, root: Path, weights: str | None = None) -> dict[str, Any]
         loaded = sources.load_model(cfg, root, ArtifactStore(root / ".trtflow" / "store"))
     except ModelError as exc:
         if source.factory and "model.inputs is required" in str(exc):
-            module = sources._load_factory(source.factory, None)
+            module = sources.load_factory(source.factory, None)
             info.update(inputs=None, outputs=None, inputs_note=str(exc),
                         parameters=sum(p.numel() for p in module.parameters()),
                         ops=_module_ops(module))

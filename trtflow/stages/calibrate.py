@@ -36,7 +36,13 @@ from trtflow.quant import accuracy as accuracy_mod
 from trtflow.quant.artifact import Calibration
 from trtflow.quant.collect import Progress, collect_histograms
 from trtflow.quant.collector import HistogramCollector
-from trtflow.quant.methods import METHODS, compute_amax, scale_from_amax
+from trtflow.quant.methods import (
+    METHODS,
+    cache_algorithm,
+    compute_amax,
+    method_options,
+    scale_from_amax,
+)
 from trtflow.quant.qdq import (
     FP8_MAX,
     Placement,
@@ -47,10 +53,6 @@ from trtflow.quant.qdq import (
 
 VERSION = "calibrate-5"  # 3-5: NVIDIA residual rule, MaxPool inputs, complete cache, fp8
 # Q/DQ, streaming histograms fed 8 samples at a time (their range starts elsewhere)
-# The TensorRT calibrator whose cache each method's scales stand for (the header).
-CACHE_ALGORITHM = {"entropy": "EntropyCalibration2", "max": "MinMaxCalibration",
-                   "percentile": "LegacyCalibration", "mse": "LegacyCalibration",
-                   "qat": "EntropyCalibration2"}
 # E4M3 rounds |x| / scale below 464 (halfway to the next binade step) to 448; above
 # that a value saturates: it overflows E4M3 after scaling.
 FP8_OVERFLOW = 464.0
@@ -64,10 +66,6 @@ def calibration_tensors(model: onnx.ModelProto) -> list[str]:
         for name in quantizable_activations(model, placement):
             seen.setdefault(name, None)
     return list(seen)
-
-
-def method_options(cfg: CalibrationConfig, method: str) -> dict[str, Any]:
-    return {"percentile": cfg.percentile} if method == "percentile" else {}
 
 
 def existing_qdq_amax(model: onnx.ModelProto) -> dict[str, float]:
@@ -138,7 +136,7 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
                       f"{cfg.min_samples}); scales may not represent the data", stacklevel=2)
     artifact = Calibration(out_dir)
     result.collector.save_npz(artifact.histograms_file)
-    all_amax = {m: {t: compute_amax(result.collector[t], m, **method_options(cfg, m))
+    all_amax = {m: {t: compute_amax(result.collector[t], m, **method_options(m, cfg))
                     for t in tensors} for m in METHODS}
     accuracy = AccuracyReport()
     method: str = cfg.method
@@ -191,7 +189,7 @@ def tensor_methods(model: onnx.ModelProto, tensors: list[str], cfg: CalibrationC
 
 def _from_qat(model: onnx.ModelProto, amax: dict[str, float], out_dir: Path) -> dict[str, Any]:
     artifact = Calibration(out_dir)
-    artifact.write_cache({t: a / 127.0 for t, a in amax.items()}, CACHE_ALGORITHM["qat"])
+    artifact.write_cache({t: a / 127.0 for t, a in amax.items()}, cache_algorithm("qat"))
     _write_scales(artifact, amax, dict.fromkeys(amax, "qat"), {"qat": amax})
     artifact.write_qdq_model(model)
     artifact.write_accuracy(AccuracyReport().as_dict())
@@ -223,7 +221,7 @@ def _write_outputs(model: onnx.ModelProto, amax: dict[str, float], methods: dict
                    method: str = "entropy", fp8: dict[str, dict[str, Any]] | None = None
                    ) -> dict[str, Any]:
     in_cache = artifact.write_cache({t: scale_from_amax(a, t) for t, a in amax.items()},
-                                    CACHE_ALGORITHM.get(method, "EntropyCalibration2"))
+                                    cache_algorithm(method))
     qdq_model, report = insert_qdq(model, amax, "tensorrt", skip=frozenset(skip))
     artifact.write_qdq_model(qdq_model)
     in_qdq = {row["amax_from"] for row in report["activations"].values()}
