@@ -29,13 +29,13 @@ from trtflow.backends import (
     load_engine,
     tensorrt_backend,
 )
+from trtflow.backends.tensorrt_network import profile_shapes
 from trtflow.backends.tensorrt_plan import (
     BuildPlan,
     ConfigOptions,
     check_cache_complete,
     create_config,
     plan_build,
-    profile_shapes,
 )
 from trtflow.backends.tensorrt_report import fusion_report
 from trtflow.errors import BuildError, CalibrationError
@@ -81,9 +81,12 @@ def test_plan_on_tensorrt_11_is_strongly_typed() -> None:
     assert int8.graph == "qdq" and int8.strongly_typed and not int8.flags
     with pytest.raises(BuildError, match="no calibrator interface"):
         plan_build(_trt("int8", int8_source="calibration_cache"), 11)
-    with pytest.raises(BuildError, match=r"builds precision \['best', 'fp16', 'fp32', 'fp8', "
-                                         r"'int8'\], not 'bf16'"):
-        plan_build(_trt("bf16"), 11)
+    # fp16/bf16 on 11 come from the graph's own types: the typed graph TensorRT-RTX gets
+    assert plan_build(_trt("bf16"), 11) == BuildPlan("clean_bf16", strongly_typed=True)
+
+
+def test_bf16_on_tensorrt_10_is_the_bf16_flag() -> None:
+    assert plan_build(_trt("bf16"), 10) == BuildPlan("clean", False, ("bf16",))
 
 
 def test_fp8_builds_the_fp8_qdq_graph_strongly_typed_on_10_and_11() -> None:
@@ -131,6 +134,10 @@ def test_config_is_polygraphys_createconfig_with_tf32_off_and_the_profile(
     typed = create_config(plan_build(_trt("int8"), 11), shapes,
                           ConfigOptions())
     assert (typed.int8, typed.fp16) == (False, False)
+    bf16 = create_config(plan_build(_trt("bf16"), 10), shapes, ConfigOptions())
+    assert (bf16.bf16, bf16.fp16, bf16.tf32) == (True, False, False)
+    typed_bf16 = create_config(plan_build(_trt("bf16"), 11), shapes, ConfigOptions())
+    assert (typed_bf16.bf16, typed_bf16.fp16) == (False, False)  # the graph's types decide
 
 
 def _calibration(tmp_path: Path, model: onnx.ModelProto, drop: set[str]) -> Path:

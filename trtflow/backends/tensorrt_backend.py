@@ -27,6 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trtflow.backends.tensorrt_network import (
+    network_layers,
+    precision_report,
+    profile_shapes,
+    typed_graph,
+)
 from trtflow.backends.tensorrt_plan import (
     PLANS,
     BuildPlan,
@@ -36,7 +42,6 @@ from trtflow.backends.tensorrt_plan import (
     create_config,
     graph_for,
     plan_build,
-    profile_shapes,
 )
 from trtflow.backends.tensorrt_report import fusion_report, onnx_nodes
 from trtflow.errors import BuildError, DataError
@@ -51,6 +56,7 @@ ENGINE_FILE = "model.engine"
 CONFIG_FILE = "tensorrt.json"
 LAYERS_FILE = "layers.json"
 FUSION_FILE = "fusion_report.json"
+PRECISION_FILE = "precision_report.json"
 TIMING_FILE = "timing.cache"
 WORKSPACE_BYTES = 4 << 30
 
@@ -108,18 +114,6 @@ def timing_cache_path() -> Path:
     return root / f"timing-{gpu}-trt{trt.__version__}.cache"
 
 
-def _fp16_graph(model_path: Path, out_dir: Path) -> Path:
-    """TensorRT 11 fp16: a strongly typed network of trtflow's mixed FP16 graph."""
-    import onnx
-
-    from trtflow.quant.mixed_precision import to_mixed_fp16
-
-    converted, _ = to_mixed_fp16(onnx.load(str(model_path)))
-    path = out_dir / "model.fp16.onnx"
-    onnx.save_model(converted, str(path))
-    return path
-
-
 def _calibrator(plan: BuildPlan, calibration: Calibration | None, out_dir: Path
                 ) -> trt.IInt8Calibrator | None:
     """TensorRT <= 10 implicit INT8: Polygraphy's IInt8EntropyCalibrator2 serving a copy of
@@ -154,8 +148,8 @@ def _build(model_path: Path, target: Target, out_dir: Path, calibration: Calibra
 
     plan = plan_build(target, major_version())
     graph = graph_for(plan, model_path, calibration)
-    if plan.graph == "clean_fp16":
-        graph = _fp16_graph(model_path, out_dir)
+    if plan.graph in ("clean_fp16", "clean_bf16"):  # 11: the typed graph TensorRT-RTX gets too
+        graph, _ = typed_graph(str(target.precision), model_path, calibration, out_dir)
     timing_path = timing_cache_path()
     timing_path.parent.mkdir(parents=True, exist_ok=True)
     reused = timing_path.stat().st_size if timing_path.is_file() else 0
@@ -165,7 +159,11 @@ def _build(model_path: Path, target: Target, out_dir: Path, calibration: Calibra
         profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: WORKSPACE_BYTES})
     config = create_config(plan, profile_shapes(graph, max_batch), options)
-    network = NetworkFromOnnxPath(str(graph), strongly_typed=plan.strongly_typed)
+    # parsed once here, so the precision report reads the same network the engine is built from
+    network = NetworkFromOnnxPath(str(graph), strongly_typed=plan.strongly_typed)()
+    precision = precision_report(network_layers(network[1]))
+    precision["strongly_typed"] = plan.strongly_typed  # 10 weakly typed: flags decide too
+    (out_dir / PRECISION_FILE).write_text(json.dumps(precision, indent=2))
     engine_path = out_dir / ENGINE_FILE
     try:
         with G_LOGGER.verbosity(G_LOGGER.WARNING):
@@ -189,7 +187,8 @@ def _build(model_path: Path, target: Target, out_dir: Path, calibration: Calibra
     (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     return {"engine_file": ENGINE_FILE, "engine_bytes": engine_path.stat().st_size,
             "tensorrt": meta, "fusion": {k: fusion[k] for k in (
-                "layers", "onnx_nodes", "fused_layers", "layer_types", "unmapped_onnx_nodes")}}
+                "layers", "onnx_nodes", "fused_layers", "layer_types", "unmapped_onnx_nodes")},
+            "precision": {k: v for k, v in precision.items() if k != "rows"}}
 
 
 class TrtEngine:
@@ -242,7 +241,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
     precisions = tuple(PLANS)
-    libraries = ("onnx", "polygraphy")
+    libraries = ("onnx", "polygraphy", "nvidia-modelopt")  # modelopt: typed fp16/bf16 graphs
     options = TensorRTOptions
     selectable = False
 

@@ -2,10 +2,10 @@
 
 The build itself is NVIDIA Polygraphy's loaders (tensorrt_backend.py); this module
 only decides what to hand them, from the target and the graph:
-- `plan_build`: which graph (clean / mixed FP16 / INT8 Q/DQ / FP8 Q/DQ), whether the
+- `plan_build`: which graph (clean / typed FP16 or BF16 / INT8 Q/DQ / FP8 Q/DQ), whether the
   network is strongly typed, and which precision flags TensorRT 10 gets (11 has none).
-- `profile_shapes`: an optimization profile covering EVERY dynamic axis of every
-  input (batch and sequence alike), read from the ONNX graph.
+- `profile_shapes` (tensorrt_network, shared with TensorRT-RTX): an optimization profile
+  covering EVERY dynamic axis of every input (batch and sequence alike).
 - `create_config`: Polygraphy's `CreateConfig` for that plan (TF32 off for fp32,
   precision flags, the profile, the timing cache, the cache-only calibrator).
 - `check_cache_complete`: a `tensorrt` int8 target refuses a calibration cache that
@@ -24,6 +24,7 @@ import onnx
 from pydantic import Field
 
 from trtflow.backends import BackendOptions
+from trtflow.backends.tensorrt_network import ProfileShape
 from trtflow.errors import BuildError, CalibrationError
 
 if TYPE_CHECKING:
@@ -42,16 +43,10 @@ class TensorRTOptions(BackendOptions):
         "(TensorRT <= 10 only) from the clean graph plus the calibration cache")
 
 
-# min / opt / max of one input in an optimization profile
-ProfileShape = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-
-# Non-batch dynamic axes (sequence, spatial): min / opt / max of the one profile.
-OTHER_AXIS_RANGE = (1, 128, 512)
-
-
 @dataclass(frozen=True)
 class BuildPlan:
-    """graph: 'clean', 'clean_fp16', 'qdq' (INT8) or 'fp8_qdq'; flags: CreateConfig's
+    """graph: 'clean', 'clean_fp16' / 'clean_bf16' (converted to a typed graph by
+    tensorrt_network.typed_graph), 'qdq' (INT8) or 'fp8_qdq'; flags: CreateConfig's
     precision switches (TensorRT 10 only); calibrator: serve calibration.cache."""
 
     graph: str
@@ -73,6 +68,10 @@ def _plan_fp16(target: Target, weak: bool, major: int) -> BuildPlan:
     return BuildPlan("clean", False, ("fp16",)) if weak else BuildPlan("clean_fp16", True)
 
 
+def _plan_bf16(target: Target, weak: bool, major: int) -> BuildPlan:
+    return BuildPlan("clean", False, ("bf16",)) if weak else BuildPlan("clean_bf16", True)
+
+
 def _plan_int8(target: Target, weak: bool, major: int) -> BuildPlan:
     options = target.options
     if isinstance(options, TensorRTOptions) and options.int8_source == "calibration_cache":
@@ -92,8 +91,8 @@ def _plan_fp8(target: Target, weak: bool, major: int) -> BuildPlan:
     return BuildPlan("fp8_qdq", True)
 
 
-PLANS = {"fp32": _plan_fp32, "fp16": _plan_fp16, "int8": _plan_int8, "best": _plan_best,
-         "fp8": _plan_fp8}
+PLANS = {"fp32": _plan_fp32, "fp16": _plan_fp16, "bf16": _plan_bf16, "int8": _plan_int8,
+         "best": _plan_best, "fp8": _plan_fp8}
 
 
 def plan_build(target: Target, major: int) -> BuildPlan:
@@ -107,43 +106,15 @@ def plan_build(target: Target, major: int) -> BuildPlan:
 
 
 def graph_for(plan: BuildPlan, model_path: Path, calibration: Calibration | None) -> Path:
-    """The ONNX file the plan builds from ('clean_fp16' is converted later, in out_dir)."""
-    if plan.graph in ("clean", "clean_fp16"):
+    """The ONNX file the plan builds from ('clean_fp16'/'clean_bf16': the clean graph,
+    converted later, in out_dir)."""
+    if plan.graph in ("clean", "clean_fp16", "clean_bf16"):
         return model_path
     precision = "int8" if plan.graph == "qdq" else "fp8"
     if calibration is None:
         raise BuildError(f"a tensorrt {plan.graph} build reads the calibration's {precision} "
                          "Q/DQ graph, and no calibration was given")
     return calibration.qdq_model(precision)
-
-
-def _dynamic_axes(value: onnx.ValueInfoProto) -> list[int]:
-    """Axes without a fixed positive size (a dim_param, or nothing)."""
-    dims = value.type.tensor_type.shape.dim
-    return [axis for axis, d in enumerate(dims)
-            if not (d.HasField("dim_value") and d.dim_value > 0)]
-
-
-def profile_shapes(model_path: Path, max_batch: int) -> dict[str, ProfileShape]:
-    """min/opt/max per input for one optimization profile: axis 0, when dynamic, runs
-    1..max_batch (opt max_batch); every other dynamic axis OTHER_AXIS_RANGE. Inputs
-    without a dynamic axis are left out (TensorRT needs no profile entry for them)."""
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    shapes: dict[str, ProfileShape] = {}
-    for value in graph.input:
-        if value.name in initializers:
-            continue
-        dynamic = _dynamic_axes(value)
-        if not dynamic:
-            continue
-        fixed = [d.dim_value for d in value.type.tensor_type.shape.dim]
-        lo, opt, hi = list(fixed), list(fixed), list(fixed)
-        for axis in dynamic:
-            lo[axis], opt[axis], hi[axis] = ((1, max_batch, max_batch) if axis == 0
-                                             else OTHER_AXIS_RANGE)
-        shapes[value.name] = (tuple(lo), tuple(opt), tuple(hi))
-    return shapes
 
 
 @dataclass
@@ -171,7 +142,8 @@ def create_config(plan: BuildPlan, shapes: dict[str, ProfileShape],
     timing = str(options.timing_cache) if options.timing_cache else None
     with G_LOGGER.verbosity(G_LOGGER.WARNING):  # not its "TF32 is disabled" note
         return CreateConfig(tf32=False, fp16="fp16" in plan.flags, int8="int8" in plan.flags,
-                            fp8="fp8" in plan.flags, calibrator=options.calibrator,
+                            fp8="fp8" in plan.flags, bf16="bf16" in plan.flags,
+                            calibrator=options.calibrator,
                             profiles=[profile], load_timing_cache=timing,
                             profiling_verbosity=options.profiling_verbosity,
                             memory_pool_limits=options.memory_pool_limits)

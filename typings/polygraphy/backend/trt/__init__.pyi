@@ -25,10 +25,12 @@ class CreateConfig:
     fp16: bool
     int8: bool
     fp8: bool
+    bf16: bool
     profiles: list[Profile]
     timing_cache_path: str | None
     def __init__(self, tf32: bool | None = None, fp16: bool | None = None,
-                 int8: bool | None = None, fp8: bool | None = None, *,
+                 int8: bool | None = None, fp8: bool | None = None,
+                 bf16: bool | None = None, *,
                  calibrator: trt.IInt8Calibrator | None = None,
                  profiles: list[Profile] | None = None, load_timing_cache: str | None = None,
                  profiling_verbosity: trt.ProfilingVerbosity | None = None,
@@ -42,7 +44,8 @@ class NetworkFromOnnxPath:
     def __call__(self) -> tuple[trt.Builder, Any, Any]: ...
 
 class EngineFromNetwork:
-    def __init__(self, network: NetworkFromOnnxPath | Callable[[], tuple[Any, ...]],
+    def __init__(self, network: NetworkFromOnnxPath | Callable[[], tuple[Any, ...]]
+                 | tuple[Any, ...],
                  config: CreateConfig | None = None,
                  save_timing_cache: str | None = None) -> None: ...
     def __call__(self) -> trt.ICudaEngine: ...
