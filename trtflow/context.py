@@ -64,6 +64,15 @@ class Context:
         known = sources.source_kind(self.params.model.source).known_inputs(self.params.model)
         return known if known is not None else self.model().inputs
 
+    def metric(self) -> str:
+        """The agreement metric validate reports and calibration's accuracy search uses:
+        top1 with labelled evaluation data, else cosine (unless params name one)."""
+        cfg = self.params.validate_
+        if cfg.metric != "auto":
+            return cfg.metric
+        ev = self.params.data.evaluation
+        return "top1" if ev is not None and ev.labels else "cosine"
+
     def source_digest(self) -> str:
         from trtflow import sources
 

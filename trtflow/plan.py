@@ -4,14 +4,15 @@
 
 Each `Step` below names its upstream stages, the params sections it reads and
 the libraries whose versions shape its output; `trtflow.stage` derives the
-cache key from that. `plan(params, targets)` orders the nodes; the Prefect flow
+cache key from that. The stages' work lives in `trtflow/stages/` (each module's `run`
+is its step's function); this module holds the declarations and the runner.
+`plan(params, targets)` orders the nodes; the Prefect flow
 (`flows/compile.py`), `trtflow stage` for DVC (`trtflow/dvc_stage.py`), `store gc`
 and the publish path all walk it, so the DAG is not written anywhere else.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +23,15 @@ from trtflow.context import Context, data_digest
 from trtflow.errors import ParamsError
 from trtflow.params import Params, Target
 from trtflow.stage import StageResult, Step, Upstream
+from trtflow.stages import build as build_stage
 from trtflow.stages import calibrate as calibrate_stage
+from trtflow.stages import cleanup as cleanup_stage
 from trtflow.stages import export as export_stage
 from trtflow.stages import validate as validate_stage
+from trtflow.stages.build import selects as selects
+from trtflow.stages.cleanup import CLEAN_FILE as CLEAN_FILE
+from trtflow.stages.cleanup import CLEANUP_REPORT as CLEANUP_REPORT
 
-CLEAN_FILE = "model.clean.onnx"
-CLEANUP_REPORT = "cleanup_report.json"
 QUANTIZED = ("int8", "fp8")
 
 
@@ -38,186 +42,36 @@ def needs_calibration(target: Target) -> bool:
         and "int8" in target.select.precisions)
 
 
-def metric(ctx: Context) -> str:
-    """The agreement metric validate reports and calibration's accuracy search uses."""
-    cfg = ctx.params.validate_
-    if cfg.metric != "auto":
-        return cfg.metric
-    ev = ctx.params.data.evaluation
-    return "top1" if ev is not None and ev.labels else "cosine"
-
-
-# --- export ------------------------------------------------------------------
-
-def _export(ctx: Context, target: str | None, out: Path) -> dict[str, Any]:
-    sample = ctx.sample_inputs(ctx.params.export.samples)
-    report = export_stage.export_model(ctx.model(), ctx.params.export, sample, out)
-    _check_labels(ctx, out / export_stage.MODEL_FILE)
-    return report
-
-
-def _check_labels(ctx: Context, exported: Path) -> None:
-    """Labels vs the classes of a model whose class count only its export shows (factory,
-    `.pt2`, MLflow sources; preflight checks ONNX and builtin sources): raised here, the
-    export artifact is never committed, so bad labels leave the store as it was."""
-    import onnx
-
-    from trtflow.datasets import open_data
-    from trtflow.preflight import output_classes
-
-    ev = ctx.params.data.evaluation
-    if ev is None or not ev.labels:
-        return
-    classes = output_classes(onnx.load(str(exported), load_external_data=False))
-    if classes is not None:  # npz labels and image class folders are checked on open
-        open_data(ev, ctx.input_specs(), ctx.root, ctx.params.data.batch_size, classes)
-
-
 EXPORT = Step(
-    "export", export_stage.VERSION, _export,
+    "export", export_stage.VERSION, export_stage.run,
     reads=("model", "export"),
     libraries=("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "transformers",
                "polygraphy"),  # the parity report (Polygraphy runner + Comparator)
     facts=lambda ctx, target: {"source": ctx.source_digest()},
 )
 
-
-# --- cleanup -----------------------------------------------------------------
-
-def _cleanup(ctx: Context, target: str | None, out: Path, exported: StageResult
-             ) -> dict[str, Any]:
-    import onnx
-
-    from trtflow.graph import cleanup as cleanup_mod
-    from trtflow.graph.parity import compare, ort_run
-
-    raw_path = exported.file(export_stage.MODEL_FILE)
-    passes = tuple(cleanup_mod.PASSES[name] for name in ctx.params.cleanup.passes)
-    cleaned, report = cleanup_mod.cleanup(onnx.load(str(raw_path)), passes)
-    onnx.save_model(cleaned, str(out / CLEAN_FILE))
-    sample = ctx.sample_inputs(ctx.params.export.samples)
-    parity = compare(ort_run(raw_path, sample), ort_run(out / CLEAN_FILE, sample),
-                     ctx.params.cleanup.atol, ctx.params.cleanup.rtol,
-                     "cleanup parity (cleaned vs exported graph)")
-    report["parity"] = parity.as_dict()
-    (out / CLEANUP_REPORT).write_text(json.dumps(report, indent=2))
-    return report
-
-
 CLEANUP = Step(
-    "cleanup", "cleanup-2", _cleanup,
+    "cleanup", cleanup_stage.VERSION, cleanup_stage.run,
     inputs=(Upstream("export"),),
     reads=("cleanup", "export.samples"),
     libraries=("onnx", "onnxslim", "onnxscript", "onnx-ir", "onnxruntime", "numpy",
                "polygraphy"),
 )
 
-
-# --- calibrate ---------------------------------------------------------------
-
-def _calibrate_facts(ctx: Context, target: str | None) -> dict[str, Any]:
-    cal = ctx.params.data.calibration
-    return {"metric": metric(ctx), "calibration_data": data_digest(ctx.root, cal) if cal else None}
-
-
-def _calibrate(ctx: Context, target: str | None, out: Path, cleaned: StageResult
-               ) -> dict[str, Any]:
-    from trtflow.datasets import open_data
-    from trtflow.ort_session import default_threads
-
-    cal = ctx.params.data.calibration
-    if cal is None:
-        raise ParamsError("an int8 target needs data.calibration (an .npz of representative "
-                          "inputs) in params")
-    stream = open_data(cal, ctx.input_specs(), ctx.root, ctx.params.data.batch_size)
-    total = min(len(stream), ctx.params.calibration.max_samples or len(stream))
-    done = 0
-
-    def progress(n: int) -> None:
-        nonlocal done
-        done += n
-        if ctx.progress:
-            ctx.progress(f"calibrate: {done}/{total} samples")
-
-    return calibrate_stage.calibrate(
-        cleaned.file(CLEAN_FILE), (b.inputs for b in stream), ctx.params.calibration,
-        default_threads(), out, progress, metric=metric(ctx),
-        selection=(b.inputs for b in stream), status=ctx.progress,
-        batches_again=lambda: (b.inputs for b in stream))
-
-
 CALIBRATE = Step(
-    "calibrate", calibrate_stage.VERSION, _calibrate,
+    "calibrate", calibrate_stage.VERSION, calibrate_stage.run,
     inputs=(Upstream("cleanup"),),
     reads=("calibration", "data.calibration", "data.batch_size"),
     libraries=("onnx", "onnxruntime", "onnx-ir", "numpy"),
-    facts=_calibrate_facts,
+    facts=calibrate_stage.facts,
 )
 
-
-# --- build -------------------------------------------------------------------
-
-def selects(target: Target) -> bool:
-    """`precision: best` on the CPU: candidates are built and timed (trtflow.select)."""
-    return target.precision == "best" and target.device == "cpu"
-
-
-def _build_facts(ctx: Context, target: str | None) -> dict[str, Any]:
-    from trtflow.backends import backend_fingerprint
-
-    spec = ctx.target(str(target))
-    if not selects(spec):
-        return backend_fingerprint(spec)
-    from trtflow.latency import host_fingerprint
-    from trtflow.select import candidates
-
-    # the choice is a measurement on this host, of every candidate backend; SmoothQuant
-    # candidates re-calibrate with the calibration settings
-    facts = {"host": host_fingerprint(), "metric": metric(ctx), "candidates": {
-        c.name: backend_fingerprint(c.target) for c in candidates(spec, None, True)}}
-    if spec.select.smoothquant_alpha:
-        facts["calibration"] = ctx.params.section_digest("calibration")
-    return facts
-
-
-def _build(ctx: Context, target: str | None, out: Path, cleaned: StageResult,
-           *calibrated: StageResult) -> dict[str, Any]:
-    from trtflow.backends import Calibration, build_engine
-
-    calibration = Calibration(Path(calibrated[0].path)) if calibrated else None
-    spec = ctx.target(str(target))
-    if selects(spec):
-        return _select(ctx, spec, cleaned.file(CLEAN_FILE), out, calibration)
-    return build_engine(cleaned.file(CLEAN_FILE), spec, out, calibration)
-
-
-def _select(ctx: Context, spec: Target, model: Path, out: Path,
-            calibration: Any) -> dict[str, Any]:
-    from trtflow.datasets import open_data
-    from trtflow.select import select_engine
-
-    cal = ctx.params.data.calibration
-    if cal is not None:  # the selection split: calibration data, never the evaluation data
-        selection = next(iter(open_data(cal, ctx.input_specs(), ctx.root,
-                                        ctx.params.data.batch_size))).inputs
-    else:
-        selection = ctx.sample_inputs(ctx.params.data.batch_size)
-    gates = spec.gates or ctx.params.validate_.gates
-    if ctx.progress:
-        ctx.progress("build: timing the candidate engines (precision best)")
-    return select_engine(model, spec, out, calibration, selection, metric(ctx),
-                         spec.select.min_agreement or gates.min_agreement, spec.threads,
-                         ctx.params.calibration)
-
-
 BUILD = Step(
-    "build", "build-5", _build,  # 3: the Q/DQ graph TensorRT gets kept beside the engine;
-    # 4: targets key their backend options under `options`; 5: SmoothQuant candidates
-    # re-calibrate through the calibrate stage's own function
+    "build", build_stage.VERSION, build_stage.run,
     inputs=(Upstream("cleanup"), Upstream("calibrate", when=needs_calibration)),
     reads=("targets.{target}",),
     libraries=("onnx",),  # the backend adds its own (backend_fingerprint)
-    facts=_build_facts,
+    facts=build_stage.facts,
     per_target=True,
 )
 
@@ -273,7 +127,7 @@ def _validate(ctx: Context, target: str | None, out: Path, engine_art: StageResu
     from trtflow.backends.onnxruntime_backend import TENSORRT_QDQ_FILE
 
     return validate_stage.validate(engine, reference, label, batches,
-                                   lambda bs: tile_batch(pool, bs), cfg, metric(ctx), name, out,
+                                   lambda bs: tile_batch(pool, bs), cfg, ctx.metric(), name, out,
                                    qdq_model=Path(engine_art.path) / TENSORRT_QDQ_FILE).as_dict()
 
 

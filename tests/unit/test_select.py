@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtflow.errors import BuildError
 from trtflow.params import Target
-from trtflow.select import (
+from trtflow.stages.select import (
     Candidate,
     candidates,
     decide,

@@ -26,9 +26,6 @@ store_app = typer.Typer(help="Check and clean the artifact store (.trtflow/store
                         no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
-PIPELINE_STAGES = ("export", "cleanup", "calibrate", "build", "validate")
-
-
 def _store_dir(root: Path) -> Path:
     return root.resolve() / ".trtflow" / "store"
 
@@ -89,7 +86,10 @@ def gc(
             referenced |= mlflow_references()
         for params in keep if keep is not None else sorted((root / "params").glob("*.yaml")):
             referenced |= params_references(params, root, store)
-        others = {p.name for p in store.iterdir() if p.is_dir()} - set(PIPELINE_STAGES)
+        from trtflow.plan import STEPS
+
+        # folders of the plan's stages are kept by reference; any other folder is judged whole
+        others = {p.name for p in store.iterdir() if p.is_dir()} - set(STEPS)
         report = collect_garbage(store, referenced, others, dry_run=dry_run)
     except TrtflowError as exc:
         fail(exc)

@@ -15,7 +15,7 @@ Its directory is a `trtflow.quant.artifact.Calibration` (that module names the f
 - the selection-split accuracy report (method scores, sensitivity, fallback).
 A graph that already carries Q/DQ (from QAT) keeps its scales; it still gets a cache.
 `calibrate` is also what precision best's SmoothQuant candidates run on their
-smoothed graph (trtflow.select): one writer of calibrations.
+smoothed graph (trtflow.stages.select): one writer of calibrations.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import resource
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from trtflow.errors import CalibrationError
+from trtflow.errors import CalibrationError, ParamsError
 from trtflow.params import CalibrationConfig
 from trtflow.quant import accuracy as accuracy_mod
 from trtflow.quant.artifact import Calibration
@@ -50,6 +50,10 @@ from trtflow.quant.qdq import (
     insert_qdq,
     quantizable_activations,
 )
+
+if TYPE_CHECKING:
+    from trtflow.context import Context
+    from trtflow.stage import StageResult
 
 VERSION = "calibrate-5"  # 3-5: NVIDIA residual rule, MaxPool inputs, complete cache, fp8
 # Q/DQ, streaming histograms fed 8 samples at a time (their range starts elsewhere)
@@ -248,3 +252,39 @@ def _write_scales(artifact: Calibration, amax: dict[str, float], methods: dict[s
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def facts(ctx: Context, target: str | None) -> dict[str, Any]:
+    """The agreement metric its accuracy search uses and the calibration data's digest."""
+    from trtflow.context import data_digest
+
+    cal = ctx.params.data.calibration
+    return {"metric": ctx.metric(),
+            "calibration_data": data_digest(ctx.root, cal) if cal else None}
+
+
+def run(ctx: Context, target: str | None, out: Path, cleaned: StageResult) -> dict[str, Any]:
+    """The plan's calibrate step: the cleaned graph over the params' calibration data."""
+    from trtflow.datasets import open_data
+    from trtflow.ort_session import default_threads
+    from trtflow.stages.cleanup import CLEAN_FILE
+
+    cal = ctx.params.data.calibration
+    if cal is None:
+        raise ParamsError("an int8 target needs data.calibration (an .npz of representative "
+                          "inputs) in params")
+    stream = open_data(cal, ctx.input_specs(), ctx.root, ctx.params.data.batch_size)
+    total = min(len(stream), ctx.params.calibration.max_samples or len(stream))
+    done = 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        if ctx.progress:
+            ctx.progress(f"calibrate: {done}/{total} samples")
+
+    return calibrate(
+        cleaned.file(CLEAN_FILE), (b.inputs for b in stream), ctx.params.calibration,
+        default_threads(), out, progress, metric=ctx.metric(),
+        selection=(b.inputs for b in stream), status=ctx.progress,
+        batches_again=lambda: (b.inputs for b in stream))

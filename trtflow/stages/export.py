@@ -20,6 +20,8 @@ from trtflow.sources import LoadedModel, check_onnx_file
 if TYPE_CHECKING:  # imported by the functions that export: a cached run needs no torch
     import torch
 
+    from trtflow.context import Context
+
 VERSION = "export-1"
 MODEL_FILE = "model.onnx"
 
@@ -126,3 +128,26 @@ def _quiet():  # type: ignore[no-untyped-def]
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def run(ctx: Context, target: str | None, out: Path) -> dict[str, Any]:
+    """The plan's export step: the params' model, export settings and samples."""
+    sample = ctx.sample_inputs(ctx.params.export.samples)
+    report = export_model(ctx.model(), ctx.params.export, sample, out)
+    _check_labels(ctx, out / MODEL_FILE)
+    return report
+
+
+def _check_labels(ctx: Context, exported: Path) -> None:
+    """Labels vs the classes of a model whose class count only its export shows (factory,
+    `.pt2`, MLflow sources; preflight checks ONNX and builtin sources): raised here, the
+    export artifact is never committed, so bad labels leave the store as it was."""
+    from trtflow.datasets import open_data
+    from trtflow.preflight import output_classes
+
+    ev = ctx.params.data.evaluation
+    if ev is None or not ev.labels:
+        return
+    classes = output_classes(onnx.load(str(exported), load_external_data=False))
+    if classes is not None:  # npz labels and image class folders are checked on open
+        open_data(ev, ctx.input_specs(), ctx.root, ctx.params.data.batch_size, classes)
