@@ -117,13 +117,6 @@ def check_initializers(model: onnx.ModelProto, path: Path) -> None:
                          "non-finite weights cannot be calibrated or validated")
 
 
-def check_graph(model: onnx.ModelProto, path: Path) -> None:
-    """Every graph-level preflight check, cheapest first."""
-    check_versions(model, path)
-    check_acyclic(model, path)
-    check_initializers(model, path)
-
-
 def output_classes(model: onnx.ModelProto) -> int | None:
     """The class count of a classifier graph: the first output's static last dim, if any."""
     if not model.graph.output:

@@ -108,8 +108,8 @@ def _relu_conv_chain() -> onnx.ModelProto:
 
 
 def test_nonnegative_int8_becomes_uint8_with_the_same_values(tmp_path: Path) -> None:
-    from trtflow.graph.unsigned_qdq import unsigned_nonnegative
     from trtflow.quant.qdq import insert_qdq
+    from trtflow.quant.unsigned_qdq import unsigned_nonnegative
 
     model = _relu_conv_chain()
     amax = {"x": 3.0, "r0": 4.0, "r1": 5.0, "f": 5.0, "p": 5.0, "y": 9.0, "c0": 4.0, "c1": 5.0}

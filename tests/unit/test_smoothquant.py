@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtflow.errors import ParamsError
 from trtflow.graph.parity import ort_run
-from trtflow.graph.smoothquant import channel_amax, smooth, smoothable, smoothing_scales
+from trtflow.quant.smoothquant import channel_amax, smooth, smoothable, smoothing_scales
 
 K, N = 8, 6
 OUTLIERS = (2, 5)  # input channels scaled x50 before the MatMuls

@@ -114,7 +114,7 @@ def _qdq(model: onnx.ModelProto, precision: str, feeds: dict | None = None
 def _smoothed_qdq() -> onnx.ModelProto:
     """A SmoothQuant'ed attention-style graph (outlier channels moved into the MatMul
     weights), then TensorRT's INT8 Q/DQ."""
-    from trtflow.graph.smoothquant import channel_amax, smooth, smoothable
+    from trtflow.quant.smoothquant import channel_amax, smooth, smoothable
 
     from .test_smoothquant import K, _graph
 

@@ -3,7 +3,7 @@
 INT8 is explicit quantization: the clean graph gets Q/DQ pairs from the calibrate
 stage's amax (no recalibration; the scales are trtflow's) in the placement ORT's CPU
 provider fuses (Q after each Conv/Add, so a layer hands int8 to the next), with Relu
-outputs re-encoded as uint8 zero point 0 (`trtflow.graph.unsigned_qdq`): the form
+outputs re-encoded as uint8 zero point 0 (`trtflow.quant.unsigned_qdq`): the form
 NNCF emits and OpenVINO's CPU plugin fuses into u8 convolutions. Measured on
 resnet18 (AMX host, bs1, one run): 3.42 ms against 3.80 ms for the TensorRT
 placement and 3.37 ms for NNCF's own INT8 model. Left as int8 zero point -128, the
@@ -131,9 +131,9 @@ def _int8_model(model_path: Path, calibration: Calibration, scheme: str, out_dir
                 ) -> tuple[Path, dict[str, Any]]:
     import onnx
 
-    from trtflow.graph.unsigned_qdq import unsigned_nonnegative
-    from trtflow.graph.weight_only import weight_only_int8
     from trtflow.quant.qdq import insert_qdq
+    from trtflow.quant.unsigned_qdq import unsigned_nonnegative
+    from trtflow.quant.weight_only import weight_only_int8
 
     model = onnx.load(str(model_path))
     skip = frozenset(calibration.float_layers())

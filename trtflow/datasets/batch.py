@@ -12,7 +12,6 @@ from trtflow.errors import DataCastWarning, DataError
 from trtflow.params import TensorSpec
 
 _FLOAT = ("float32", "float16")
-_INT = ("int64", "int32", "bool")
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -141,11 +140,3 @@ def collect_histograms(model: onnx.ModelProto, tensors: list[str],
     samples, n_batches = _run_pass(session, tensors, batches_again(), exact, max_samples,
                                    progress)
     return CollectResult(exact.collector(), samples, n_batches, time.perf_counter() - start)
-
-
-def float_inputs(model_path: Path) -> list[str]:
-    """Graph inputs that carry float data (integer inputs are never calibrated)."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in inits
-            and i.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]

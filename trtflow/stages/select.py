@@ -265,7 +265,7 @@ def smoothed_calibration(model_path: Path, cfg: CalibrationConfig, alpha: float,
     a calibration that fit each other (the smoothed tensors have new amax)."""
     import onnx
 
-    from trtflow.graph.smoothquant import channel_amax, smooth, smoothable
+    from trtflow.quant.smoothquant import channel_amax, smooth, smoothable
     from trtflow.stages.calibrate import calibrate
 
     workers = threads or 1
