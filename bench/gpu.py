@@ -303,44 +303,40 @@ def trtflow_engines(name: str, module: nn.Module, work: Path, seq: int, want_int
                                                  os.cpu_count() or 1, work / "calib")
         timings["calibrate_s"] = time.perf_counter() - start
 
-    sources: dict[str, tuple[Path, str]] = {"fp32": (clean, "fp32"), "fp16": (clean, "fp16")}
+    # label -> (precision, options): transformers get the engine with ONNX Runtime's
+    # transformer fusion (the backend's default for graphs with attention) and without
+    variants: dict[str, tuple[str, dict[str, str]]] = {}
+    transformer = name != "resnet50"
+    for precision in ("fp32", "fp16"):
+        if transformer and fused:
+            variants[f"fused_{precision}"] = (precision, {"transformer_fusion": "on"})
+        variants[precision] = (precision, {"transformer_fusion": "off"})
     if want_int8:
-        sources["int8"] = (clean, "int8")
-    fusion: dict[str, Any] = {}
-    if fused and name != "resnet50":
-        from trtflow.graph.attention_fusion import fuse_transformer
-
-        for precision in ("fp32", "fp16"):
-            path = work / f"model.fused.{precision}.onnx"
-            start = time.perf_counter()
-            try:
-                fusion[precision] = fuse_transformer(clean, path, fp16=precision == "fp16")
-                fusion[precision]["seconds"] = time.perf_counter() - start
-                # the fused graph is already in its precision: built as is ("fp32" = no cast)
-                sources[f"fused_{precision}"] = (path, "fp32")
-                log(f"{name}: fused {precision}: {fusion[precision]['fused']} attention "
-                    f"{fusion[precision]['attention_fused']}")
-            except Exception as exc:
-                fusion[precision] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-                traceback.print_exc()
-
+        variants["int8"] = ("int8", {})
     built: dict[str, Any] = {}
-    for label, (path, precision) in sources.items():
+    fusion: dict[str, Any] = {}
+    for label, (precision, options) in variants.items():
         out = work / f"engine-{label}"
         out.mkdir(exist_ok=True)
         start = time.perf_counter()
-        # device cpu (smoke test): the same engine code on ORT's CPU provider
-        options = {} if device == "cuda" else {"options": {"execution_device": "cpu"}}
+        if device != "cuda":  # smoke test: the same engine code on ORT's CPU provider
+            options = {**options, "execution_device": "cpu"}
         try:
-            target = Target(backend="onnxruntime", device="cuda", precision=precision, **options)
-            report = build_engine(path, target, out,
+            target = Target(backend="onnxruntime", device="cuda", precision=precision,
+                            options=options)
+            report = build_engine(clean, target, out,
                                   Calibration(work / "calib") if precision == "int8" else None)
         except Exception as exc:
             built[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             traceback.print_exc()
             continue
+        precision_report = report.get("precision") or {}
+        if "transformer_fusion" in precision_report:
+            fusion[label] = precision_report.pop("transformer_fusion")
+            log(f"{name}: {label}: fused {fusion[label]['fused']}, attention "
+                f"{fusion[label]['attention_fused']}")
         built[label] = {"dir": str(out), "build_s": time.perf_counter() - start,
-                        "precision_report": report.get("precision"),
+                        "precision_report": precision_report,
                         "engine_ops": report.get("engine_ops")}
         log(f"{name}: built ORT CUDA {label} in {built[label]['build_s']:.1f}s")
     return {"timings": timings, "export_parity": export_report.get("parity"),
@@ -349,36 +345,12 @@ def trtflow_engines(name: str, module: nn.Module, work: Path, seq: int, want_int
             if calib_report else None, "engines": built}
 
 
-def shaped_engine_class() -> type:
-    """OrtGpuEngine whose profiles learn unknown output shapes (contrib ops defeat ONNX
-    shape inference) from one plain run, so fused graphs get CUDA graphs too."""
-    from trtflow.backends.ort_cuda import OrtGpuEngine
-
-    class ShapedOrtGpuEngine(OrtGpuEngine):  # type: ignore[misc]
-        def _make_profile(self, shapes: dict[str, tuple[int, ...]]) -> Any:
-            from trtflow.backends.ort_cuda import _DTYPES, static_model
-
-            model, out_shapes = static_model(self.model, shapes)
-            if self.use_graph and any(s is None for s in out_shapes.values()):
-                in_types = {i.name: _DTYPES.get(i.type.tensor_type.elem_type, np.float32)
-                            for i in model.graph.input}
-                feeds = {n: np.ones(shapes[n], in_types[n]) for n in self.input_names}
-                probe = self._session(model, False).run(None, feeds)
-                out_shapes = {n: tuple(o.shape) for n, o in
-                              zip(self.output_names, probe, strict=True)}
-                out_types = {o.name: _DTYPES.get(o.type.tensor_type.elem_type, np.float32)
-                             for o in model.graph.output}
-                return self._bind(model, shapes, in_types, out_shapes, out_types, True, "")
-            return super()._make_profile(shapes)
-
-    return ShapedOrtGpuEngine
-
-
 def ort_contenders(name: str, built: dict[str, Any], batches: tuple[int, ...],
                    inputs: dict[int, dict[str, np.ndarray]], refs: dict[int, np.ndarray],
                    args: argparse.Namespace, record: Callable[[str, int, dict[str, Any]], None],
                    ) -> None:
-    engine_cls = shaped_engine_class()
+    from trtflow.backends.ort_cuda import OrtGpuEngine
+
     variants = []
     for label, info in built["engines"].items():
         if "dir" not in info:
@@ -388,7 +360,7 @@ def ort_contenders(name: str, built: dict[str, Any], batches: tuple[int, ...],
             variants.append((f"trtflow_ort_cuda_{label}", label, False))
     for contender, label, graph in variants:
         try:
-            engine = engine_cls.load(Path(built["engines"][label]["dir"]), cuda_graph=graph)
+            engine = OrtGpuEngine.load(Path(built["engines"][label]["dir"]), cuda_graph=graph)
         except Exception as exc:
             for bs in batches:
                 record(contender, bs, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})

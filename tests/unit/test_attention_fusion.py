@@ -179,3 +179,29 @@ def test_fp16_fusion_keeps_float32_inputs_and_outputs(tiny_bert_onnx: tuple[Path
     assert report["fp16"] and report["attention_fused"]
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
+def test_ort_cuda_engine_fuses_a_transformer_by_default_and_names_what_fused(
+        tiny_bert_onnx: tuple[Path, object], tmp_path: Path) -> None:
+    """The CUDA backend's own cleanup (run here on ORT's CPU provider, same code path)."""
+    import torch
+
+    from trtflow.backends import build_engine, load_engine
+    from trtflow.params import Target
+
+    path, module = tiny_bert_onnx
+    target = Target(device="cuda", precision="fp32", options={"execution_device": "cpu"})
+    report = build_engine(path, target, tmp_path)
+    fusion = report["precision"]["transformer_fusion"]
+    assert fusion["attention_nodes"] == 2 and report["engine_ops"]["MultiHeadAttention"] == 2
+    feeds = bert_feeds()
+    got = load_engine(tmp_path).run(feeds)
+    with torch.no_grad():
+        want = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()  # type: ignore[operator]
+    np.testing.assert_allclose(next(iter(got.values()))[0], want[0], atol=1e-4)
+    off = Target(device="cuda", precision="fp32",
+                 options={"execution_device": "cpu", "transformer_fusion": "off"})
+    (tmp_path / "plain").mkdir()
+    plain = build_engine(path, off, tmp_path / "plain")
+    assert "transformer_fusion" not in plain["precision"]
+    assert "MultiHeadAttention" not in plain["engine_ops"]

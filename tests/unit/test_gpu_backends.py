@@ -137,30 +137,50 @@ def test_gpu_engine_code_path_on_cpu_provider(tmp_path: Path, precision: str) ->
     assert all(not p["cuda_graph"] for p in engine.describe())  # no CUDA graphs on the CPU
 
 
-def _calibration(tmp_path: Path, amax: dict[str, float]) -> Calibration:
-    """A calibration directory holding only what a build reads: amax and no float layers."""
+def _calibration(tmp_path: Path, amax: dict[str, float],
+                 model: onnx.ModelProto | None = None) -> Calibration:
+    """A calibration directory holding what a build reads: amax, no float layers and, given
+    the model, the TensorRT-placement Q/DQ graph as the calibrate stage writes it."""
+    from trtflow.quant.qdq import insert_qdq
+
     path = tmp_path / "calibration"
     path.mkdir()
     (path / "scales.json").write_text(json.dumps({t: {"amax": a} for t, a in amax.items()}))
     (path / "accuracy.json").write_text(json.dumps({"fallback": None}))
-    return Calibration(path)
+    artifact = Calibration(path)
+    if model is not None:
+        artifact.write_qdq_model(insert_qdq(model, amax, "tensorrt")[0])
+    return artifact
 
 
-def test_int8_on_gpu_engine_path_uses_tensorrt_placement(tmp_path: Path) -> None:
+def test_int8_on_gpu_engine_runs_the_calibrate_stages_qdq_graph(tmp_path: Path) -> None:
     from trtflow.quant.qdq import quantizable_activations
 
     source = tmp_path / "model.onnx"
     model = two_branch_graph()
     onnx.save_model(model, str(source))
     amax = dict.fromkeys(quantizable_activations(model, "tensorrt"), 4.0)
+    calibration = _calibration(tmp_path, amax, model)
+    saved = onnx.load(str(calibration.qdq_model("int8")))
     out = tmp_path / "engine"
     out.mkdir()
     target = Target(device="cuda", precision="int8", options={"execution_device": "cpu"})
-    report = ort_cuda.CUDA_BACKEND.build(source, target, out, _calibration(tmp_path, amax))
-    assert report["precision"]["qdq"]["placement"] == "tensorrt"
-    assert report["engine_ops"].get("DequantizeLinear", 0) > 0
+    report = ort_cuda.CUDA_BACKEND.build(source, target, out, calibration)
+    assert report["precision"]["qdq"] == {"graph": calibration.qdq_model_name("int8"),
+                                          "placement": "tensorrt", "float_layers": []}
+    # read, not placed again: the engine has exactly the saved graph's quantizers
+    assert report["engine_ops"]["DequantizeLinear"] == sum(
+        n.op_type == "DequantizeLinear" for n in saved.graph.node)
     got = ort_cuda.CUDA_BACKEND.load(out).run(feeds(2))
     assert np.isfinite(got["y"]).all() and got["z"].shape == (2, 4)
+
+
+def test_int8_on_gpu_without_the_saved_qdq_graph_asks_to_recalibrate(tmp_path: Path) -> None:
+    source = tmp_path / "model.onnx"
+    onnx.save_model(two_branch_graph(), str(source))
+    target = Target(device="cuda", precision="int8", options={"execution_device": "cpu"})
+    with pytest.raises(BuildError, match="no int8 Q/DQ graph.*recalibrate"):
+        ort_cuda.CUDA_BACKEND.build(source, target, tmp_path, _calibration(tmp_path, {"x": 1.0}))
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),

@@ -44,7 +44,7 @@ def engine_dir(module: TinyMLP, tmp_path_factory: pytest.TempPathFactory) -> Pat
     engine = out / "engine"
     engine.mkdir()
     report = ti.BACKEND.build(out / "program.pt2",
-                              Target(backend="onnxruntime", device="cpu", precision="fp32"),
+                              Target(backend="torch-inductor", device="cpu", precision="fp32"),
                               engine, None)
     assert report["engine_file"] == ti.PACKAGE_FILE and report["engine_bytes"] > 0
     return engine
@@ -116,3 +116,23 @@ def test_calibrated_amax_per_linear_and_fp8_swaps_only_sizes_scaled_mm_takes(
     assert up.weight_fp8.dtype == torch.float8_e4m3fn
     assert float(up.x_scale) == pytest.approx(5.0 / ti.FP8_MAX)
     assert isinstance(swapped_module.down, nn.Linear)
+
+
+def test_registered_with_its_options_model_on_cpu_and_cuda() -> None:
+    from trtflow.backends import backend_for
+
+    target = Target(backend="torch-inductor", device="cuda", precision="fp16",
+                    options={"cuda_graph": False, "max_autotune": True})
+    assert backend_for(target) is ti.BACKEND
+    assert backend_for(Target(backend="torch-inductor", device="cpu")) is ti.BACKEND
+    assert isinstance(target.options, ti.InductorOptions) and not target.options.cuda_graph
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        Target(backend="torch-inductor", device="cuda", options={"cuda_graphs": True})
+
+
+def test_fp8_linear_through_the_plan_is_refused_until_wired(engine_dir: Path,
+                                                           tmp_path: Path) -> None:
+    target = Target(backend="torch-inductor", device="cuda", precision="fp16",
+                    options={"fp8_linear": True})
+    with pytest.raises(BuildError, match="fp8_linear is not available through the stage plan"):
+        ti.BACKEND.build(engine_dir.parent / "program.pt2", target, tmp_path, None)

@@ -48,6 +48,8 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("tensorrt", "cuda"): "trtflow.backends.tensorrt_backend:BACKEND",
     ("openvino", "cpu"): "trtflow.backends.openvino_backend:BACKEND",
     ("tensorrt-rtx", "cuda"): "trtflow.backends.tensorrt_rtx:BACKEND",
+    ("torch-inductor", "cpu"): "trtflow.backends.torch_inductor:BACKEND",
+    ("torch-inductor", "cuda"): "trtflow.backends.torch_inductor:BACKEND",
 }
 
 

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from trtflow.backends import BackendOptions
 from trtflow.errors import BuildError, DataError
+from trtflow.graph.attention_fusion import fuse_transformer, is_transformer
 from trtflow.ort_session import ort_session
 
 if TYPE_CHECKING:
@@ -71,6 +72,15 @@ class OrtGpuOptions(BackendOptions):
         default="cuda", description="cpu: build and run the same engine on ORT's CPU provider "
         "(same conversion, profiles and IO binding, no CUDA graphs), for tests and smoke "
         "runs on machines without a GPU")
+    transformer_fusion: Literal["auto", "on", "off"] = Field(
+        default="auto", description="ONNX Runtime's transformer fusions (MultiHeadAttention "
+        "on its flash / memory-efficient kernels, SkipLayerNorm, BiasGelu; fp16 through "
+        "its converter) for fp32/fp16 engines; auto: on for graphs with attention")
+
+    def ignored(self, precision: str) -> list[tuple[str, str]]:
+        if self.transformer_fusion == "on" and precision == "int8":
+            return [("transformer_fusion", "an int8 engine runs the calibrated Q/DQ graph")]
+        return []
 
 
 def _options(target: Target) -> OrtGpuOptions:
@@ -103,24 +113,35 @@ def effective_precision(target: Target) -> str:
     return "fp16" if target.precision == "best" else target.precision
 
 
-def prepare_model(model_path: Path, target: Target, scales: dict[str, float] | None,
-                  float_layers: list[str]) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The graph in the target's precision: as is, mixed fp16, or TensorRT-style Q/DQ."""
-    model = onnx.load(str(model_path))
+def prepare_model(model_path: Path, target: Target, calibration: Calibration | None
+                  ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The graph in the target's precision: as is, fused for transformers (attention,
+    SkipLayerNorm, ...; fp16 through ONNX Runtime's converter), mixed fp16, or the
+    calibrate stage's own TensorRT-placement Q/DQ graph (read, never placed again)."""
     precision = effective_precision(target)
+    if precision == "int8":
+        if calibration is None:
+            raise BuildError("an int8 target needs the calibrate stage's output")
+        qdq_path = calibration.qdq_model("int8")
+        return onnx.load(str(qdq_path)), {"precision": "int8", "qdq": {
+            "graph": calibration.qdq_model_name("int8"), "placement": "tensorrt",
+            "float_layers": calibration.float_layers()}}
+    model = onnx.load(str(model_path))
+    fusion = _options(target).transformer_fusion
+    if fusion == "on" or (fusion == "auto" and is_transformer(model)):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            fused = Path(scratch) / "fused.onnx"
+            report = fuse_transformer(model_path, fused, fp16=precision == "fp16",
+                                      use_gpu=_options(target).execution_device == "cuda")
+            model = onnx.load(str(fused))
+        return model, {"precision": precision, "transformer_fusion": report}
     if precision == "fp32":
         return model, {"precision": "fp32"}
-    if precision == "fp16":
-        from trtflow.quant.mixed_precision import to_mixed_fp16
+    from trtflow.quant.mixed_precision import to_mixed_fp16
 
-        return to_mixed_fp16(model)
-    from trtflow.quant.qdq import insert_qdq
-
-    if scales is None:
-        raise BuildError("an int8 target needs calibrated scales (the calibrate stage)")
-    qdq, report = insert_qdq(model, scales, "tensorrt", "int8", skip=frozenset(float_layers))
-    keep = ("placement", "quantizable_ops", "float_ops", "float_fraction", "float_nodes")
-    return qdq, {"precision": "int8", "qdq": {k: report[k] for k in keep}}
+    return to_mixed_fp16(model)
 
 
 def _build(model_path: Path, target: Target, out_dir: Path,
@@ -128,15 +149,13 @@ def _build(model_path: Path, target: Target, out_dir: Path,
     """Write an ORT GPU engine directory; the session is created once on the GPU to check it
     (on the CPU with `execution_device: cpu`, see OrtGpuOptions)."""
     execution_device = _options(target).execution_device
-    scales = calibration.amax() if calibration else None
-    float_layers = calibration.float_layers() if calibration else None
     route = TRT_EP if target.backend == "onnxruntime-tensorrt" else CUDA_EP
     if execution_device == "cuda":
         require_provider(route)
         preload()
     elif route == TRT_EP:
         raise BuildError("the onnxruntime-tensorrt route runs only on a GPU")
-    model, precision_report = prepare_model(model_path, target, scales, float_layers or [])
+    model, precision_report = prepare_model(model_path, target, calibration)
     source = out_dir / "converted.onnx"
     onnx.save_model(model, str(source))
     optimized: Path | None = out_dir / ENGINE_FILE
@@ -347,6 +366,10 @@ class OrtGpuEngine:
                      for o in model.graph.output}
         in_types = {i.name: _DTYPES.get(i.type.tensor_type.elem_type, np.float32)
                     for i in model.graph.input}
+        if self.use_graph and any(s is None for s in out_shapes.values()):
+            # contrib ops (MultiHeadAttention, SkipLayerNorm) defeat ONNX shape inference:
+            # one plain run on these shapes tells the output shapes a CUDA graph binds
+            out_shapes = self._probe_output_shapes(model, shapes, in_types)
         graph = self.use_graph and all(s is not None for s in out_shapes.values())
         note = "" if graph or not self.use_graph else "output shapes unknown: no CUDA graph"
         try:
@@ -357,6 +380,15 @@ class OrtGpuEngine:
                                   f"{str(exc).splitlines()[0][:400]}") from None
             reason = f"CUDA graph not captured ({str(exc).splitlines()[0][:200]})"
             return self._bind(model, shapes, in_types, out_shapes, out_types, False, reason)
+
+    def _probe_output_shapes(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                             in_types: dict[str, Any]) -> dict[str, tuple[int, ...] | None]:
+        feeds = {n: np.ones(shapes[n], in_types[n]) for n in self.input_names}
+        try:
+            outputs = self._session(model, False).run(None, feeds)
+        except Exception:  # the plain profile below reports the failure
+            return dict.fromkeys(self.output_names)
+        return {n: tuple(o.shape) for n, o in zip(self.output_names, outputs, strict=True)}
 
     def _bind(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
               in_types: dict[str, Any], out_shapes: dict[str, tuple[int, ...] | None],
