@@ -220,8 +220,10 @@ class Fallback(_Strict):
 class CalibrationConfig(_Strict):
     method: str = Field(
         default="entropy", description="a registered method (trtflow.quant.methods.REGISTRY: "
-        "entropy, percentile, mse, max, ...) or auto: the method with the best agreement on "
-        "the selection split (the calibration data), since all cost nothing extra")
+        "entropy, percentile, mse, max, ...) or auto: per tensor class (inputs, ReLU outputs, "
+        "gates, residual sums, ...) entropy, max or percentile, whichever agrees best with "
+        "FP32 on the selection split (the calibration data); 3 + 2 x classes fake-quantized "
+        "evaluations (trtflow.quant.method_search)")
     input_method: str = Field(
         default="max", description="method for the graph's own inputs: they are bounded, "
         "preprocessed data, often discrete (pixels), where a KL search can clip badly; "
@@ -239,7 +241,10 @@ class CalibrationConfig(_Strict):
     min_samples: int = Field(default=32, ge=1, description="warn below this many samples")
     selection_samples: int = Field(default=32, ge=1, description="calibration samples used "
                                    "to score methods, layer sensitivity and the fallback")
-    sensitivity: bool = Field(default=True, description="write a per-layer sensitivity report")
+    sensitivity: bool = Field(default=False, description="write a per-layer sensitivity "
+                              "report (one fake-quantized evaluation per layer: minutes on "
+                              "a large CNN); the fallback ranks layers itself, only as far "
+                              "as it needs")
     fallback: Fallback = Field(default_factory=Fallback)
 
     @field_validator("method", "input_method", "fp8_method")

@@ -1,9 +1,9 @@
-"""calibrate: one histogram pass over the calibration data, scales from all four methods.
+"""calibrate: one histogram pass over the calibration data, scales from the methods asked for.
 
 Its directory is a `trtflow.quant.artifact.Calibration` (that module names the files):
 - the raw per-tensor histograms (methods can be compared later);
-- the scales: tensor -> {amax, scale, method} for the chosen method, plus every
-  method's amax so reports can compare them;
+- the scales: tensor -> {amax, scale, method} for the chosen method, plus the amax of
+  every method computed (those the params read: quant.amax_table) so reports compare them;
 - TensorRT's text cache of the chosen scales for *every* float activation of the
   graph, as TensorRT's own calibrator writes it (TensorRT <= 10, ORT-TRT); the header
   names the chosen method's TensorRT algorithm, the scales each tensor's own method;
@@ -12,7 +12,8 @@ Its directory is a `trtflow.quant.artifact.Calibration` (that module names the f
 - the FP8 Q/DQ graph: the same placement in E4M3FN (opset 19, scale = amax/448 with
   `fp8_method`'s amax): what a TensorRT fp8 build reads, and what an ONNX Runtime fp8
   target runs on the CPU as its numerical stand-in;
-- the selection-split accuracy report (method scores, sensitivity, fallback).
+- the selection-split accuracy report (method scores and `auto`'s search per tensor
+  class, sensitivity where asked or where the fallback ranked layers, the fallback).
 A graph that already carries Q/DQ (from QAT) keeps its scales; it still gets a cache.
 `calibrate` is also what precision best's SmoothQuant candidates run on their
 smoothed graph (trtflow.stages.select): one writer of calibrations.
@@ -33,13 +34,14 @@ from onnx import numpy_helper
 from trtflow.errors import CalibrationError, ParamsError
 from trtflow.params import CalibrationConfig
 from trtflow.quant import accuracy as accuracy_mod
+from trtflow.quant.amax_table import AUTO_METHODS, amax_table, needed_methods
 from trtflow.quant.artifact import Calibration
 from trtflow.quant.collect import Progress, collect_histograms
 from trtflow.quant.collector import HistogramCollector
+from trtflow.quant.group_sensitivity import lazy_fallback
+from trtflow.quant.method_search import search_methods, tensor_class
 from trtflow.quant.methods import (
-    METHODS,
     cache_algorithm,
-    compute_amax,
     method_options,
     scale_from_amax,
 )
@@ -55,8 +57,10 @@ if TYPE_CHECKING:
     from trtflow.context import Context
     from trtflow.stage import StageResult
 
-VERSION = "calibrate-5"  # 3-5: NVIDIA residual rule, MaxPool inputs, complete cache, fp8
-# Q/DQ, streaming histograms fed 8 samples at a time (their range starts elsewhere)
+VERSION = "calibrate-6"  # 3-5: NVIDIA residual rule, MaxPool inputs, complete cache, fp8
+# Q/DQ, streaming histograms fed 8 samples at a time (their range starts elsewhere);
+# 6: only the methods asked for (the scales' amax_by_method), auto per tensor class,
+# the fallback ranks layers lazily, no sensitivity report unless asked
 # E4M3 rounds |x| / scale below 464 (halfway to the next binade step) to 448; above
 # that a value saturates: it overflows E4M3 after scaling.
 FP8_OVERFLOW = 464.0
@@ -89,10 +93,11 @@ class AccuracyReport:
     method_scores: dict[str, dict[str, float]] | None = None
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
     fallback: dict[str, Any] | None = None
+    method_search: dict[str, Any] | None = None  # `auto`: the method of each tensor class
 
     def as_dict(self) -> dict[str, Any]:
         return {"method_scores": self.method_scores, "sensitivity": self.sensitivity,
-                "fallback": self.fallback}
+                "fallback": self.fallback, "method_search": self.method_search}
 
 
 def _selection(batches: Iterable[dict[str, np.ndarray]], samples: int
@@ -106,10 +111,21 @@ def _selection(batches: Iterable[dict[str, np.ndarray]], samples: int
     return feeds
 
 
-def _amax_for(model: onnx.ModelProto, tensors: list[str], cfg: CalibrationConfig,
-              method: str, all_amax: dict[str, dict[str, float]]) -> dict[str, float]:
-    methods = tensor_methods(model, tensors, cfg, method)
-    return {t: all_amax[methods[t]][t] for t in tensors}
+def _choose_by_class(model: onnx.ModelProto, tensors: list[str], cfg: CalibrationConfig,
+                     all_amax: dict[str, dict[str, float]], ev: accuracy_mod.Evaluator,
+                     accuracy: AccuracyReport, status: Callable[[str], None] | None
+                     ) -> tuple[str, dict[str, str]]:
+    """`method: auto`: the method of each tensor class that agrees best with FP32 on the
+    selection split (quant.method_search); graph inputs keep `input_method`."""
+    of = tensor_class(model)
+    fixed = {t: m for t, m in tensor_methods(model, tensors, cfg, "auto").items()
+             if m != "auto"}
+    _, placed = insert_qdq(model, all_amax["max"], "tensorrt")
+    quantized = {row["amax_from"] for row in placed["activations"].values()}
+    choice = search_methods(ev, all_amax, {t: of(t) for t in tensors}, fixed, quantized,
+                            AUTO_METHODS, status)
+    accuracy.method_scores, accuracy.method_search = choice.single_scores, choice.as_dict()
+    return choice.method, choice.methods
 
 
 def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
@@ -140,10 +156,12 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
                       f"{cfg.min_samples}); scales may not represent the data", stacklevel=2)
     artifact = Calibration(out_dir)
     result.collector.save_npz(artifact.histograms_file)
-    all_amax = {m: {t: compute_amax(result.collector[t], m, **method_options(m, cfg))
-                    for t in tensors} for m in METHODS}
+    wanted = needed_methods(cfg.method, cfg.input_method, cfg.fp8_method)
+    all_amax = amax_table(result.collector, tensors, wanted,
+                          {m: method_options(m, cfg) for m in wanted}, threads)
     accuracy = AccuracyReport()
     method: str = cfg.method
+    methods: dict[str, str] | None = None
     if method == "auto" or cfg.sensitivity or cfg.fallback.min_agreement is not None:
         feeds = _selection(selection or [], cfg.selection_samples)
         if not feeds:
@@ -151,16 +169,21 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
                                    "data (the calibration set); none was given")
         ev = accuracy_mod.Evaluator(model, feeds, metric, threads)
         if method == "auto":
-            candidates = {m: _amax_for(model, tensors, cfg, m, all_amax) for m in METHODS}
-            method, accuracy.method_scores = accuracy_mod.choose_method(ev, candidates)
-        chosen_amax = _amax_for(model, tensors, cfg, method, all_amax)
-        if cfg.sensitivity or cfg.fallback.min_agreement is not None:
+            method, methods = _choose_by_class(model, tensors, cfg, all_amax, ev, accuracy,
+                                               status)
+        methods = methods or tensor_methods(model, tensors, cfg, method)
+        chosen_amax = {t: all_amax[methods[t]][t] for t in tensors}
+        if cfg.sensitivity:  # the full per-layer report, asked for
             accuracy.sensitivity = accuracy_mod.sensitivity(ev, chosen_amax, status)
-        if cfg.fallback.min_agreement is not None:
+        if cfg.fallback.min_agreement is not None and accuracy.sensitivity:
             accuracy.fallback = accuracy_mod.fallback(ev, chosen_amax, accuracy.sensitivity,
                                                       cfg.fallback.min_agreement,
                                                       cfg.fallback.max_layers)
-    methods = tensor_methods(model, tensors, cfg, method)
+        elif cfg.fallback.min_agreement is not None:  # rank layers only as far as needed
+            accuracy.fallback, accuracy.sensitivity = lazy_fallback(
+                ev, chosen_amax, cfg.fallback.min_agreement, cfg.fallback.max_layers,
+                progress=status)
+    methods = methods or tensor_methods(model, tensors, cfg, method)
     chosen = {t: all_amax[methods[t]][t] for t in tensors}
     skip = accuracy.fallback["skip"] if accuracy.fallback else []
     fp8 = fp8_table(result.collector, {t: all_amax[cfg.fp8_method][t] for t in tensors},
