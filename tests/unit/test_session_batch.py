@@ -26,3 +26,20 @@ def test_the_budget_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("TRTFLOW_MEMORY_BUDGET", "100M")
     assert samples_per_run(10 * MB, ceiling=64) == 5
     assert output_bytes([np.zeros((2, 3), np.float32), np.zeros(4, np.float64)]) == 24 + 32
+
+
+def test_a_calibration_pass_runs_fewer_samples_at_a_time_within_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from trtflow.quant.collect import collect_histograms
+    from trtflow.quant.qdq import float_activations
+
+    from .tiny import conv_bn_graph
+
+    model = conv_bn_graph()  # one sample's activations: ~5.9 KB
+    feeds = [{"x": np.random.default_rng(0).standard_normal((16, 3, 8, 8), np.float32)}]
+    monkeypatch.setenv("TRTFLOW_MEMORY_BUDGET", "40K")  # 20 KB a run: 3 samples
+    result = collect_histograms(model, float_activations(model), feeds, 1)
+    assert result.samples == 16 and result.collector["x"].num_values == 16 * 3 * 8 * 8
+    monkeypatch.setenv("TRTFLOW_MEMORY_BUDGET", "1K")
+    with pytest.raises(CalibrationError, match="memory budget"):
+        collect_histograms(model, float_activations(model), feeds, 1)

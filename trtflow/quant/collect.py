@@ -22,11 +22,13 @@ from trtflow.ort_session import ort_session
 from trtflow.quant.collector import HistogramCollector
 from trtflow.quant.exact import ExactHistogramCollector, MaxCollector
 from trtflow.quant.histogram import DEFAULT_NUM_BINS
+from trtflow.quant.session_batch import output_bytes, samples_per_run
 
 Progress = Callable[[int], None]
 # With every float activation exposed, ORT returns all of a batch's activations at once
-# (resnet18, 32 images: ~2.7 GB). Batches of a dynamic-batch graph are run this many
-# samples at a time, which bounds that memory; the histograms are the same.
+# (resnet18, 32 images: ~2.7 GB). Batches of a dynamic-batch graph are run at most this
+# many samples at a time, fewer where $TRTFLOW_MEMORY_BUDGET needs (quant.session_batch:
+# one sample is run first to measure them); the histograms are the same.
 SESSION_BATCH = 8
 
 
@@ -75,21 +77,26 @@ def _run_pass(session: ort.InferenceSession, tensors: list[str],
     dynamic_batch = all(not isinstance(i.shape[0], int) for i in session.get_inputs()
                         if i.shape)
     samples, n_batches = 0, 0
+    per_run: int | None = None  # samples a run may take, from the budget
     for feed in batches:
         if max_samples is not None and samples >= max_samples:
             break
         if max_samples is not None:
             feed = {k: v[: max_samples - samples] for k, v in feed.items()}
         size = len(next(iter(feed.values())))
-        step = SESSION_BATCH if dynamic_batch else max(size, 1)
         try:
+            if per_run is None and dynamic_batch:  # one sample, not fed to the histograms
+                probe = session.run(tensors, {n: feed[n][:1] for n in input_names})
+                per_run = samples_per_run(output_bytes(probe), SESSION_BATCH)
+                del probe
+            step = per_run if dynamic_batch and per_run else max(size, 1)
             for start in range(0, size, step):
                 part = {n: feed[n][start:start + step] for n in input_names}
                 outputs = session.run(tensors, part)
                 sink.update(dict(zip(tensors, outputs, strict=True)))
                 del outputs
         except CalibrationError:
-            raise  # the histograms' own refusal (NaN/Inf activations), naming the tensor
+            raise  # the histograms' own refusal (NaN/Inf activations) or the budget's
         except KeyError as exc:
             raise CalibrationError(f"calibration batch {n_batches + 1} has no input {exc}; "
                                    f"the model needs {input_names}") from None
