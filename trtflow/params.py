@@ -289,9 +289,17 @@ class SelectPolicy(_Strict):
         description="bf16 only where the CPU has it; int8 needs data.calibration")
     float_blocks: bool = Field(default=True, description="also time int8 with each class of "
                                "layers that int8 may slow (depthwise convs, MatMul/Gemm) in float")
-    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 8])
-    rounds: int = Field(default=15, gt=0, description="timed rounds; each times every "
-                        "candidate once per batch size, in turn")
+    batch_sizes: list[Annotated[int, Field(gt=0)]] | None = Field(
+        default=None, description="batch sizes timed; default: the smallest and largest of "
+        "validate.batch_sizes")
+    rounds: int = Field(default=60, gt=0, description="at most this many timed rounds; each "
+                        "times every candidate still in the race once per batch size, in "
+                        "turn (trtflow.latency_race: it stops once the timings decide)")
+    budget_s: float = Field(default=120.0, gt=0, description="wall time of the timed rounds; "
+                            "a race still open then is 'too noisy to decide': the previous "
+                            "production choice is kept and the selection is not a decision")
+    margin_pct: float = Field(default=3.0, gt=0, description="candidates proven within "
+                              "this of each other are tied; the simpler one is kept")
     min_agreement: float | None = Field(
         default=None, ge=0, le=1, description="accuracy gate on the selection split "
         "(top-1 agreement or cosine vs FP32); default: the target's min_agreement gate")

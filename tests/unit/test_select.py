@@ -10,12 +10,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trtflow.errors import BuildError
-from trtflow.params import Target
+from trtflow.latency_race import LatencyRace, RacePolicy
+from trtflow.params import SelectPolicy, Target
 from trtflow.stages.select import (
     Candidate,
     candidates,
     decide,
     float_op_classes,
+    passed_candidates,
+    race_batch_sizes,
+    race_order,
     select_engine,
     smoothed_calibration,
 )
@@ -30,28 +34,53 @@ def cand(name: str, precision: str, p50: float, noise: float = 1.0, passed: bool
     return c
 
 
+def raced(pool: list[Candidate], ms: dict[str, list[float]], previous: str | None = None
+          ) -> tuple[Candidate, str, bool]:
+    """decide() after a race fed the given per-round times (ms, the same at bs 1)."""
+    race = LatencyRace([c.name for c in race_order([c for c in pool if c.passed])], [1],
+                       RacePolicy(budget_s=1e9, max_rounds=len(next(iter(ms.values())))),
+                       previous)
+    for r in range(len(next(iter(ms.values())))):
+        race.add_round({n: {1: ms[n][r]} for n in race.alive})
+        if race.status() != "running":
+            break
+    verdict = race.verdict()
+    winner, why = decide(pool, verdict)
+    return winner, why, verdict.decided
+
+
 def test_the_fastest_candidate_that_passed_wins() -> None:
-    winner, why = decide([cand("ort-fp32", "fp32", 2.0), cand("ort-int8", "int8", 1.0),
-                          cand("ov-int8", "int8", 0.5, passed=False)])
-    assert winner.name == "ort-int8"
-    assert "2.00x faster than ort-fp32" in why and "failed the accuracy gate" in why
+    winner, why, decided = raced(
+        [cand("ort-fp32", "fp32", 2.0), cand("ort-int8", "int8", 1.0),
+         cand("ov-int8", "int8", 0.5, passed=False)],
+        {"ort-fp32": [2.0, 2.1, 1.9, 2.0, 2.2, 2.0], "ort-int8": [1.0, 1.1, 0.9, 1.0, 1.0, 1.1]})
+    assert winner.name == "ort-int8" and decided
+    assert "fastest beyond the noise" in why and "failed the accuracy gate" in why
 
 
 def test_an_int8_engine_slower_than_fp32_is_not_chosen() -> None:
-    winner, _ = decide([cand("ort-fp32", "fp32", 1.0), cand("ort-int8", "int8", 1.25)])
+    winner, _, _ = raced([cand("ort-fp32", "fp32", 1.0), cand("ort-int8", "int8", 1.25)],
+                         {"ort-fp32": [1.0] * 6, "ort-int8": [1.25] * 6})
     assert winner.name == "ort-fp32"
 
 
-def test_a_lead_inside_the_noise_keeps_the_simpler_engine_and_says_so() -> None:
-    winner, why = decide([cand("ort-fp32", "fp32", 1.0, noise=6.0),
-                          cand("ort-int8", "int8", 0.95, noise=6.0)])
-    assert winner.name == "ort-fp32"
-    assert "inside the combined noise, so the simpler engine is kept" in why
+def test_too_noisy_to_decide_keeps_the_previous_choice_not_the_simpler_engine() -> None:
+    pool = [cand("ort-fp32", "fp32", 1.0), cand("ov-int8", "int8", 0.9)]
+    swings = {"ort-fp32": [1.0, 1.4, 1.0, 1.4] * 10, "ov-int8": [1.3, 1.0, 1.35, 1.0] * 10}
+    winner, why, decided = raced(pool, swings, previous="ov-int8")
+    assert winner.name == "ov-int8" and not decided
+    assert "too noisy to decide" in why and "previous choice ov-int8" in why
+
+
+def test_the_race_times_the_smallest_and_largest_validated_batch_sizes() -> None:
+    assert race_batch_sizes(SelectPolicy(), [1, 2, 4, 32]) == [1, 32]
+    assert race_batch_sizes(SelectPolicy(batch_sizes=[8, 1, 8]), [1, 32]) == [1, 8]
+    assert race_batch_sizes(SelectPolicy(), None) == [1, 8]
 
 
 def test_no_passing_candidate_is_a_clear_error() -> None:
     with pytest.raises(BuildError, match="no candidate passed.*ort-int8: agreement 0.9990"):
-        decide([cand("ort-int8", "int8", 1.0, passed=False)])
+        passed_candidates([cand("ort-int8", "int8", 1.0, passed=False)])  # before any race
 
 
 def _depthwise_graph() -> onnx.ModelProto:
@@ -176,9 +205,10 @@ def test_a_smoothquant_candidate_is_recalibrated_on_the_smoothed_graph(tmp_path:
                for n in onnx.load(str(graph)).graph.node)
 
 
-def test_a_simpler_winner_inside_the_noise_does_not_claim_a_speed_up() -> None:
-    winner, why = decide([cand("ov-bf16", "bf16", 1.00, noise=2.0),
-                          cand("ov-int8", "int8", 1.01, noise=2.0)])
-    assert winner.name == "ov-bf16"
-    assert "faster than" not in why and "ov-int8 (1.01x its time) is inside the combined " \
-        "noise" in why
+def test_a_proven_tie_keeps_the_simpler_engine_and_says_so() -> None:
+    pool = [cand("ov-int8", "int8", 0.99), cand("ov-bf16", "bf16", 1.0)]
+    jitter = [0.995, 1.003, 0.996, 1.002]
+    winner, why, decided = raced(pool, {"ov-bf16": [1.0] * 30,
+                                        "ov-int8": [jitter[i % 4] for i in range(30)]})
+    assert winner.name == "ov-bf16" and decided
+    assert "faster than" not in why and "ov-int8 is within ±3%" in why

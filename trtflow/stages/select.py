@@ -9,10 +9,12 @@ convolutions, MatMul/Gemm) kept in float, OpenVINO INT8 in its other schemes
 (TensorRT's Q/DQ placement; dynamic per-token activations) and INT8 after
 SmoothQuant at each alpha of the policy. Accuracy is judged on the *selection*
 split (the calibration data, never the evaluation data validate reports on) as
-agreement with the FP32 graph; latency in alternating rounds, so drift and noise
-hit every candidate alike. A candidate is faster only if its median beats the
-other's by more than their combined noise: inside the noise, the simpler engine
-(FP32 before INT8) is kept and the decision says so.
+agreement with the FP32 graph; latency in a race (``trtflow.latency_race``):
+interleaved rounds at the smallest and largest validated batch sizes, compared round
+by round, until the leader is ahead beyond the noise, the others are proven tied
+(the simpler engine is kept: FP32 before BF16 before INT8), or ``select.budget_s``
+runs out. An undecided race keeps the previous production choice where there is one
+and says it is no decision (``selection.json``: ``decided: false``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ import functools
 import json
 import math
 import shutil
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,12 @@ import numpy as np
 
 from trtflow.backends import Calibration, build_engine, load_engine, registered, selectable
 from trtflow.errors import BuildError, CalibrationError, ModelError
-from trtflow.latency import combined_noise_pct, median_interval
+from trtflow.latency_race import RacePolicy, RaceVerdict, run_race
 from trtflow.params import CalibrationConfig, SelectPolicy, Target
 
 SELECTION_FILE = "selection.json"
 CANDIDATES_DIR = "candidates"
-_SIMPLICITY = {"fp32": 0, "bf16": 1, "int8": 2}  # the tie-break inside the noise
+_SIMPLICITY = {"fp32": 0, "bf16": 1, "int8": 2}  # the preference inside a proven tie
 
 
 @dataclass
@@ -136,48 +137,38 @@ def _int8_variants(policy: SelectPolicy, target: Target, classes: dict[str, list
     return out
 
 
-def _time_rounds(runners: dict[str, Callable[[], object]], rounds: int
-                 ) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for fn in runners.values():  # warm-up
-        fn()
-        fn()
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            fn()  # untimed: the timed call then finds its weights in cache, as a served
-            start = time.perf_counter()  # engine called back to back does
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return times
+def race_order(pool: list[Candidate]) -> list[Candidate]:
+    """Simplest first (FP32, BF16, INT8; fewer float blocks): the preference in a tie."""
+    return sorted(pool, key=lambda c: (_SIMPLICITY[c.target.precision], len(c.float_ops)))
 
 
-def decide(pool: list[Candidate]) -> tuple[Candidate, str]:
-    """The fastest candidate that passed; a lead inside the combined noise does not count,
-    and then the simpler engine wins (FP32, then BF16, then INT8; fewer float blocks)."""
-    passed = [c for c in pool if c.passed and c.p50_ms]
+def race_batch_sizes(policy: SelectPolicy, validated: Sequence[int] | None) -> list[int]:
+    """`select.batch_sizes`, else the smallest and largest validated, else 1 and 8."""
+    if policy.batch_sizes:
+        return sorted(set(policy.batch_sizes))
+    if validated:
+        return sorted({min(validated), max(validated)})
+    return [1, 8]
+
+
+def passed_candidates(pool: list[Candidate]) -> list[Candidate]:
+    """The candidates that built and passed the accuracy gate; none is a clear error."""
+    passed = [c for c in pool if c.passed]
     if not passed:
         raise BuildError("precision 'best': no candidate passed the accuracy gate on the "
                          "selection split: " + "; ".join(
                              f"{c.name}: {c.error or f'agreement {c.agreement:.4f}'}"
                              for c in pool))
-    fastest = min(passed, key=Candidate.score)
-    tied = [c for c in passed if c.score() <= fastest.score() * (
-        1 + combined_noise_pct(c.noise(), fastest.noise()) / 100)]
-    winner = min(tied, key=lambda c: (_SIMPLICITY[c.target.precision], len(c.float_ops),
-                                      c.score()))
-    others = sorted((c for c in passed if c is not winner), key=Candidate.score)
-    why = f"{winner.name}: {winner.score():.3f} ms (geometric mean p50, ±{winner.noise():.1f}%)"
-    if winner is not fastest:
-        why += (f"; {fastest.name} measured {fastest.score():.3f} ms, inside the combined "
-                "noise, so the simpler engine is kept")
-    elif others:
-        nxt = others[0]
-        ratio = nxt.score() / winner.score()
-        if nxt in tied:  # the fastest and the simplest: the lead itself proves nothing
-            why += (f"; {nxt.name} ({ratio:.2f}x its time) is inside the combined noise, "
-                    "and the simpler engine wins a tie")
-        else:
-            why += f", {ratio:.2f}x faster than {nxt.name}"
+    return passed
+
+
+def decide(pool: list[Candidate], verdict: RaceVerdict) -> tuple[Candidate, str]:
+    """The race's winner among the candidates that passed, and why (the race's reason,
+    and the candidates that failed the gate or the build)."""
+    passed = passed_candidates(pool)
+    winner = next(c for c in passed if c.name == verdict.winner)
+    why = (f"{winner.name}: {winner.score():.3f} ms (geometric mean p50, "
+           f"±{winner.noise():.1f}%); {verdict.reason}")
     failed = [c.name for c in pool if not c.passed]
     if failed:
         why += f"; failed the accuracy gate or the build: {', '.join(failed)}"
@@ -187,9 +178,14 @@ def decide(pool: list[Candidate]) -> tuple[Candidate, str]:
 def select_engine(model_path: Path, target: Target, out_dir: Path,
                   calibration: Calibration | None, selection: dict[str, np.ndarray],
                   metric: str, min_agreement: float, threads: int | None,
-                  calibration_config: CalibrationConfig | None = None) -> dict[str, Any]:
-    """Build, check and time every candidate; copy the winner's engine into `out_dir`
-    (its manifest names the backend that really built it) and write selection.json."""
+                  calibration_config: CalibrationConfig | None = None,
+                  previous: str | None = None,
+                  validated_batch_sizes: Sequence[int] | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build and check every candidate, race those that pass; copy the winner's engine
+    into `out_dir` (its manifest names the backend that really built it) and write
+    selection.json. `previous`: the production choice's candidate name, kept when the
+    race cannot decide."""
     from trtflow.backends.onnxruntime_backend import OrtEngine
     from trtflow.datasets.batch import Batch
     from trtflow.stages.validate import accuracy_and_agreement
@@ -216,30 +212,33 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
             cand.agreement = float(accuracy_and_agreement(
                 engine.run, lambda _: reference, [Batch(selection)], metric).agreement)
             cand.passed = cand.agreement >= min_agreement
-            engines[cand.name] = engine
+            if cand.passed:  # only the candidates that race stay loaded
+                engines[cand.name] = engine
         except (BuildError, CalibrationError, ModelError) as exc:  # this candidate only
             cand.error = str(exc)[:300]
     from trtflow.datasets import tile_batch
 
-    for bs in target.select.batch_sizes:
-        inputs = tile_batch(selection, bs)
-        runners: dict[str, Callable[[], object]] = {
-            n: functools.partial(e.run, inputs) for n, e in engines.items()
-            if next(c for c in pool if c.name == n).passed}
-        for name, series in _time_rounds(runners, target.select.rounds).items():
-            cand = next(c for c in pool if c.name == name)
-            samples = np.asarray(series)
-            p50 = float(np.median(samples))
-            lo, hi = median_interval(samples)
-            cand.p50_ms[bs], cand.noise_pct[bs] = p50, 100 * (hi - lo) / 2 / p50
-    winner, why = decide(pool)
+    racing = race_order(passed_candidates(pool))
+    sizes = race_batch_sizes(target.select, validated_batch_sizes)
+    inputs = {bs: tile_batch(selection, bs) for bs in sizes}
+    policy = target.select
+    verdict = run_race(
+        {c.name: {bs: functools.partial(engines[c.name].run, inputs[bs]) for bs in sizes}
+         for c in racing},
+        RacePolicy(budget_s=policy.budget_s, min_rounds=min(6, policy.rounds),
+                   max_rounds=policy.rounds, margin_pct=policy.margin_pct),
+        previous=previous, order=[c.name for c in racing], progress=progress)
+    for cand in racing:
+        cand.p50_ms = verdict.p50_ms.get(cand.name, {})
+        cand.noise_pct = verdict.noise_pct.get(cand.name, {})
+    winner, why = decide(pool, verdict)
     engines.clear()
     for item in (work / winner.name).iterdir():
         shutil.move(str(item), out_dir / item.name)
     shutil.rmtree(work)
     selection_report = {"winner": winner.name, "why": why, "metric": metric,
-                        "min_agreement": min_agreement,
-                        "candidates": [c.row() for c in pool]}
+                        "min_agreement": min_agreement, "decided": verdict.decided,
+                        "race": verdict.as_dict(), "candidates": [c.row() for c in pool]}
     (out_dir / SELECTION_FILE).write_text(json.dumps(selection_report, indent=2))
     return {**reports[winner.name], "selection": selection_report}
 
