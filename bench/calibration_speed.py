@@ -171,7 +171,8 @@ def run_nncf(clean: Path, feeds: list[dict[str, np.ndarray]], model: str,
     return time.perf_counter() - start
 
 
-def run_ort(clean: Path, feeds: list[dict[str, np.ndarray]], model: str) -> float:
+def run_ort(clean: Path, feeds: list[dict[str, np.ndarray]], model: str,
+            out: Path | None = None) -> float:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -188,7 +189,7 @@ def run_ort(clean: Path, feeds: list[dict[str, np.ndarray]], model: str) -> floa
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        quantize_static(str(clean.with_suffix(".pre.onnx")), str(Path(tmp) / "q.onnx"),
+        quantize_static(str(clean.with_suffix(".pre.onnx")), str(out or Path(tmp) / "q.onnx"),
                         Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         per_channel=True,
@@ -304,6 +305,54 @@ def compare_sensitivity(model: str, n: int, top: int = 8) -> dict[str, Any]:
             "loadavg": os.getloadavg()}
 
 
+def compare_accuracy(model: str, n: int, methods: tuple[str, ...] = ("entropy", "max", "auto")
+                     ) -> dict[str, Any]:
+    """Each `calibration.method` and ORT's MinMax `quantize_static` on the same calibration
+    samples, judged on other samples (seed 1) by the cosine of the Q/DQ graph's outputs with
+    FP32's (ONNX Runtime, basic level: the graph's own arithmetic)."""
+    import onnxruntime as ort
+
+    from trtflow.params import CalibrationConfig
+    from trtflow.quant import accuracy
+    from trtflow.stages.calibrate import calibrate
+
+    clean = prepare(model)
+    feeds = samples_for(model, n)
+    held_out = _tokens(32, seed=1) if model == "minilm" else _images(32, seed=1)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.intra_op_num_threads = threads()
+
+    def outputs(path: Path) -> list[list[np.ndarray]]:
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return [sess.run(None, f) for f in held_out]
+
+    reference = outputs(clean)
+    rows: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            out = Path(tmp) / method
+            out.mkdir()
+            start = time.perf_counter()
+            report = calibrate(clean, iter(feeds), CalibrationConfig(method=method), threads(),
+                               out, metric="cosine", selection=iter(feeds))
+            seconds = time.perf_counter() - start
+            got = outputs(out / "model.qdq.onnx")
+            rows[method] = {"cosine": accuracy.agreement(reference, got, "cosine"),
+                            "relative_error": accuracy.relative_error(reference, got),
+                            "seconds": seconds, "chosen": report["method"]}
+            search = json.loads((out / "accuracy.json").read_text()).get("method_search")
+            if search:
+                rows[method]["by_class"] = search["by_class"]
+        ort_q = Path(tmp) / "ort.onnx"
+        seconds = run_ort(clean, feeds, model, ort_q)
+        got = outputs(ort_q)
+        rows["ort-minmax"] = {"cosine": accuracy.agreement(reference, got, "cosine"),
+                              "relative_error": accuracy.relative_error(reference, got),
+                              "seconds": seconds}
+    return {"samples": n, "held_out": 32, "rows": rows, "loadavg": os.getloadavg()}
+
+
 def cpu_info() -> dict[str, Any]:
     from trtflow.latency import cpu_flags, host_fingerprint
 
@@ -326,6 +375,8 @@ def main() -> None:
                         "per item")
     parser.add_argument("--sensitivity", nargs="*", choices=MODELS,
                         help="compare per-layer and grouped sensitivity rankings instead")
+    parser.add_argument("--accuracy", nargs="*", choices=MODELS,
+                        help="compare methods' Q/DQ accuracy on held-out samples instead")
     parser.add_argument("--profile", choices=MODELS)
     parser.add_argument("--set", type=json.loads, default={},
                         help="JSON calibration params for --profile")
@@ -334,11 +385,14 @@ def main() -> None:
     if args.profile:
         profile(args.profile, args.samples, args.set)
         return
-    if args.sensitivity:
+    if args.sensitivity or args.accuracy:
         out = json.loads(args.out.read_text()) if args.out.is_file() else {}
-        for model in args.sensitivity:
+        for model in args.sensitivity or []:
             out.setdefault("sensitivity", {})[model] = row = compare_sensitivity(
                 model, args.samples)
+            print(model, json.dumps(row, indent=1), flush=True)
+        for model in args.accuracy or []:
+            out.setdefault("accuracy", {})[model] = row = compare_accuracy(model, args.samples)
             print(model, json.dumps(row, indent=1), flush=True)
         args.out.write_text(json.dumps(out, indent=2))
         return
@@ -363,8 +417,8 @@ def main() -> None:
                                     "trtflow": str(Path(trtflow.__file__).parent),
                                     "note": os.environ.get("BENCH_NOTE", ""),
                                     "host": cpu_info(), "models": results,
-                                    **({"sensitivity": previous["sensitivity"]}
-                                       if "sensitivity" in previous else {})}, indent=2))
+                                    **{k: previous[k] for k in ("sensitivity", "accuracy")
+                                       if k in previous}}, indent=2))
     print(f"wrote {args.out}")
 
 
