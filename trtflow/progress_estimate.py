@@ -20,6 +20,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def time_left(elapsed: float, done: float, total: float) -> str:
+    """``"~N left"`` for work `done` of `total` in `elapsed` seconds at the pace so far;
+    empty before any work is done."""
+    if done <= 0 or total <= done:
+        return ""
+    return f"~{_duration(elapsed / done * (total - done))} left"
+
+
 class StepEstimate:
     """Calls ``sink`` with ``"<label> <done>/<total>: <what>, ~<left> left"`` per step.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trtflow.progress_estimate import StepEstimate
+from trtflow.progress_estimate import StepEstimate, time_left
 
 
 def test_time_left_is_the_mean_step_time_times_the_steps_left() -> None:
@@ -29,3 +29,8 @@ def test_an_unknown_total_reports_the_time_so_far_and_long_waits_in_minutes() ->
     est.message()
     now[0] += 60.0
     assert est.message() == "race 2/50, ~49 min left"
+
+
+def test_time_left_of_a_sample_count() -> None:
+    assert time_left(12.0, 32, 128) == "~36 s left"
+    assert time_left(0.0, 0, 128) == "" and time_left(5.0, 128, 128) == ""

@@ -22,6 +22,7 @@ smoothed graph (trtflow.stages.select): one writer of calibrations.
 from __future__ import annotations
 
 import resource
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,6 +291,7 @@ def run(ctx: Context, target: str | None, out: Path, cleaned: StageResult) -> di
     """The plan's calibrate step: the cleaned graph over the params' calibration data."""
     from trtflow.datasets import open_data
     from trtflow.ort_session import default_threads
+    from trtflow.progress_estimate import time_left
     from trtflow.stages.cleanup import CLEAN_FILE
 
     cal = ctx.params.data.calibration
@@ -298,13 +300,14 @@ def run(ctx: Context, target: str | None, out: Path, cleaned: StageResult) -> di
                           "inputs) in params")
     stream = open_data(cal, ctx.input_specs(), ctx.root, ctx.params.data.batch_size)
     total = min(len(stream), ctx.params.calibration.max_samples or len(stream))
-    done = 0
+    done, start = 0, time.monotonic()
 
     def progress(n: int) -> None:
         nonlocal done
         done += n
         if ctx.progress:
-            ctx.progress(f"calibrate: {done}/{total} samples")
+            left = time_left(time.monotonic() - start, done, total)
+            ctx.progress(f"calibrate: {done}/{total} samples" + (f", {left}" if left else ""))
 
     return calibrate(
         cleaned.file(CLEAN_FILE), (b.inputs for b in stream), ctx.params.calibration,
