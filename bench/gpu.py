@@ -307,7 +307,7 @@ def trtflow_engines(name: str, module: nn.Module, work: Path, seq: int, want_int
     # transformer fusion (the backend's default for graphs with attention) and without
     variants: dict[str, tuple[str, dict[str, str]]] = {}
     transformer = name != "resnet50"
-    for precision in ("fp32", "fp16"):
+    for precision in ORT_PRECISIONS:
         if transformer and fused:
             variants[f"fused_{precision}"] = (precision, {"transformer_fusion": "on"})
         variants[precision] = (precision, {"transformer_fusion": "off"})
@@ -470,6 +470,7 @@ class Recorder:
 
 
 MODEL_START = 0.0
+ORT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 
 
 def bench_model(name: str, args: argparse.Namespace, rec: Recorder,
@@ -708,6 +709,8 @@ def main() -> None:
     parser.add_argument("--no-fused", action="store_true",
                         help="no ORT transformer fusion variant")
     parser.add_argument("--no-fp8", action="store_true", help="no AOTInductor FP8 Linear")
+    parser.add_argument("--ort-precisions", default="fp32,fp16",
+                        help="ORT CUDA engine precisions (each +- transformer fusion)")
     parser.add_argument("--inductor-precisions", default="fp16,bf16")
     parser.add_argument("--inductor-autotune", default="",
                         help="models that also get an AOTInductor max-autotune package")
@@ -728,6 +731,8 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", type=Path, help="merge result JSONs into --name")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    global ORT_PRECISIONS
+    ORT_PRECISIONS = tuple(args.ort_precisions.split(","))
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - START:7.1f}s] {msg}", flush=True)
