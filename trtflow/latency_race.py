@@ -101,7 +101,8 @@ class RaceVerdict:
     seconds: float
     reason: str
     comparisons: list[Comparison] = field(default_factory=list)
-    pruned: dict[str, int] = field(default_factory=dict)  # candidate -> round it left
+    # candidate -> the round it left and its comparison with the leader of that round
+    pruned: dict[str, dict[str, Any]] = field(default_factory=dict)
     p50_ms: dict[str, dict[int, float]] = field(default_factory=dict)
     noise_pct: dict[str, dict[int, float]] = field(default_factory=dict)  # of each p50
 
@@ -137,7 +138,7 @@ class LatencyRace:
         self.policy = policy
         self.previous = previous if previous in candidates else None
         self.alive = list(candidates)
-        self.pruned: dict[str, int] = {}
+        self.pruned: dict[str, dict[str, Any]] = {}
         # per candidate, per round: {batch size: ms}; rounds a candidate was not timed in
         # (after it was pruned) are absent
         self.times: dict[str, list[dict[int, float]]] = {c: [] for c in candidates}
@@ -160,7 +161,8 @@ class LatencyRace:
             for comp in self.compare(leader):
                 if comp.outcome == "loses":
                     self.alive.remove(comp.candidate)
-                    self.pruned[comp.candidate] = self.rounds
+                    self.pruned[comp.candidate] = {"round": self.rounds, "leader": leader,
+                                                   **comp.row()}
 
     def _round_scores(self, name: str) -> np.ndarray:
         """Per round, the log of the geometric mean over batch sizes."""
@@ -194,6 +196,8 @@ class LatencyRace:
         return out
 
     def p50_ms(self) -> dict[str, dict[int, float]]:
+        """Each candidate's median over the rounds it ran (a pruned one: the first ones;
+        compare candidates by the paired ratios, not by these)."""
         return {n: {b: float(np.median([r[b] for r in rows])) for b in self.batch_sizes}
                 for n, rows in self.times.items() if rows}
 
@@ -245,7 +249,11 @@ class LatencyRace:
                 reason += (f" (next: {nearest.candidate}, {nearest.ratio:.2f}x its time, "
                            f"interval {nearest.low:.2f}-{nearest.high:.2f}x)")
             elif self.pruned:
-                reason += " (every other candidate lost beyond the noise)"
+                closest = min(self.pruned.values(), key=lambda row: row["ratio_vs_leader"])
+                reason += (" (every other candidate lost beyond the noise; the closest, "
+                           f"{closest['candidate']}, took {closest['ratio_vs_leader']:.2f}x "
+                           f"{closest['leader']}'s time in the rounds both ran, interval "
+                           f"{closest['interval'][0]:.2f}-{closest['interval'][1]:.2f}x)")
         else:
             open_ = [c for c in comps if c.outcome == "open"]
             winner = self.previous if self.previous in self.alive else leader

@@ -48,7 +48,10 @@ def test_a_clear_leader_is_decided_after_the_minimum_rounds() -> None:
     assert feed(race, rounds) == "decided"
     verdict = race.verdict()
     assert verdict.winner == "int8" and verdict.decided and verdict.rounds == POLICY.min_rounds
-    assert verdict.pruned == {"fp32": POLICY.min_rounds}
+    assert verdict.pruned["fp32"]["round"] == POLICY.min_rounds
+    assert verdict.pruned["fp32"]["leader"] == "int8"
+    assert verdict.pruned["fp32"]["ratio_vs_leader"] == pytest.approx(2.0, rel=0.1)
+    assert "the closest, fp32, took 2.0" in verdict.reason
 
 
 def test_a_lead_inside_a_shared_drift_is_still_found_by_pairing_rounds() -> None:
