@@ -13,8 +13,8 @@ the timings. This module runs a sequential test instead:
   order statistics: exact for any distribution, no resampling, so a given series
   always gives the same verdict);
 - after ``min_rounds``, a candidate whose interval lies wholly above 0 has lost beyond
-  the noise and is no longer timed (pruned); one whose interval lies inside
-  ``±margin_pct`` is provably tied with the leader;
+  the noise; above ``+margin_pct`` it is a clear loser and is no longer timed (pruned);
+  one whose interval lies inside ``±margin_pct`` is provably tied with the leader;
 - the race stops when every other candidate has lost or is tied (``decided`` /
   ``tied``), or when ``budget_s`` or ``max_rounds`` runs out (``undecided``).
 
@@ -44,9 +44,11 @@ Status = Literal["running", "decided", "tied", "undecided"]
 @dataclass(frozen=True)
 class RacePolicy:
     budget_s: float = 120.0  # wall time of the timed rounds, all batch sizes together
-    min_rounds: int = 6  # the sign test needs 6 paired rounds to reach 95 % at all
+    min_rounds: int = 8  # the sign test needs 8 paired rounds to reach 99 % at all
     max_rounds: int = 60
-    confidence: float = 0.95  # of each interval on the median paired log-ratio
+    # of each interval on the median paired log-ratio: 99 %, since the race looks after
+    # every round (each look is a chance of a false lead) and load drifts within a round
+    confidence: float = 0.99
     margin_pct: float = 3.0  # a difference below this is a tie (equivalence margin)
 
     def __post_init__(self) -> None:
@@ -158,8 +160,9 @@ class LatencyRace:
         self.rounds += 1
         if self.rounds >= self.policy.min_rounds:
             leader = self.leader()
+            clear = math.log1p(self.policy.margin_pct / 100.0)
             for comp in self.compare(leader):
-                if comp.outcome == "loses":
+                if comp.outcome == "loses" and math.log(comp.low) > clear:
                     self.alive.remove(comp.candidate)
                     self.pruned[comp.candidate] = {"round": self.rounds, "leader": leader,
                                                    **comp.row()}
@@ -257,14 +260,18 @@ class LatencyRace:
         else:
             open_ = [c for c in comps if c.outcome == "open"]
             winner = self.previous if self.previous in self.alive else leader
+            if winner == self.previous:
+                kept = f"the previous choice {winner} is kept"
+            elif self.previous:
+                kept = (f"{leader}, the measured leader, is kept (the previous choice "
+                        f"{self.previous} lost beyond the noise)")
+            else:
+                kept = f"{leader}, the measured leader, is kept (no previous choice)"
             reason = (f"too noisy to decide after {self.rounds} rounds / {seconds:.0f} s: "
                       f"{leader} leads but "
                       + ", ".join(f"{c.candidate} ({c.ratio:.2f}x, interval {c.low:.2f}-"
                                   f"{c.high:.2f}x)" for c in open_)
-                      + " could still be as fast or faster; "
-                      + (f"the previous choice {winner} is kept" if winner == self.previous
-                         else f"{leader}, the measured leader, is kept (no previous choice)")
-                      + "; not a decision to cache")
+                      + f" could still be as fast or faster; {kept}; not a decision to cache")
         return RaceVerdict(status, winner, leader, self.rounds, seconds, reason, comps,
                            dict(self.pruned), self.p50_ms(), self.noise_pct())
 

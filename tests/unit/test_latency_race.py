@@ -158,3 +158,19 @@ def test_run_race_times_with_the_given_clock_until_decided() -> None:
     assert verdict.status == "decided" and verdict.winner == "fast"
     assert verdict.p50_ms["fast"][1] == pytest.approx(1.0)
     assert verdict.noise_pct["fast"][1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_loser_inside_the_margin_stays_timed_and_a_pruned_previous_choice_is_named() -> None:
+    # int8 2 % slower every round: it loses beyond the noise, but not clearly (±3 %),
+    # so it is not pruned; the race is decided for fp32
+    race = LatencyRace(["fp32", "int8"], [1], POLICY, previous="int8")
+    assert feed(race, [{"fp32": 10.0, "int8": 10.2}] * 10) == "decided"
+    assert race.pruned == {} and race.verdict().winner == "fp32"
+    # previous choice lost clearly (pruned), the rest undecided: the leader, and why
+    race = LatencyRace(["fp32", "bf16", "int8"], [1], POLICY, previous="int8")
+    swing = itertools.cycle([(10.0, 8.0), (8.0, 10.0), (10.0, 8.0), (8.0, 10.5)])
+    rounds = [dict(zip(("fp32", "bf16"), next(swing), strict=True)) | {"int8": 20.0}
+              for _ in range(POLICY.max_rounds)]
+    assert feed(race, rounds) == "undecided"
+    assert "int8" in race.pruned
+    assert "the previous choice int8 lost beyond the noise" in race.verdict().reason

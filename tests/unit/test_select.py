@@ -38,7 +38,8 @@ def raced(pool: list[Candidate], ms: dict[str, list[float]], previous: str | Non
           ) -> tuple[Candidate, str, bool]:
     """decide() after a race fed the given per-round times (ms, the same at bs 1)."""
     race = LatencyRace([c.name for c in race_order([c for c in pool if c.passed])], [1],
-                       RacePolicy(budget_s=1e9, max_rounds=len(next(iter(ms.values())))),
+                       RacePolicy(budget_s=1e9, min_rounds=6, confidence=0.95,
+                                  max_rounds=len(next(iter(ms.values())))),
                        previous)
     for r in range(len(next(iter(ms.values())))):
         race.add_round({n: {1: ms[n][r]} for n in race.alive})

@@ -225,7 +225,7 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
     verdict = run_race(
         {c.name: {bs: functools.partial(engines[c.name].run, inputs[bs]) for bs in sizes}
          for c in racing},
-        RacePolicy(budget_s=policy.budget_s, min_rounds=min(6, policy.rounds),
+        RacePolicy(budget_s=policy.budget_s, min_rounds=min(8, policy.rounds),
                    max_rounds=policy.rounds, margin_pct=policy.margin_pct),
         previous=previous, order=[c.name for c in racing], progress=progress)
     for cand in racing:
