@@ -1,24 +1,30 @@
 """GPU benchmark: PyTorch eager / autocast / torch.compile vs every trtflow GPU engine.
 
-Per model and batch size, in one process and side by side: PyTorch eager FP32,
-eager autocast FP16, torch.compile (default, max-autotune, reduce-overhead; each
-reported, the fastest taken as "best"), and trtflow's ONNX Runtime CUDA engines
-(FP32, mixed FP16, with and without CUDA graphs, INT8 Q/DQ), all built through
-trtflow's own stages (export -> cleanup -> [calibrate] -> build). Inputs live on
-the GPU for every contender; each call is timed with a host timer between
-`torch.cuda.synchronize()` calls (ORT synchronizes its own stream before `run`
-returns). Accuracy is against eager FP32 on the same input: max abs error and
-mean cosine similarity. Results are written as JSON (with the device name) after
-every contender, so a run cut short keeps what it measured.
+Per model and batch size (1, 8, 32), in one process and side by side: PyTorch eager
+FP32 and autocast FP16; torch.compile default, reduce-overhead and max-autotune
+(each its own `--parts` entry, max-autotune capped to `--autotune-batches`);
+trtflow's ONNX Runtime CUDA engines, built by the stage plan (a params file per
+model, one target per variant: export -> cleanup -> build, the same steps and keys
+as `trtflow run`), fp16/fp32 with and without ONNX Runtime's transformer fusion
+(MultiHeadAttention etc.), each with and without CUDA graphs; trtflow's
+AOTInductor engines (backend torch-inductor: one .pt2 per precision, dynamic
+batch) with and without CUDA-graph replay, and with static-scale FP8 Linear layers
+for the transformers. Accuracy: cosine vs eager FP32 on the same input. Latency:
+CUDA events around blocks of calls, each call synchronized (see `time_call`);
+median of the block means, their min..max the noise interval. The summary per
+(model, batch) names the engine `precision: best` would keep (fastest trtflow
+engine with cosine >= --min-cosine) against the best torch.compile mode, with a
+tie verdict when the intervals overlap. JSON is written after every contender, so
+a run cut short keeps what it measured; the short table is printed last.
 
-Models are built in code with seeded random weights (no download):
-ResNet-50 (torchvision's layout, BatchNorm statistics re-estimated on random
-images so activations stay in a trained network's range) and a BERT-base-shaped
-encoder from a transformers config (12 layers, hidden 768, sequence 128).
+Models are built in code with seeded weights (no download): ResNet-50
+(torchvision's layout, BatchNorm statistics re-estimated on random images),
+BERT-base and all-MiniLM-L6-v2's encoder from their configs (non-zero biases and
+LayerNorm parameters, as trained models have), sequence 128.
 
-    python bench/gpu.py --out DIR                       # on the GPU machine
+    bench/gpu_device.sh (the device side: onnxruntime-gpu in six calls, then a run)
     python bench/gpu.py --device cpu --quick --out DIR  # smoke test, any machine
-    python bench/gpu.py --flow params/resnet18_gpu.yaml --out DIR  # GPU targets via stages
+    python bench/gpu.py --flow params/resnet18_gpu.yaml --out DIR  # a params file's cuda targets
 """
 
 from __future__ import annotations
@@ -182,6 +188,20 @@ def minilm(device: str, quick: bool) -> nn.Module:
     return trained_like(MiniLMShaped(quick)).to(device).eval()
 
 
+def seeded_resnet50() -> nn.Module:
+    """Factory for the stage plan (`model.source.factory: gpu:seeded_resnet50`)."""
+    return resnet50("cpu", QUICK)
+
+
+def seeded_bert() -> nn.Module:
+    return bert("cpu", QUICK)
+
+
+def seeded_minilm() -> nn.Module:
+    return minilm("cpu", QUICK)
+
+
+QUICK = os.environ.get("TRTFLOW_GPU_BENCH_QUICK") == "1"
 MODELS: dict[str, Callable[[str, bool], nn.Module]] = {
     "resnet50": resnet50, "bert": bert, "minilm": minilm}
 OUTPUTS = {"resnet50": ["logits"], "bert": ["last_hidden_state"], "minilm": ["sentence_embedding"]}
@@ -263,86 +283,79 @@ def specs_for(name: str) -> list[Any]:
             TensorSpec(name="attention_mask", dtype="int64", shape=["batch", "sequence"])]
 
 
-def trtflow_engines(name: str, module: nn.Module, work: Path, seq: int, want_int8: bool,
-                    fused: bool, log: Callable[[str], None], device: str) -> dict[str, Any]:
-    """Export, clean, [calibrate] and build the ORT GPU engines with trtflow's own stages;
-    transformers also get ONNX Runtime's transformer fusion (trtflow.graph.attention_fusion)."""
-    import onnx
+PLAN_PARAMS = """# written by bench/gpu.py: {name}'s ORT CUDA engines through trtflow's stage plan
+model:
+  name: gpu-{name}
+  source:
+    factory: gpu:seeded_{name}
+    weights: none
+  inputs: {inputs}
+  outputs: {outputs}
+export:
+  opset: 18
+targets: {targets}
+"""
 
-    from trtflow.backends import Calibration, build_engine
-    from trtflow.graph.cleanup import PASSES, cleanup
-    from trtflow.params import CalibrationConfig, ExportConfig, Target
-    from trtflow.sources import LoadedModel
-    from trtflow.stages import calibrate as calibrate_stage
-    from trtflow.stages.export import export_model
 
-    cpu_module = module.to("cpu")
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    (work / "export").mkdir(parents=True, exist_ok=True)
-    sample = make_inputs(name, 2, seq, seed=5)
-    export_report = export_model(LoadedModel(cpu_module, None, specs_for(name), OUTPUTS[name]),
-                                 ExportConfig(opset=18, atol=1e-3, rtol=1e-3), sample,
-                                 work / "export")
-    timings["export_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    passes = tuple(PASSES[p] for p in ("onnxscript", "onnxslim", "shape_inference"))
-    cleaned, cleanup_report = cleanup(onnx.load(str(work / "export" / "model.onnx")), passes)
-    clean = work / "model.clean.onnx"
-    onnx.save_model(cleaned, str(clean))
-    timings["cleanup_s"] = time.perf_counter() - start
-    log(f"{name}: exported and cleaned ({timings})")
+def trtflow_engines(name: str, work: Path, seq: int, want_int8: bool, fused: bool,
+                    log: Callable[[str], None], device: str) -> dict[str, Any]:
+    """trtflow's ORT CUDA engines built by the stage plan (export -> cleanup -> build per
+    target, the same steps and cache keys as `trtflow run`): a params file per model with
+    one target per variant; transformers with ONNX Runtime's transformer fusion (the
+    backend's default for graphs with attention) and without."""
+    from trtflow.context import Context
+    from trtflow.params import load_params
+    from trtflow.plan import run_up_to
 
-    calib_report: dict[str, Any] = {}
-    if want_int8:
-        start = time.perf_counter()
-        batches = [make_inputs(name, 8, seq, seed=100 + i) for i in range(8)]
-        (work / "calib").mkdir(exist_ok=True)
-        cfg = CalibrationConfig(method="entropy", sensitivity=False, min_samples=8)
-        calib_report = calibrate_stage.calibrate(clean, iter(batches), cfg,
-                                                 os.cpu_count() or 1, work / "calib")
-        timings["calibrate_s"] = time.perf_counter() - start
-
-    # label -> (precision, options): transformers get the engine with ONNX Runtime's
-    # transformer fusion (the backend's default for graphs with attention) and without
-    variants: dict[str, tuple[str, dict[str, str]]] = {}
-    transformer = name != "resnet50"
+    if name == "resnet50":
+        inputs = [{"name": "image", "shape": ["batch", 3, 224, 224], "range": [-2.0, 2.0]}]
+    else:
+        inputs = [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"],
+                   "range": [1000, 30000]},
+                  {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"],
+                   "range": [1, 1]}]
+    targets: dict[str, Any] = {}
     for precision in ORT_PRECISIONS:
-        if transformer and fused:
-            variants[f"fused_{precision}"] = (precision, {"transformer_fusion": "on"})
-        variants[precision] = (precision, {"transformer_fusion": "off"})
+        options = {"transformer_fusion": "off"}
+        if device != "cuda":  # smoke test: the same engine code on ORT's CPU provider
+            options["execution_device"] = "cpu"
+        if name != "resnet50" and fused:
+            targets[f"fused_{precision}"] = {"backend": "onnxruntime", "device": "cuda",
+                                             "precision": precision,
+                                             "options": {**options, "transformer_fusion": "on"}}
+        targets[precision] = {"backend": "onnxruntime", "device": "cuda",
+                              "precision": precision, "options": options}
     if want_int8:
-        variants["int8"] = ("int8", {})
+        raise SystemExit("--int8 needs calibration data in the plan's params: not wired here")
+    params_path = work / "params.yaml"
+    params_path.write_text(PLAN_PARAMS.format(name=name, inputs=json.dumps(inputs),
+                                              outputs=json.dumps(OUTPUTS[name]),
+                                              targets=json.dumps(targets)))
+    sys.path.insert(0, str(ROOT / "bench"))  # the factory module
+    ctx = Context.create(load_params(params_path), work)
     built: dict[str, Any] = {}
     fusion: dict[str, Any] = {}
-    for label, (precision, options) in variants.items():
-        out = work / f"engine-{label}"
-        out.mkdir(exist_ok=True)
+    for label in targets:
         start = time.perf_counter()
-        if device != "cuda":  # smoke test: the same engine code on ORT's CPU provider
-            options = {**options, "execution_device": "cpu"}
         try:
-            target = Target(backend="onnxruntime", device="cuda", precision=precision,
-                            options=options)
-            report = build_engine(clean, target, out,
-                                  Calibration(work / "calib") if precision == "int8" else None)
+            stages = run_up_to(ctx, "build", label)
         except Exception as exc:
             built[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             traceback.print_exc()
             continue
-        precision_report = report.get("precision") or {}
+        report = stages[-1].report
+        precision_report = dict(report.get("precision") or {})
         if "transformer_fusion" in precision_report:
             fusion[label] = precision_report.pop("transformer_fusion")
             log(f"{name}: {label}: fused {fusion[label]['fused']}, attention "
                 f"{fusion[label]['attention_fused']}")
-        built[label] = {"dir": str(out), "build_s": time.perf_counter() - start,
+        built[label] = {"dir": str(stages[-1].path), "build_s": time.perf_counter() - start,
+                        "stages": {s.stage: {"key": s.key[:16], "cached": s.cached,
+                                             "seconds": s.seconds} for s in stages},
                         "precision_report": precision_report,
                         "engine_ops": report.get("engine_ops")}
-        log(f"{name}: built ORT CUDA {label} in {built[label]['build_s']:.1f}s")
-    return {"timings": timings, "export_parity": export_report.get("parity"),
-            "cleanup_ops_after": cleanup_report.get("ops_after"), "fusion": fusion,
-            "calibration": {k: calib_report.get(k) for k in ("method", "tensors", "samples")}
-            if calib_report else None, "engines": built}
+        log(f"{name}: built ORT CUDA {label} through the plan in {built[label]['build_s']:.1f}s")
+    return {"plan": str(params_path), "fusion": fusion, "engines": built}
 
 
 def ort_contenders(name: str, built: dict[str, Any], batches: tuple[int, ...],
@@ -572,8 +585,8 @@ def bench_model(name: str, args: argparse.Namespace, rec: Recorder,
             torch_contender("pytorch_eager_autocast_fp16", module, autocast=True)
         elif part == "ort":
             try:
-                built = trtflow_engines(name, module, work, seq, args.int8, not args.no_fused,
-                                        log, device)
+                built = trtflow_engines(name, work, seq, args.int8, not args.no_fused, log,
+                                        device)
                 module.to(device)
                 entry["trtflow"] = built
                 rec.save()
@@ -731,6 +744,10 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", type=Path, help="merge result JSONs into --name")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    global QUICK
+    QUICK = args.quick
+    if args.quick:  # the plan imports this file again as the factory module `gpu`
+        os.environ["TRTFLOW_GPU_BENCH_QUICK"] = "1"
     global ORT_PRECISIONS
     ORT_PRECISIONS = tuple(args.ort_precisions.split(","))
 
