@@ -10,12 +10,19 @@ nodes on the GPU), an ORT session, and device buffers bound once through IO
 binding. With static shapes the profile captures a CUDA graph on its first runs
 and replays it afterwards, which removes the per-kernel launch cost that
 dominates small batches. A graph that cannot be captured (a node left on the
-CPU) falls back to plain IO binding, and the profile says why.
+CPU) falls back to plain IO binding, and the profile says why. Output shapes that
+contrib ops hide from ONNX shape inference are learned from one plain run.
 
-Precisions on the CUDA provider: fp32; fp16 (mixed: see quant/mixed_precision.py);
-int8 as a Q/DQ graph in TensorRT's placement, which the CUDA provider runs as
-dequantize + float kernels (it has no int8 convolution), so it is measured but
-does not speed up; best = fp16.
+Transformers (graphs with attention; `options.transformer_fusion`): the CUDA
+cleanup is trtflow.graph.attention_fusion (torch's SDPA blocks -> MultiHeadAttention
+on ORT's flash / memory-efficient kernels, then ORT's transformer optimizer:
+SkipLayerNorm, BiasGelu, ...; fp16 through its converter); the build report names
+what fused.
+
+Precisions on the CUDA provider: fp32; fp16 (mixed: see quant/mixed_precision.py, or
+the fused graph's own conversion); int8 runs the calibrate stage's saved TensorRT-
+placement Q/DQ graph, which the CUDA provider runs as dequantize + float kernels
+(it has no int8 convolution), so it is measured but does not speed up; best = fp16.
 """
 
 from __future__ import annotations
