@@ -96,11 +96,12 @@ def data_digest(root: Path, source: DataSource) -> str:
     return tree_digest(p)
 
 
-def preflight(ctx: Context) -> None:
+def preflight(ctx: Context, targets: list[str] | None = None) -> None:
     """Check the model source and data files before any orchestration starts, so a bad
     input fails before any stage stores an artifact: files and their headers, the ONNX
     graph (opset/IR, cycles, NaN/Inf weights), synthetic-input sizes, data vs inputs
-    and labels vs the model's classes where the class count is known without torch."""
+    and labels vs the model's classes where the class count is known without torch;
+    `targets` (default: all in params) that need calibration vs a static batch."""
     from trtflow.datasets import open_data
 
     ctx.source_digest()
@@ -114,6 +115,12 @@ def preflight(ctx: Context) -> None:
         from trtflow.sources import synthetic_shapes
 
         synthetic_shapes(specs, max(ctx.params.export.samples, ctx.params.data.batch_size))
+    if specs:
+        from trtflow.preflight import check_static_batch, needs_calibration
+
+        check_static_batch(specs, [name for name in (ctx.params.targets if targets is None
+                                                     else targets)
+                                   if needs_calibration(ctx.target(name))])
     data = ctx.params.data
     for ds, classes in ((data.calibration, None), (data.evaluation, num_classes)):
         if ds is not None and specs:

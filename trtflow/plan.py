@@ -21,7 +21,9 @@ from typing import Any
 
 from trtflow.context import Context, data_digest
 from trtflow.errors import ParamsError
-from trtflow.params import Params, Target
+from trtflow.params import Params
+from trtflow.preflight import QUANTIZED as QUANTIZED
+from trtflow.preflight import needs_calibration as needs_calibration
 from trtflow.stage import StageResult, Step, Upstream
 from trtflow.stages import build as build_stage
 from trtflow.stages import calibrate as calibrate_stage
@@ -31,16 +33,6 @@ from trtflow.stages import validate as validate_stage
 from trtflow.stages.build import selects as selects
 from trtflow.stages.cleanup import CLEAN_FILE as CLEAN_FILE
 from trtflow.stages.cleanup import CLEANUP_REPORT as CLEANUP_REPORT
-
-QUANTIZED = ("int8", "fp8")
-
-
-def needs_calibration(target: Target) -> bool:
-    """Quantized targets, and `best` on the CPU when its candidates include int8."""
-    return target.precision in QUANTIZED or (
-        target.precision == "best" and target.device == "cpu"
-        and "int8" in target.select.precisions)
-
 
 EXPORT = Step(
     "export", export_stage.VERSION, export_stage.run,
@@ -128,7 +120,8 @@ def _validate(ctx: Context, target: str | None, out: Path, engine_art: StageResu
 
     return validate_stage.validate(engine, reference, label, batches,
                                    lambda bs: tile_batch(pool, bs), cfg, ctx.metric(), name, out,
-                                   qdq_model=Path(engine_art.path) / TENSORRT_QDQ_FILE).as_dict()
+                                   qdq_model=Path(engine_art.path) / TENSORRT_QDQ_FILE,
+                                   batch=validate_stage.static_batch(ctx.input_specs())).as_dict()
 
 
 @dataclass
@@ -267,7 +260,9 @@ def run_up_to(ctx: Context, stage: str, target: str | None = None) -> list[Stage
     if target and needs_calibration(ctx.target(target)) and ctx.params.data.calibration is None:
         raise ParamsError(f"target '{target}': an int8 target needs data.calibration (an .npz "
                           "of representative inputs) in params")
-    preflight(ctx)  # bad inputs fail before any stage stores an artifact
+    calibrates = any(n.step.name == "calibrate" for n in nodes)
+    preflight(ctx, ([target] if target else None) if calibrates else [])  # bad inputs fail
+    # before any stage stores an artifact
     done: dict[Node, StageResult] = {}
     for node in nodes:
         done[node] = run_step(node.step, ctx, node.target, [done[u] for u in node.upstream])

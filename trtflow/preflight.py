@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from trtflow.errors import ModelError
+from trtflow.params import Target, TensorSpec
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -125,3 +126,36 @@ def output_classes(model: onnx.ModelProto) -> int | None:
     if len(dims) < 2 or not dims[-1].HasField("dim_value"):
         return None
     return int(dims[-1].dim_value)
+
+
+QUANTIZED = ("int8", "fp8")
+
+
+def needs_calibration(target: Target) -> bool:
+    """Quantized targets, and `best` on the CPU when its candidates include int8."""
+    return target.precision in QUANTIZED or (
+        target.precision == "best" and target.device == "cpu"
+        and "int8" in target.select.precisions)
+
+
+def static_batch(specs: list[TensorSpec]) -> int | None:
+    """The batch size a model's inputs fix (a number as their first dim), or None."""
+    firsts = [s.shape[0] for s in specs if s.shape]
+    if not firsts or not all(isinstance(d, int) for d in firsts):
+        return None
+    return int(firsts[0])
+
+
+def check_static_batch(specs: list[TensorSpec], quantized_targets: list[str]) -> None:
+    """A model whose inputs fix the batch size compiles and validates at that size
+    (validate runs in chunks of it); calibration runs batches of other sizes (one sample
+    to measure, then up to 8), so quantized targets are refused, with the reason."""
+    batch = static_batch(specs)
+    if batch is None or not quantized_targets:
+        return
+    names = ", ".join(f"'{s.name}' {list(s.shape)}" for s in specs)
+    raise ModelError(f"target(s) {', '.join(quantized_targets)} need calibration, which runs "
+                     f"the model on batches of other sizes, but its input(s) {names} fix the "
+                     f"batch size to {batch}: re-export the model with a dynamic batch axis "
+                     "(e.g. dynamic_axes / torch.export.Dim), or compile float targets only "
+                     f"(they validate at batch {batch})")

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from trtflow.errors import GateError
+from trtflow.errors import GateError, ModelError
 from trtflow.latency import LatencyStats, combined_noise_pct, measure
 from trtflow.params import Gates, ValidateConfig
+from trtflow.preflight import static_batch as static_batch
 from trtflow.stages.validation_report import (
     GateDecision,
     GateVerdict,
@@ -38,14 +39,56 @@ PLOT_FILE = "latency.png"
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
+def check_rows(outputs: dict[str, np.ndarray], rows: int, who: str,
+               labels: Any = None) -> None:
+    """Every output keeps the batch dimension of the inputs (`rows` rows), and the labels
+    have one row per output row: otherwise the comparison would validate nothing."""
+    for name, value in outputs.items():
+        got = value.shape[0] if np.ndim(value) else 0
+        if got != rows:
+            raise ModelError(
+                f"{who} output '{name}' has shape {list(np.shape(value))} for a batch of "
+                f"{rows} input row(s): outputs must keep the batch dimension of the inputs "
+                f"({rows} rows, got {got}); a model that reduces over the batch axis (e.g. a "
+                "mean over axis 0) cannot be validated sample by sample")
+    if labels is not None:
+        first = next(iter(outputs))
+        if len(labels) != outputs[first].shape[0]:
+            raise ModelError(f"{len(labels)} label row(s) for {outputs[first].shape[0]} "
+                             f"row(s) of {who} output '{first}': labels and outputs must "
+                             "have the same number of rows")
+
+
+def at_batch(runner: Runner, batch: int, who: str) -> Runner:
+    """`runner` for a model with a static batch: the inputs in chunks of exactly `batch`
+    rows (the last one padded by repeating its rows), the outputs joined and the padding
+    dropped."""
+    from trtflow.datasets import tile_batch
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(next(iter(inputs.values())))
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, rows, batch):
+            chunk = {k: v[start:start + batch] for k, v in inputs.items()}
+            out = runner(tile_batch(chunk, batch))
+            check_rows(out, batch, who)
+            parts.append({k: v[:min(batch, rows - start)] for k, v in out.items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return run
+
+
 def accuracy_and_agreement(engine: Runner, reference: Runner, batches: Iterable[Any],
                            metric: str) -> Quality:
-    """Stream the evaluation data through both; top-1 or cosine agreement, errors, accuracy."""
+    """Stream the evaluation data through both; top-1 or cosine agreement, errors, accuracy.
+    Each batch's outputs must keep its rows, and the labels match them (`check_rows`)."""
     n = correct_eng = correct_ref = agree = labelled_n = 0
     label_counts: Counter[int] = Counter()
     cos_sum, max_abs, abs_sum, numel = 0.0, 0.0, 0.0, 0
     for batch in batches:
         eng, ref = engine(batch.inputs), reference(batch.inputs)
+        rows = len(next(iter(batch.inputs.values())))
+        check_rows(eng, rows, "the engine's", batch.labels)
+        check_rows(ref, rows, "the reference's", batch.labels)
         first = next(iter(ref))
         for name, r in ref.items():
             diff = np.abs(eng[name].astype(np.float64) - r)
@@ -166,14 +209,21 @@ def qdq_model_quality(qdq_path: Path, reference: Runner, eval_batches: Any, metr
 
 def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batches: Any,
              make_inputs: Callable[[int], dict], cfg: ValidateConfig, metric: str,
-             target: str, out_dir: Path, qdq_model: Path | None = None) -> ValidationReport:
+             target: str, out_dir: Path, qdq_model: Path | None = None,
+             batch: int | None = None) -> ValidationReport:
     """Write validation.json and latency.png; the caller raises `gate_error` if not passed.
 
     `qdq_model`: the Q/DQ graph TensorRT gets for a quantized target; its accuracy is
-    reported beside the engine's (`qdq_model`), not gated."""
+    reported beside the engine's (`qdq_model`), not gated. `batch`: the model's static
+    batch size (`static_batch`): evaluation runs in chunks of it, latency only at it."""
     import torch  # inference mode for a PyTorch reference; its thread count is reported
 
-    quality = accuracy_and_agreement(engine.run, reference, eval_batches, metric)
+    engine_run: Runner = engine.run
+    if batch is not None:
+        engine_run = at_batch(engine.run, batch, "the engine's")
+        reference = at_batch(reference, batch, "the reference's")
+        cfg = cfg.model_copy(update={"batch_sizes": [batch]})
+    quality = accuracy_and_agreement(engine_run, reference, eval_batches, metric)
     # an engine that cannot run here (`latency_note`) is timed never: its stand-in's
     # latency would be another engine's number
     latency_note = getattr(engine, "latency_note", None)
