@@ -166,7 +166,9 @@ def write_demo_data(root: Path) -> list[Path]:
     for split, n in (("calibration", 64), ("evaluation", 32)):
         images = rng.standard_normal((n, 3, 224, 224), dtype=np.float32)
         written.append(_save_npz(root / "data" / "resnet18" / f"{split}.npz", image=images))
-    return written
+    from trtflow.llm.data import write_llm_data  # the LLM demo's text (docs/llm.md)
+
+    return written + write_llm_data(root)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
