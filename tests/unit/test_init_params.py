@@ -68,3 +68,56 @@ def test_a_factory_says_its_weights() -> None:
     assert doc["model"]["source"]["weights"] == "out/sensor.safetensors"
     text = params_skeleton(info)
     assert "weights: none" in text and "untrained" in text
+
+
+def test_input_options_parse_to_specs() -> None:
+    from trtflow.sources.describe import parse_input_option
+
+    spec = parse_input_option("ids:batch,seq:int64")
+    assert (spec.name, spec.dtype, spec.shape) == ("ids", "int64", ["batch", "seq"])
+    assert parse_input_option("image:batch,1,8,8").shape == ["batch", 1, 8, 8]
+    with pytest.raises(ParamsError, match=r"--input 'image': expected NAME:SHAPE\[:DTYPE\]"):
+        parse_input_option("image")
+    with pytest.raises(ParamsError, match=r"dim '-3' is neither a positive number nor a name"):
+        parse_input_option("image:batch,-3")
+
+
+def test_a_factorys_inputs_come_from_the_options_and_calibration_then_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trtflow.sources.describe import describe, parse_input_option
+
+    (tmp_path / "tiny_net.py").write_text(
+        "import torch\n\n\ndef make_model():\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    np.savez(tmp_path / "cal.npz", image=np.zeros((4, 1, 8, 8), np.float32))
+    info = describe("tiny_net:make_model", tmp_path, None,
+                    [parse_input_option("image:batch,1,8,8")])
+    assert info["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
+    doc = yaml.safe_load(params_skeleton(info, tmp_path, "cal.npz"))
+    assert doc["model"]["inputs"] == info["inputs"]
+    assert doc["data"]["calibration"] == {"npz": "cal.npz"} and "int8" in doc["targets"]
+    parse_params(doc, "init")
+
+
+def test_input_options_for_a_source_with_its_own_inputs_are_refused(tmp_path: Path) -> None:
+    from trtflow.sources.describe import describe, parse_input_option
+
+    with pytest.raises(ParamsError, match="--input: a onnx source says its own inputs"):
+        describe("m.onnx", tmp_path, None, [parse_input_option("x:batch,4")])
+
+
+def test_a_second_source_under_one_name_is_refused_with_a_hint(tmp_path: Path) -> None:
+    from trtflow.sources.describe import check_name_free
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "sensor.yaml").write_text(
+        "model: {name: sensor, source: {onnx: sensor.onnx}}\n")
+    check_name_free("sensor", {"onnx": "sensor.onnx", "allow_pickle": False},
+                    tmp_path / "params")  # the same source: not another model
+    with pytest.raises(ParamsError, match=r"model name 'sensor' is already used by .*sensor.yaml "
+                       r"for another source \(onnx: sensor.onnx\).*pass --name \(e.g. --name "
+                       r"sensor-exported-program\)"):
+        check_name_free("sensor", {"exported_program": "sensor.pt2", "allow_pickle": False},
+                        tmp_path / "params")
+    check_name_free("sensor-pt2", {"exported_program": "sensor.pt2"}, tmp_path / "params")

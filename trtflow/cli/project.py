@@ -62,6 +62,12 @@ def init(
         help="evaluation .npz (input names + an integer labels array)")] = None,
     weights: Annotated[str | None, typer.Option(
         help="trained weights for a factory source (.safetensors or state-dict .pt)")] = None,
+    input_specs: Annotated[list[str] | None, typer.Option(
+        "--input", help="a factory source's input, NAME:SHAPE[:DTYPE] (repeat per input), "
+        "e.g. image:batch,3,224,224 or ids:batch,seq:int64")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="the model's name (default: from the source; must differ from the name of "
+        "another source's params)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
@@ -71,10 +77,22 @@ def init(
     configure_environment(root.resolve())
     try:
         from trtflow.errors import ParamsError
-        from trtflow.sources.describe import describe, params_skeleton
+        from trtflow.sources.describe import (
+            check_name_free,
+            describe,
+            params_skeleton,
+            parse_input_option,
+        )
 
-        info = describe(source, root.resolve(), weights)
+        specs = [parse_input_option(text) for text in input_specs or []]
+        info = describe(source, root.resolve(), weights, specs)
+        if name is not None:
+            from trtflow.names import check_name
+
+            info["name"] = check_name(name, "--name")  # the rule params load applies
         path = output or root / "params" / f"{info['name']}.yaml"
+        check_name_free(info["name"], info["source"], root / "params", name is not None,
+                        replacing=path if force else None)
         if path.exists() and not force:
             raise ParamsError(f"{path} exists; pass --force to overwrite it")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,12 @@ def external_files(onnx_path: Path) -> set[Path]:
                              f"at {info['location']!r}, outside the model's folder; expected "
                              "a file next to the model")
         data_file = onnx_path.parent / location
+        if data_file.is_symlink():  # onnx.load refuses it, saying only that loading failed
+            raise ModelError(f"ONNX file {onnx_path}: initializer '{init.name}' keeps its data "
+                             f"in {location}, which is a symlink to "
+                             f"{os.readlink(data_file)}; ONNX refuses external data through "
+                             "links (they may point anywhere): copy the file next to the "
+                             "model instead of linking it")
         files.add(data_file)
         if data_file.is_file():
             _check_external_range(onnx_path, init.name, info, data_file)
@@ -265,7 +271,7 @@ def load_exported_program(path: Path, cfg: ModelConfig) -> LoadedModel:
         dtype: Any = torch_dtypes[val.dtype]
         specs.append(TensorSpec(name=spec.arg.name, dtype=dtype, shape=shape,
                                 range=id_ranges.get(spec.arg.name)))
-    check_finite_parameters(program.module(), f"model.source.exported_program {path}")
+    check_module(program.module(), f"model.source.exported_program {path}")
     outputs = cfg.outputs or [f"output_{i}" if len(program.graph_signature.user_outputs) > 1
                               else "output"
                               for i in range(len(program.graph_signature.user_outputs))]
@@ -326,6 +332,8 @@ def load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model.source.factory '{factory}' returned "
                          f"{type(model).__name__}, expected a torch.nn.Module")
+    # before the weights: load_state_dict into a meta module copies nothing, silently
+    check_materialized(model, f"model.source.factory '{factory}'")
     if weights is not None:
         state = load_state_dict(weights, factory)
         expected = set(model.state_dict())
@@ -338,9 +346,44 @@ def load_factory(factory: str, weights: Path | None) -> torch.nn.Module:
         except RuntimeError as exc:  # same keys, wrong shapes
             raise ModelError(f"model.source.weights: {weights} does not fit '{factory}': "
                              f"{' '.join(str(exc).split())[:500]}") from None
-    check_finite_parameters(model, f"model.source.factory '{factory}'"
-                            + (f" with weights {weights}" if weights else ""))
+    check_module(model, f"model.source.factory '{factory}'"
+                 + (f" with weights {weights}" if weights else ""))
     return model.eval()
+
+
+def check_module(module: torch.nn.Module, where: str) -> None:
+    """What would make a torch model's export or parity meaningless, named before anything
+    is built: tensors without data (the `meta` device), NaN/Inf, negative BatchNorm
+    variances (sqrt of a negative: NaN outputs that a parity check reports only as NaN)."""
+    check_materialized(module, where)
+    check_finite_parameters(module, where)
+    check_batchnorm_variance(module, where)
+
+
+def check_materialized(module: torch.nn.Module, where: str) -> None:
+    on_meta = [name for name, t in [*module.named_parameters(), *module.named_buffers()]
+               if t.device.type == "meta"]
+    if on_meta:
+        raise ModelError(f"{where} returned a module on the 'meta' device ({len(on_meta)} "
+                         f"tensor(s) without data, e.g. '{on_meta[0]}'): its weights hold no "
+                         "values to export; build the module on the CPU (outside "
+                         "`torch.device('meta')`), or materialize it (`to_empty(device="
+                         "'cpu')` then load its weights) before returning it")
+
+
+def check_batchnorm_variance(module: torch.nn.Module, where: str) -> None:
+    import torch
+
+    for name, sub in module.named_modules():
+        var = getattr(sub, "running_var", None)
+        if isinstance(sub, torch.nn.modules.batchnorm._NormBase) and \
+                isinstance(var, torch.Tensor) and bool((var < 0).any()):
+            channel = int(torch.argmin(var))
+            raise ModelError(f"{where}: BatchNorm '{name or type(sub).__name__}' has a "
+                             f"negative running variance ({float(var[channel]):g} at channel "
+                             f"{channel}; {int((var < 0).sum())} of {var.numel()} channels "
+                             "negative): a variance is never negative, so the weights are "
+                             "damaged or mis-loaded, and every output through it is NaN")
 
 
 def check_finite_parameters(module: torch.nn.Module, where: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trtflow.errors import ModelError, ParamsError
-from trtflow.params import BUILTIN_MODELS, ModelConfig, ModelSource, parse_params
+from trtflow.params import BUILTIN_MODELS, ModelConfig, ModelSource, TensorSpec, parse_params
 from trtflow.yamlfile import dump_yaml
 
 
@@ -29,14 +29,47 @@ def source_from_arg(arg: str, weights: str | None = None) -> ModelSource:
                       f"of {', '.join(BUILTIN_MODELS)}")
 
 
-def describe(arg: str, root: Path, weights: str | None = None) -> dict[str, Any]:
-    """Inputs, outputs, op histogram and parameter count of a model source."""
+INPUT_DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+
+def parse_input_option(text: str) -> TensorSpec:
+    """`--input NAME:SHAPE[:DTYPE]`, SHAPE comma-separated (a word is a dynamic dim):
+    `image:batch,3,224,224`, `ids:batch,seq:int64`."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise ParamsError(f"--input {text!r}: expected NAME:SHAPE[:DTYPE], e.g. "
+                          "image:batch,3,224,224 or ids:batch,seq:int64")
+    dtype = parts[2] if len(parts) == 3 else "float32"
+    if dtype not in INPUT_DTYPES:
+        raise ParamsError(f"--input {text!r}: dtype {dtype!r} is not one of "
+                          f"{', '.join(INPUT_DTYPES)}")
+    shape: list[int | str] = []
+    for dim in parts[1].split(","):
+        dim = dim.strip()
+        if re.fullmatch(r"[1-9]\d*", dim):
+            shape.append(int(dim))
+        elif re.fullmatch(r"[A-Za-z_]\w*", dim):
+            shape.append(dim)
+        else:
+            raise ParamsError(f"--input {text!r}: dim {dim!r} is neither a positive number "
+                              "nor a name (a dynamic dim such as batch)")
+    return TensorSpec(name=parts[0], dtype=dtype, shape=shape)  # type: ignore[arg-type]
+
+
+def describe(arg: str, root: Path, weights: str | None = None,
+             inputs: list[TensorSpec] | None = None) -> dict[str, Any]:
+    """Inputs, outputs, op histogram and parameter count of a model source. `inputs`
+    (`trtflow init --input`) declare a factory's inputs, which its code does not say."""
     from trtflow import sources
     from trtflow.store import ArtifactStore
 
     source = source_from_arg(arg, weights)
+    if inputs and not source.factory:
+        raise ParamsError(f"--input: a {next(iter(source.model_dump(exclude_none=True)))} "
+                          "source says its own inputs; --input is for a factory source "
+                          "(package.module:function)")
     name = _model_name(arg, root)
-    cfg = ModelConfig(name=name, source=source)
+    cfg = ModelConfig(name=name, source=source, inputs=inputs or None)
     info: dict[str, Any] = {"name": name, "source": source.model_dump(exclude_none=True)}
     try:
         loaded = sources.load_model(cfg, root, ArtifactStore(root / ".trtflow" / "store"))
@@ -117,6 +150,39 @@ def _model_name(arg: str, root: Path | None = None) -> str:
     return "model"
 
 
+def check_name_free(name: str, source: dict[str, Any], params_dir: Path,
+                    named: bool = False, replacing: Path | None = None) -> None:
+    """Refuse a model name another params file in `params_dir` gives a different source
+    (an ONNX file and a .pt2 of one model both default to its stem): the two would
+    register into one MLflow model and replace each other's production version."""
+    from trtflow.yamlfile import load_yaml
+
+    for path in sorted(params_dir.glob("*.y*ml")) if params_dir.is_dir() else []:
+        if replacing is not None and path.resolve() == replacing.resolve():
+            continue
+        try:
+            model = load_yaml(path).get("model", {})
+        except Exception:  # noqa: BLE001 - another file's problem; run reports it
+            continue
+        if isinstance(model, dict) and model.get("name") == name and \
+                _same_source(model.get("source"), source) is False:
+            other = ", ".join(f"{k}: {v}" for k, v in dict(model.get("source") or {}).items())
+            kind = next(iter(source))
+            hint = ("pass another --name" if named else
+                    f"pass --name (e.g. --name {name}-{kind.replace('_', '-')})")
+            raise ParamsError(f"model name '{name}' is already used by {path} for another "
+                              f"source ({other}); two sources under one name register into "
+                              f"one model and replace each other's versions: {hint}")
+
+
+def _same_source(given: Any, source: dict[str, Any]) -> bool | None:
+    """Whether a params file's `model.source` is `source` (None: it is not readable)."""
+    try:
+        return ModelSource.model_validate(given).model_dump(exclude_none=True) == source
+    except ValueError:
+        return None
+
+
 def data_entry(path: str, root: Path, input_names: list[str], split: str) -> dict[str, Any]:
     """`{npz: path[, labels: key]}` for an existing .npz: its keys must include every input
     name; an integer array under another key is the labels."""
@@ -155,6 +221,8 @@ def params_skeleton(info: dict[str, Any], root: Path | None = None,
     if info.get("inputs") is None:
         model["inputs"] = [{"name": "input", "dtype": "float32",
                             "shape": ["batch", 3, 224, 224]}]
+    elif model["source"].get("factory"):  # given with --input: the factory's code says none
+        model["inputs"] = info["inputs"]
     names = [i["name"] for i in info.get("inputs") or model["inputs"]]
     data = {split: data_entry(path, root or Path("."), names, split)
             for split, path in (("calibration", calibration), ("evaluation", evaluation))
