@@ -36,6 +36,15 @@ def set_reporter(report: Reporter | None) -> None:
     _reporter.set(report)
 
 
+_flow_runs: ContextVar[list[str] | None] = ContextVar("trtflow_flow_runs", default=None)
+
+
+def record_flow_runs(ids: list[str]) -> None:
+    """Append the id of each compile flow run started from here to `ids` (the CLI marks
+    them Cancelled on Ctrl-C)."""
+    _flow_runs.set(ids)
+
+
 def _run(ctx: Context, node: Node, upstream: list[StageResult], shown_as: str) -> StageResult:
     start = time.perf_counter()
     report = _reporter.get()
@@ -78,21 +87,47 @@ def _run_name() -> str:
     return f"compile {name}" + (f" [{','.join(targets)}]" if targets else "")
 
 
+def _terminate(run_ids: list[str], status: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for run_id in run_ids:
+        try:
+            client.set_terminated(run_id, status)
+        except Exception:  # the tracking server itself may be what failed
+            pass
+
+
 @contextmanager
 def _failed_on_error(run_ids: dict[str, str]) -> Iterator[None]:
     """A compile that fails after its MLflow runs were logged (publishing, registering)
-    marks them FAILED: a FINISHED run must mean a finished compile."""
+    marks them FAILED, or KILLED on Ctrl-C: a FINISHED run must mean a finished compile."""
     try:
         yield
+    except KeyboardInterrupt:
+        _terminate(list(run_ids.values()), "KILLED")
+        raise
     except BaseException:
+        _terminate(list(run_ids.values()), "FAILED")
+        raise
+
+
+@contextmanager
+def _killed_on_interrupt(started_ms: int) -> Iterator[None]:
+    """Ctrl-C while the runs are being logged: MLflow's own exit marks them FAILED; the
+    compile run and its target runs say KILLED instead."""
+    try:
+        yield
+    except KeyboardInterrupt:
         import mlflow
 
-        client = mlflow.MlflowClient()
-        for run_id in run_ids.values():
-            try:
-                client.set_terminated(run_id, "FAILED")
-            except Exception:  # the tracking server itself may be what failed
-                pass
+        last = mlflow.last_active_run()
+        if last is not None and last.info.start_time >= started_ms:
+            parent = last.data.tags.get("mlflow.parentRunId", last.info.run_id)
+            children = mlflow.search_runs(
+                experiment_ids=[last.info.experiment_id], output_format="list",
+                filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+            _terminate([parent, *(r.info.run_id for r in children)], "KILLED")
         raise
 
 
@@ -100,6 +135,11 @@ def _failed_on_error(run_ids: dict[str, str]) -> Iterator[None]:
 def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
                  remeasure: bool = False) -> dict[str, Any]:
     start, started_ms = time.perf_counter(), int(time.time() * 1000)
+    flow_runs = _flow_runs.get()
+    if flow_runs is not None:
+        from prefect.runtime import flow_run
+
+        flow_runs.append(str(flow_run.id))
     params = load_params(params_path)
     ctx = Context.create(params, Path(root), remeasure=remeasure)
     reporter = _reporter.get()
@@ -120,7 +160,7 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
     from trtflow.track.release import release
 
     wall = time.perf_counter() - start
-    with tracking_server_guard("logging the compile"):
+    with tracking_server_guard("logging the compile"), _killed_on_interrupt(started_ms):
         run_ids = log_compile(params, params_path, Path(root), [exported, cleaned], per_target,
                               wall)
     with tracking_server_guard("registering the engines"), _failed_on_error(run_ids):

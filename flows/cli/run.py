@@ -60,18 +60,44 @@ def run(
 
         initialize_databases(root)  # once per project; safe for concurrent first runs
         start = time.perf_counter()
-        from flows.compile import compile_flow, set_reporter
-
-        progress = Progress()
-        set_reporter(progress)
-        try:
-            summary = compile_flow(str(params), str(root), target, remeasure)
-        finally:
-            progress.status.stop()
+        summary = _compile(params, root, target, remeasure)
     except TrtflowError as exc:
         fail(exc)
         return
     print_summary(summary, time.perf_counter() - start)
+
+
+def _compile(params: Path, root: Path, target: list[str] | None,
+             remeasure: bool) -> dict[str, Any]:
+    """The compile flow on an API server that Ctrl-C does not kill; Ctrl-C stops it within
+    2 s with exit code 130, the flow run Cancelled and open MLflow runs KILLED."""
+    from flows.compile import compile_flow, record_flow_runs, set_reporter
+    from flows.interrupt import Interrupt, cancel_flow_runs, ephemeral_server, exit_now
+
+    progress = Progress()
+    set_reporter(progress)
+    flow_runs: list[str] = []
+    record_flow_runs(flow_runs)
+    with ephemeral_server() as server:
+        def clean_up() -> None:
+            progress.status.stop()
+            cancel_flow_runs(flow_runs)
+            if server is not None:
+                server.stop(timeout=0.5)
+            console.print("[bold red]interrupted[/]: the flow run is marked Cancelled; "
+                          "finished stages stay in the store (a re-run reuses them)")
+
+        interrupt = Interrupt(clean_up)
+        try:
+            return compile_flow(str(params), str(root), target, remeasure)
+        except KeyboardInterrupt:
+            interrupt.finished()
+            clean_up()
+            exit_now()
+            raise  # not reached
+        finally:
+            interrupt.finished()
+            progress.status.stop()
 
 
 def print_summary(summary: dict[str, Any], wall: float) -> None:
