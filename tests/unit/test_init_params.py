@@ -10,7 +10,7 @@ import yaml
 
 from trtflow.errors import ParamsError
 from trtflow.params import parse_params
-from trtflow.sources.describe import _model_name, params_skeleton
+from trtflow.sources.describe import model_name_for, params_skeleton
 
 
 @pytest.mark.parametrize(("arg", "name"), [
@@ -23,14 +23,14 @@ from trtflow.sources.describe import _model_name, params_skeleton
     ("models:/churn/3", "churn"),
 ])
 def test_init_names_the_model_after_what_it_is_not_the_file(arg: str, name: str) -> None:
-    assert _model_name(arg) == name
+    assert model_name_for(arg) == name
 
 
 def test_when_every_part_is_generic_the_project_directory_names_the_model(
         tmp_path: Path) -> None:
     root = tmp_path / "churn"
-    assert _model_name("build/model.onnx", root) == "churn"
-    assert _model_name("examples/out/sensor.pt2", root) == "sensor"
+    assert model_name_for("build/model.onnx", root) == "churn"
+    assert model_name_for("examples/out/sensor.pt2", root) == "sensor"
 
 
 INFO = {"name": "sensor", "source": {"exported_program": "sensor.pt2"},

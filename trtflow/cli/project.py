@@ -77,22 +77,25 @@ def init(
     configure_environment(root.resolve())
     try:
         from trtflow.errors import ParamsError
+        from trtflow.names import check_name
         from trtflow.sources.describe import (
             check_name_free,
             describe,
+            model_name_for,
             params_skeleton,
             parse_input_option,
+            source_from_arg,
         )
 
         specs = [parse_input_option(text) for text in input_specs or []]
-        info = describe(source, root.resolve(), weights, specs)
-        if name is not None:
-            from trtflow.names import check_name
-
-            info["name"] = check_name(name, "--name")  # the rule params load applies
-        path = output or root / "params" / f"{info['name']}.yaml"
-        check_name_free(info["name"], info["source"], root / "params", name is not None,
-                        replacing=path if force else None)
+        # the name first: a clash is refused before the model is loaded
+        model_name = check_name(name, "--name") if name is not None else \
+            model_name_for(source, root.resolve())
+        path = output or root / "params" / f"{model_name}.yaml"
+        check_name_free(model_name, source_from_arg(source, weights).model_dump(
+            exclude_none=True), root / "params", name is not None,
+            replacing=path if force else None)
+        info = {**describe(source, root.resolve(), weights, specs), "name": model_name}
         if path.exists() and not force:
             raise ParamsError(f"{path} exists; pass --force to overwrite it")
         path.parent.mkdir(parents=True, exist_ok=True)

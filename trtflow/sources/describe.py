@@ -68,7 +68,7 @@ def describe(arg: str, root: Path, weights: str | None = None,
         raise ParamsError(f"--input: a {next(iter(source.model_dump(exclude_none=True)))} "
                           "source says its own inputs; --input is for a factory source "
                           "(package.module:function)")
-    name = _model_name(arg, root)
+    name = model_name_for(arg, root)
     cfg = ModelConfig(name=name, source=source, inputs=inputs or None)
     info: dict[str, Any] = {"name": name, "source": source.model_dump(exclude_none=True)}
     try:
@@ -127,7 +127,7 @@ def _name_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
 
 
-def _model_name(arg: str, root: Path | None = None) -> str:
+def model_name_for(arg: str, root: Path | None = None) -> str:
     """A name that says which model this is: `examples/out/sensor.pt2` -> sensor,
     `runs/resnet50/model.onnx` -> resnet50, `examples.train_sensor:make_model` -> sensor,
     `models:/churn/3` -> churn. Generic file names (model, build, ...) are skipped; when
