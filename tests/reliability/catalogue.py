@@ -587,9 +587,24 @@ RULES = [
     "explicitly; and every labelled validation has an absolute floor, "
     "`gates.min_accuracy` (default: the share of the most common label plus a fifth of "
     "the way to 1, i.e. 0.28 for ten balanced classes; `0` turns it off).",
+    "- **Names** (model, target, experiment: they become paths, lock files, MLflow names "
+    "and S3 keys) are 1 to 64 characters of letters, digits, `.`, `_` and `-`, starting "
+    "with a letter or digit (so no `../`, no `/`, no leading `--`); an S3 bucket follows "
+    "S3's rules (3 to 63 lower-case letters, digits, `.`, `-`; no `..`; not an IP "
+    "address), checked when params load, before any stage. A params file is at most 1 MiB, "
+    "a value at most 4,096 characters, a list at most 10,000 items, refused before the "
+    "rest is parsed. `trtflow init` refuses a default name another source's params use "
+    "(`m.onnx` and `m.pt2`) and says `--name`.",
+    "- **Shapes:** every output keeps the batch dimension of the inputs and the labels "
+    "have as many rows as the outputs (the error names the output and both counts). A "
+    "model whose inputs fix the batch (`[4, 1, 8, 8]`) compiles and validates at that "
+    "batch (evaluation in chunks of it, latency at it); quantized targets on it are "
+    "refused before any stage (calibration runs other batch sizes). Cleanup never "
+    "renames a graph input or output (a tensor that is both keeps its name).",
     "- **Nothing changes on rejection:** each case below checks that the store's files, "
-    "MLflow's runs and registry and Prefect's runs and results are as they were (the "
-    "untrained-model gate case compiles on purpose and checks nothing is registered).",
+    "MLflow's runs and registry and Prefect's runs and results are as they were, and that "
+    "nothing was written beside the project (the untrained-model gate and the "
+    "batch-collapsing output compile on purpose, and check nothing is registered).",
     "",
 ]
 

@@ -356,6 +356,70 @@ def _float64_overflow() -> np.ndarray:
     return images
 
 
+def _reduce_graph(path: Path) -> None:
+    """x @ w, then ReduceMean over axis 0: an output that loses the batch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((4, 4), np.float32), "w"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("ReduceMean", ["h", "axes"], ["y"], keepdims=1, name="mean")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def _linked_external(path: Path) -> None:
+    _external("m.weights")(path)
+    real = path.parent / "weights-elsewhere.bin"
+    (path.parent / "m.weights").rename(real)
+    (path.parent / "m.weights").symlink_to(real)
+
+
+def _odd_factory(body: str) -> Callable[[Path], Call]:
+    """A factory project whose make_model has `body` (weights: none, stage export)."""
+    def setup(root: Path) -> Call:
+        call = _factory_project(root, "none")
+        (root / "tiny_factory.py").write_text("import torch\n\n\ndef make_model():\n" + body)
+        return call
+    return setup
+
+
+def _init_second_source(root: Path) -> Call:
+    _tiny_onnx(root)
+    (root / "params").mkdir()
+    _params(root, {"model": {"name": "m", "source": {"onnx": "m.onnx"}}},
+            name="params/m.yaml")
+    (root / "m.pt2").write_bytes(b"")  # never read: the name is refused first
+    return Call(["init", "m.pt2"])
+
+
+def _static_int8(root: Path) -> Call:
+    """The digits project on an ONNX model whose input is [4, 1, 8, 8]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((64, 10), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([4, 64], np.int64), "shape")
+    nodes = [helper.make_node("Reshape", ["image", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [4, 1, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [4, 10])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w, shape]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, root / "m.onnx")
+    path = _params(root)
+    body = yaml.safe_load(path.read_text())
+    body["model"] = {"name": "m", "source": {"onnx": "m.onnx"}}
+    path.write_text(yaml.safe_dump(body))
+    return Call(["run", "p.yaml"])
+
+
 HARDENING: list[Case] = [
     # --- 1. YAML semantics ----------------------------------------------------------------
     Case("yaml-duplicate-key", "params (YAML)", "a top-level key given twice",
@@ -544,6 +608,69 @@ HARDENING: list[Case] = [
          _linked_file, "model.onnx is a symlink to"),
     Case("store-linked-artifact", "store", "an artifact directory that is a symlink elsewhere",
          _linked_artifact, "a symlink to"),
+    # --- 10. names (issue 25): one rule for every name that becomes a path, key or lock -----
+    Case("name-dotdot", "names", "`model.name: ../x` (would write outside the project)",
+         _raw("model: {name: ../x, source: {builtin: digits}}\n"),
+         "field 'model.name': not a valid name (it contains '/')"),
+    Case("name-slash", "names", "`model.name: team/model` (a path separator)",
+         _raw("model: {name: team/model, source: {builtin: digits}}\n"),
+         "field 'model.name': not a valid name (it contains '/')"),
+    Case("name-300-chars", "names", "a model name of 300 characters",
+         _raw(f"model: {{name: {'a' * 300}, source: {{builtin: digits}}}}\n"),
+         "not a valid name (it has 300 characters)"),
+    Case("name-leading-dashes", "names", "`model.name: --int8` (reads as an option)",
+         _raw("model: {name: --int8, source: {builtin: digits}}\n"),
+         "not a valid name (it starts with '-')"),
+    Case("name-huge-string", "names", "a 5 MB name (a params file over 1 MiB)",
+         _raw("model: {name: " + "a" * 5_000_000 + ", source: {builtin: digits}}\n"),
+         "a YAML file trtflow reads may have at most 1,048,576 (1 MiB)"),
+    Case("name-long-value", "names", "a 10,000-character value (within 1 MiB)",
+         _raw(f"model: {{name: {'a' * 10_000}, source: {{builtin: digits}}}}\n"),
+         "a value of 10,000 characters; at most 4,096 are accepted"),
+    Case("name-huge-list", "names", "a list of 20,000 batch sizes",
+         _raw(_DIGITS + "validate: {batch_sizes: [" + ", ".join(["1"] * 20_000) + "]}\n"),
+         "a list of more than 10,000 items"),
+    Case("bucket-slash", "names", "`publish.bucket: engines/prod`",
+         _digits_body(lambda b: b.update(publish={"bucket": "engines/prod"})),
+         "field 'publish.bucket': not a valid S3 bucket name (it contains '/')"),
+    Case("bucket-double-dot", "names", "`publish.bucket: engines..prod`",
+         _digits_body(lambda b: b.update(publish={"bucket": "engines..prod"})),
+         "not a valid S3 bucket name (it has '..'"),
+    Case("bucket-ip", "names", "`publish.bucket: 10.0.0.1` (an IP address)",
+         _digits_body(lambda b: b.update(publish={"bucket": "10.0.0.1"})),
+         "not a valid S3 bucket name (it is an IP address)"),
+    Case("bucket-upper-case", "names", "`publish.bucket: Engines` (upper case)",
+         _digits_body(lambda b: b.update(publish={"bucket": "Engines"})),
+         "not a valid S3 bucket name (it contains 'E')"),
+    # --- 11. shapes that validate nothing (issue 25) ----------------------------------------
+    Case("shape-batch-collapse", "shapes",
+         "an output that means over the batch axis (`[N, 4]` -> `[1, 4]`)",
+         _onnx(lambda p: _reduce_graph(p)),
+         "output 'y' has shape [1, 4] for a batch of 32 input row(s): outputs must keep the "
+         "batch dimension of the inputs (32 rows, got 1)"),
+    Case("shape-static-batch-int8", "shapes",
+         "an int8 target for a model whose input fixes the batch (`[4, 1, 8, 8]`)",
+         _static_int8, "fix the batch size to 4: re-export the model with a dynamic batch axis"),
+    # --- 12. model sources named for what is wrong (issue 25) -------------------------------
+    Case("model-external-symlink", "loaders", "ONNX external data that is a symlink",
+         _onnx(_linked_external), "keeps its data in m.weights, which is a symlink to"),
+    Case("factory-meta-device", "loaders", "a factory returning a module on the `meta` device",
+         _odd_factory("    with torch.device('meta'):\n"
+                      "        return torch.nn.Sequential(torch.nn.Flatten(), "
+                      "torch.nn.Linear(64, 10))\n"),
+         "returned a module on the 'meta' device (2 tensor(s) without data, e.g. '1.weight')"),
+    Case("factory-bn-negative-variance", "preflight",
+         "a BatchNorm whose running variance is negative",
+         _odd_factory("    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), "
+                      "torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(128, 10))\n"
+                      "    model[1].running_var[0] = -0.25\n    return model\n"),
+         "BatchNorm '1' has a negative running variance (-0.25 at channel 0"),
+    Case("init-same-default-name", "init", "`init m.pt2` where params/m.yaml is `m.onnx`'s",
+         _init_second_source, "model name 'm' is already used by params/m.yaml for another "
+         "source (onnx: m.onnx"),
+    Case("init-input-bad-shape", "init", "`init --input image:batch,-3` (a negative dim)",
+         lambda root: Call(["init", "tiny_factory:make_model", "--input", "image:batch,-3"]),
+         "dim '-3' is neither a positive number nor a name"),
     # --- 9. untrained models ----------------------------------------------------------------
     Case("factory-no-weights", "untrained model", "factory source without `weights`",
          lambda root: _factory_project(root, None, command="run"),
@@ -566,6 +693,9 @@ HARDENING: list[Case] = [
 SLOW = {c.id for c in HARDENING} - {
     "yaml-duplicate-key", "yaml-true-as-int", "yaml-yes-as-bool", "yaml-alias",
     "ignored-opset-onnx-source", "factory-no-weights", "data-bare-npy", "store-verify-linked-stage",
+    "name-dotdot", "name-slash", "name-300-chars", "name-leading-dashes", "name-huge-string",
+    "name-long-value", "name-huge-list", "bucket-slash", "bucket-double-dot", "bucket-ip",
+    "bucket-upper-case",
 }
 HARDENING = [Case(c.id, c.group, c.what, c.setup, c.expect, c.exit_code, c.id in SLOW)
              for c in HARDENING]
@@ -578,7 +708,9 @@ COMMANDS = {
     "synthetic-huge-declared": "stage export", "synthetic-ids-factory": "stage export",
     "store-linked-stage": "stage export", "store-verify-linked-stage": "store verify",
     "store-verify-linked-file": "store verify", "store-linked-artifact": "stage export",
-    "model-pt2-pickled-inputs": "stage export",
+    "model-pt2-pickled-inputs": "stage export", "factory-meta-device": "stage export",
+    "factory-bn-negative-variance": "stage export", "init-same-default-name": "init",
+    "init-input-bad-shape": "init",
 }
 # Cases whose failure comes after stages ran, by design, and what they may change: a
 # gate decides on a compiled engine (the flow ran: its runs are recorded, nothing is
@@ -589,4 +721,8 @@ CHANGES_STATE = {
     # inside the export task, before its artifact is committed (store and MLflow stay as
     # they were), so Prefect records that failed flow run
     "labels-past-classes-factory": {"prefect", "prefect_results"},
+    # an output's rows are known only once the model runs on a batch: validate refuses it
+    # after export, cleanup and build stored their artifacts and the flow recorded its runs
+    # (nothing is registered)
+    "shape-batch-collapse": {"store", "mlflow", "prefect", "prefect_results"},
 }

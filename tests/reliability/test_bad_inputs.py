@@ -79,11 +79,12 @@ def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         case_id, (root, call) = item
         if call.skip:
             return case_id, (root, call, None, {}, {})
-        before = project_state(root)
+        before = {**project_state(root), "outside": outside_entries(root)}
         start = time.perf_counter()
         res = trtflow(*call.args, cwd=root, env=project_env(**call.env), timeout=300)
         (root / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
-        return case_id, (root, call, res, before, project_state(root))
+        return case_id, (root, call, res, before,
+                         {**project_state(root), "outside": outside_entries(root)})
 
     try:
         with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
@@ -92,6 +93,13 @@ def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         for _, call in calls.values():
             if call.teardown:
                 call.teardown()
+
+
+def outside_entries(root: Path) -> list[str]:
+    """What lies beside the project (its parent holds only the cases' projects and what
+    their setups put there): a call that writes outside its project adds an entry here
+    (another case's call writes inside its own project, so the listing is stable)."""
+    return sorted(p.name for p in root.parent.iterdir())
 
 
 def half_written(root: Path) -> list[str]:
@@ -128,7 +136,7 @@ def test_bad_input_fails_cleanly(case: Case, results: dict[str, Result]) -> None
         "a rejected engine was registered"
     assert {k: v for k, v in after.items() if k not in may_change} == \
         {k: v for k, v in before.items() if k not in may_change}, \
-        "a rejected input changed the store, MLflow or Prefect"
+        "a rejected input changed the store, MLflow or Prefect, or wrote outside the project"
 
 
 def test_bad_input_count() -> None:
