@@ -8,12 +8,20 @@ Retries: a stage that fails with an OS-level error (a connection refused by the
 MLflow server a `models:/` source downloads from, a timeout, a busy file) is
 retried twice with exponential backoff; trtflow's own errors (bad params, data or
 model, a failed parity check) are the same on every try and fail at once.
+
+Concurrent runs: a stage runs under a file lock on its key (next to the store,
+one machine), so a second `trtflow run` of the same params waits for the stage the
+first is computing, says so, and then finds its result in the store instead of
+computing it again (and measuring latency while the other run loads the host).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +31,9 @@ from prefect.tasks import exponential_backoff
 
 from trtflow.context import Context
 from trtflow.errors import TrtflowError
+from trtflow.names import inside
 from trtflow.plan import STEPS
-from trtflow.stage import StageResult, run_step, step_key
+from trtflow.stage import StageResult, cached_result, run_step, step_key
 
 
 class StoreKey(CachePolicy):
@@ -35,7 +44,7 @@ class StoreKey(CachePolicy):
         ctx: Context = inputs["ctx"]
         step = STEPS[inputs["stage"]]
         key = step_key(step, ctx, inputs.get("target"), inputs["upstream"])
-        if ctx.store.get(step.name, key) is None:
+        if cached_result(step, ctx, key) is None:  # missing, damaged or not reusable
             results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
             for stale in results.glob(f"{step.name}-{key}*"):
                 stale.unlink(missing_ok=True)
@@ -69,4 +78,36 @@ def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
       retry_condition_fn=transient_failure)
 def stage_task(ctx: Context, stage: str, target: str | None,
                upstream: list[StageResult]) -> StageResult:
-    return run_step(STEPS[stage], ctx, target, upstream)
+    step = STEPS[stage]
+    with computing(ctx, stage, target, step_key(step, ctx, target, upstream)):
+        return run_step(step, ctx, target, upstream)
+
+
+@contextmanager
+def computing(ctx: Context, stage: str, target: str | None, key: str) -> Iterator[None]:
+    """Hold the lock of this stage key while it runs; when another process holds it, say
+    so and wait (the stage is then found in the store)."""
+    locks = ctx.store.root.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(inside(locks, f"stage-{stage}-{key[:24]}.lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another run"
+            where = f" [{target}]" if target else ""
+            message = (f"{stage}{where}: waiting for {holder}, which is computing the same "
+                       "stage; its result will be used")
+            if ctx.progress:
+                ctx.progress(message)
+            else:
+                print(message, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 import traceback
 import warnings
 from typing import Annotated, Any
@@ -99,21 +101,70 @@ def fail(exc: TrtflowError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-class Progress:
-    """A spinner while a stage runs, one line when it is done (stderr)."""
+HEARTBEAT_SECONDS = 20.0  # piped output: a line at least this often while a stage runs
+PROGRESS_EVERY_SECONDS = 5.0  # piped output: a stage's progress messages, at most this often
 
-    def __init__(self) -> None:
+
+class Progress:
+    """A spinner while a stage runs, one line when it is done (stderr). Piped (CI, `| tee`),
+    where a spinner shows nothing: a line when a stage starts, its progress messages at most
+    every few seconds, and a heartbeat with the elapsed time at least every 20 s."""
+
+    def __init__(self, piped: bool | None = None) -> None:
         self.status = console.status("")
+        self.piped = (not console.is_terminal) if piped is None else piped
+        self._stage, self._message, self._started, self._printed = "", "", 0.0, 0.0
+        self._last_message = 0.0  # when a progress message was last printed (0: none yet)
+        self._lock = threading.Lock()
+        self._running = threading.Event()
+        if self.piped:
+            threading.Thread(target=self._heartbeat, name="trtflow-heartbeat",
+                             daemon=True).start()
 
     def started(self, stage: str, target: str) -> None:
         where = escape(f" [{target}]") if target else ""
-        self.status.update(f"{stage}{where}…")
-        self.status.start()
+        if not self.piped:
+            self.status.update(f"{stage}{where}…")
+            self.status.start()
+            return
+        with self._lock:
+            self._stage, self._message = f"{stage}{where}", ""
+            self._started = self._printed = time.monotonic()
+            self._last_message = 0.0  # a stage's first message is printed at once
+        console.print(f"  → {stage}{where}: started", soft_wrap=True)
+        self._running.set()
 
     def progress(self, message: str) -> None:
-        self.status.update(message)
+        if not self.piped:
+            self.status.update(message)
+            return
+        with self._lock:
+            self._message = message
+            due = time.monotonic() - self._last_message >= PROGRESS_EVERY_SECONDS
+            if due:
+                self._last_message = time.monotonic()
+        if due:
+            self._line()
+
+    def _line(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            stage, message, elapsed, self._printed = (self._stage, self._message,
+                                                     now - self._started, now)
+        console.print(f"  … {stage}: {elapsed:.0f} s" + (f" ({escape(message)})" if message
+                                                         else ""), soft_wrap=True)
+
+    def _heartbeat(self) -> None:
+        while True:
+            self._running.wait()
+            time.sleep(1.0)
+            with self._lock:
+                due = time.monotonic() - self._printed >= HEARTBEAT_SECONDS
+            if due and self._running.is_set():
+                self._line()
 
     def finished(self, result: Any, target: str) -> None:
+        self._running.clear()
         self.status.stop()
         stage_line(result, target)
 
