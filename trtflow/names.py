@@ -68,6 +68,11 @@ def _validated(value: str) -> str:
 Name = Annotated[str, AfterValidator(_validated)]
 
 
+def registered_name(model: str, target: str) -> str:
+    """The MLflow registered model of one target's engines: `<model>-<target>`."""
+    return f"{model}-{target}"
+
+
 def inside(base: Path, *parts: str) -> Path:
     """`base / parts...`, refused (ParamsError) when the result would leave `base`."""
     root = Path(os.path.normpath(Path(base).absolute()))

@@ -65,6 +65,7 @@ BUILD = Step(
     libraries=("onnx",),  # the backend adds its own (backend_fingerprint)
     facts=build_stage.facts,
     per_target=True,
+    reusable=build_stage.reusable,
 )
 
 

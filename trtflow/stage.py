@@ -81,6 +81,9 @@ class Step:
         "doc": "distributions whose installed versions shape the output"})
     facts: Facts = no_facts  # key parts that are not params: file digests, host, backend
     per_target: bool = False
+    # False for a stored report that must be redone rather than reused (a selection that
+    # decided nothing: it is a measurement under load, not a result)
+    reusable: Callable[[dict[str, Any]], bool] | None = None
 
     def sections(self, target: str | None) -> tuple[str, ...]:
         return tuple(s.format(target=target) for s in self.reads)
@@ -104,10 +107,15 @@ def step_key(step: Step, ctx: Context, target: str | None, inputs: list[StageRes
 
 
 def cached_result(step: Step, ctx: Context, key: str) -> StageResult | None:
+    """The stored result for `key`, or None: missing, damaged (the store sets it aside) or
+    not reusable by the step's own rule (set aside here, so the re-run can store anew)."""
     art = ctx.store.get(step.name, key)
     if art is None:
         return None
     stored = art.meta()
+    if step.reusable is not None and not step.reusable(stored["report"]):
+        ctx.store.discard(step.name, key)
+        return None
     return StageResult(stage=step.name, version=step.version, key=key, path=str(art.path),
                        digest=art.digest, report=stored["report"], seconds=stored["seconds"],
                        cached=True)

@@ -189,6 +189,19 @@ class ArtifactStore:
             return None
         return Artifact(stage, key, path, digest)
 
+    def discard(self, stage: str, key: str) -> None:
+        """Set a complete artifact aside (renamed, then removed), so a new one can be
+        stored under its key; a reader that already holds it keeps a valid copy until
+        the rename."""
+        path = self.path_for(stage, key)
+        aside = path.with_name(f"{STALE_PREFIX}{uuid.uuid4().hex}")
+        try:
+            path.rename(aside)
+        except FileNotFoundError:
+            return  # another process discarded it first
+        _VERIFIED.pop(str(path), None)
+        shutil.rmtree(aside, ignore_errors=True)
+
     def _intact(self, stage: str, path: Path) -> bool:
         signature = stat_signature(path)
         if _VERIFIED.get(str(path)) == signature:

@@ -15,9 +15,16 @@ if TYPE_CHECKING:
     from trtflow.quant.artifact import Calibration
     from trtflow.stage import StageResult
 
-VERSION = "build-5"  # 3: the Q/DQ graph TensorRT gets kept beside the engine; 4: targets
+VERSION = "build-6"  # 3: the Q/DQ graph TensorRT gets kept beside the engine; 4: targets
 # key their backend options under `options`; 5: SmoothQuant candidates re-calibrate through
-# the calibrate stage's own function
+# the calibrate stage's own function; 6: best races at the validated batch sizes until
+# decided, and an undecided selection is never reused
+
+
+def reusable(report: dict[str, Any]) -> bool:
+    """A `best` build whose race decided nothing (too noisy) is redone by the next run."""
+    selection = report.get("selection")
+    return not isinstance(selection, dict) or bool(selection.get("decided", True))
 
 
 def selects(target: Target) -> bool:
@@ -38,7 +45,9 @@ def facts(ctx: Context, target: str | None) -> dict[str, Any]:
     # the choice is a measurement on this host, of every candidate backend; SmoothQuant
     # candidates re-calibrate with the calibration settings
     found = {"host": host_fingerprint(), "metric": ctx.metric(), "candidates": {
-        c.name: backend_fingerprint(c.target) for c in candidates(spec, None, True)}}
+        c.name: backend_fingerprint(c.target) for c in candidates(spec, None, True)},
+        # the race times the validated batch sizes unless select.batch_sizes names them
+        "race_batch_sizes": spec.select.batch_sizes or ctx.params.validate_.batch_sizes}
     if spec.select.smoothquant_alpha:
         found["calibration"] = ctx.params.section_digest("calibration")
     return found
@@ -72,4 +81,32 @@ def _select(ctx: Context, spec: Target, model: Path, out: Path,
         ctx.progress("build: timing the candidate engines (precision best)")
     return select_engine(model, spec, out, calibration, selection, ctx.metric(),
                          spec.select.min_agreement or gates.min_agreement, spec.threads,
-                         ctx.params.calibration)
+                         ctx.params.calibration, previous=previous_choice(ctx, spec),
+                         validated_batch_sizes=ctx.params.validate_.batch_sizes,
+                         progress=ctx.progress)
+
+
+def previous_choice(ctx: Context, spec: Target) -> str | None:
+    """The candidate that won the selection of this target's production engine, read from
+    the build artifact its MLflow run names (None without a registry, a production version
+    or that artifact in this store): an undecided race keeps it."""
+    from trtflow.names import registered_name
+    from trtflow.stages.build_report import BuildReport
+
+    name = next((n for n, t in ctx.params.targets.items() if t is spec), None)
+    if name is None:
+        return None
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        version = client.get_model_version_by_alias(
+            registered_name(ctx.params.model.name, name), "production")
+        key = client.get_run(str(version.run_id)).data.tags.get("trtflow.stage.build.key")
+    except Exception:  # no registry, no such model or alias: no previous choice
+        return None
+    art = ctx.store.get("build", key) if key else None
+    if art is None:
+        return None
+    selection = BuildReport.from_dict(art.meta().get("report", {}), str(art.path)).selection
+    return selection.winner if selection is not None else None

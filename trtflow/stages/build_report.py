@@ -48,6 +48,7 @@ class SelectionReport(_Open):
     metric: str
     min_agreement: float
     candidates: list[CandidateRow]
+    decided: bool = True  # False: the race ended inside the noise (kept previous or simplest)
 
 
 class BuildReport(_Open):
