@@ -80,11 +80,14 @@ trt-check:
 ui: $(STAMP)
 	bash mlflow/serve.sh
 
-# The CPU engine benchmark (trtflow INT8 vs ORT FP32/quantize_static vs eager, side by side;
-# JSON in bench/results/). `bench/calibration.py` and `bench/qdq_placement.py` run alone.
+# The CPU engine benchmark (trtflow INT8 vs ORT FP32/quantize_static vs eager, side by side):
+# resnet18 only by default (meant to fit in 10 minutes), results in a new
+# bench/results/engine-<time>.json (git-ignored).
+# `make bench BENCH_ARGS=--full` runs every model; `BENCH_ARGS=--update-baseline` rewrites
+# the committed engine.json. `bench/calibration.py` and `bench/qdq_placement.py` run alone.
 bench: $(STAMP)
 	test -f data/resnet18/calibration.npz || $(BIN)/trtflow prepare
-	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/engine.py $(BENCH_ARGS)
 
 # A local Prefect server (data in .trtflow/prefect), the MLflow UI, and the retrain (nightly)
 # and compile-on-new-version (event) deployments; `trtflow trigger digits` compiles now.

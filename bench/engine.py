@@ -21,7 +21,12 @@ demo data (`trtflow prepare` first). ORT's baselines:
 Ratios are against trtflow's selected engine; the CPU flags are in the JSON, with every
 candidate the selection timed and each issue target (met, or by how much it falls short).
 
+    python bench/engine.py            # quick (`make bench`): resnet18, 15 rounds
+    python bench/engine.py --full     # resnet18, minilm and mnv2-digits, 30 rounds
     python bench/engine.py [--models resnet18 minilm mnv2-digits] [--rounds 30]
+
+Results go to a new file, bench/results/engine-<UTC time>.json, written after each
+model; `--update-baseline` writes the committed bench/results/engine.json instead.
 """
 
 from __future__ import annotations
@@ -160,6 +165,10 @@ def inputs_for(ctx, bs: int) -> dict[str, np.ndarray]:
     return tile_batch(next(iter(stream)).inputs, bs)
 
 
+def step(model: str, what: str) -> None:
+    print(f"  {model}: {what}", flush=True)
+
+
 def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
     import torch
 
@@ -169,6 +178,8 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
 
     threads = default_threads()
     torch.set_num_threads(threads)
+    step(model, "trtflow's stages up to the INT8 engine and precision best (cached after "
+         "the first run)")
     ctx, clean, engine_dir, calibrated = trtflow_engine(model)
     eager, _ = reference_runner(ctx, threads)
     from trtflow.plan import run_up_to
@@ -184,6 +195,7 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
                   "trtflow INT8": load_engine(engine_dir, threads, spinning=False).run,
                   "ORT FP32": OrtEngine.from_model(clean, threads, spinning=False).run,
                   "PyTorch eager FP32": eager}
+    step(model, "baselines: OpenVINO FP32, NNCF INT8, ORT quantize_static S8S8/U8S8")
     default_run, default_ran = openvino_runner(clean, None, threads)
     contenders[f"OpenVINO FP32 model, default hint (runs {default_ran})"] = default_run
     contenders["OpenVINO FP32 (f32 hint)"] = openvino_runner(clean, "f32", threads)[0]
@@ -212,7 +224,9 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
         # three blocks; in each, every contender runs a warm-up and a contiguous series,
         # so slow drift of the machine hits all of them alike
         with torch.inference_mode():
-            for _ in range(3):
+            for block in range(3):
+                step(model, f"timing block {block + 1}/3: {len(contenders)} contenders x "
+                     f"batch sizes {batch_sizes} x {max(1, rounds // 3)} runs")
                 for name, run in contenders.items():
                     for bs in batch_sizes:
                         for _ in range(3):
@@ -323,29 +337,49 @@ def isa_flags() -> list[str]:
     return [f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c"))]
 
 
+QUICK_MODELS, FULL_MODELS = ["resnet18"], ["resnet18", "minilm", "mnv2-digits"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet18", "minilm", "mnv2-digits"],
-                    choices=sorted(TARGETS))
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--full", action="store_true",
+                    help=f"every model ({' '.join(FULL_MODELS)}), 30 rounds; default: "
+                    f"{' '.join(QUICK_MODELS)}, 15 rounds (meant to fit in 10 minutes)")
+    ap.add_argument("--models", nargs="+", default=None, choices=sorted(TARGETS))
+    ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--update-baseline", action="store_true",
+                    help="write the committed bench/results/engine.json (default: a new "
+                    "engine-<UTC time>.json beside it)")
     args = ap.parse_args()
+    args.models = args.models or (FULL_MODELS if args.full else QUICK_MODELS)
+    args.rounds = args.rounds or (30 if args.full else 15)
     from calibration import cpu_info
 
     from trtflow.stages.build_report import SelectionReport
 
-    out = RESULTS / "engine.json"
+    baseline = RESULTS / "engine.json"
+    out = baseline if args.update_baseline else RESULTS / time.strftime(
+        "engine-%Y%m%dT%H%M%SZ.json", time.gmtime())
     results = {"cpu": cpu_info(), "cpu_flags": isa_flags(), "rounds": args.rounds,
                "models": {}}
     if out.is_file():  # a run of some models keeps the others' last figures (same host only)
         previous = json.loads(out.read_text())
         if previous.get("cpu") == results["cpu"]:
             results["models"] = previous.get("models", {})
-    for model in args.models:
-        print(f"[{model}] ...", flush=True)
-        results["models"][model] = bench_model(model, args.rounds, args.batch_sizes)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
+    started, took = time.monotonic(), []
+    for i, model in enumerate(args.models, 1):
+        eta = (f", ~{sum(took) / len(took) * (len(args.models) - i + 1) / 60:.0f} min left"
+               if took else "")
+        print(f"[{i}/{len(args.models)}] {model}: engines, baselines and {args.rounds} timed "
+              f"rounds ({time.monotonic() - started:.0f} s so far{eta})", flush=True)
+        t0 = time.monotonic()
+        results["models"][model] = bench_model(model, args.rounds, args.batch_sizes)
+        took.append(time.monotonic() - t0)
+        out.write_text(json.dumps(results, indent=2, default=str))  # after each model
+        print(f"[{i}/{len(args.models)}] {model}: done in {took[-1]:.0f} s -> "
+              f"{out.relative_to(ROOT)}", flush=True)
     for model in args.models:
         res = results["models"][model]
         print(f"\n{model} (median ms; 'x' = how many times slower than trtflow's selected "
