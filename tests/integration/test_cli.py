@@ -26,6 +26,17 @@ def test_help_explains_each_command(tmp_path: Path) -> None:
     assert res.returncode == 0
     for command in ("run", "stage", "prepare"):
         assert command in res.stdout
+    commands = [line.split()[1] for line in res.stdout.split("Commands")[1].splitlines()
+                if line.startswith("│ ") and line.split()[1][0].isalpha()]
+    assert commands[0] == "run"  # what a new user needs first
+
+
+def test_version_and_did_you_mean(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    assert trtflow("--version", cwd=tmp_path).stdout.strip() == f"trtflow {version('trtflow')}"
+    typo = trtflow("rn", cwd=tmp_path)
+    assert typo.returncode == 2 and "Did you mean 'run'?" in typo.stderr
 
 
 def test_missing_params_file(tmp_path: Path) -> None:

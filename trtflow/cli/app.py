@@ -33,7 +33,20 @@ def _flag_type(option: typer.core.TyperOption, ctx: Any) -> str | None:
 
 typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign,assignment]
 
+# `trtflow -h` lists the commands a new user needs first; the rest follow as registered
+FIRST_COMMANDS = ("run", "init", "inspect", "prepare", "history", "promote", "report",
+                  "publish", "fetch", "serve", "trigger", "matrix")
+
+
+class _CommandsInOrder(typer.core.TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = list(super().list_commands(ctx))
+        first = [n for n in FIRST_COMMANDS if n in names]
+        return first + [n for n in names if n not in first]
+
+
 app = typer.Typer(
+    cls=_CommandsInOrder,
     help="trtflow compiles a trained model into a validated, versioned inference engine:\n\n"
     "export -> cleanup -> calibrate -> build -> validate, cached per stage, logged to MLflow.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -54,9 +67,23 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"trtflow {version('trtflow')}")
+        except PackageNotFoundError:
+            print("trtflow (not installed: run `make` or `pip install -e .`)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option(
-        "--debug", help="on an error, also print the Python traceback")] = False) -> None:
+        "--debug", help="on an error, also print the Python traceback")] = False,
+             version: Annotated[bool, typer.Option(
+                 "--version", is_eager=True, callback=_print_version,
+                 help="print trtflow's version and exit")] = False) -> None:
     """trtflow: compile a model into a validated, versioned engine."""
     if debug:
         os.environ[DEBUG_ENV] = "1"
