@@ -451,6 +451,9 @@ class RegistryConfig(_Strict):
     max_latency_regression_pct: float = Field(
         default=20.0, ge=0, description="p50 slow-down allowed vs production, geometric mean "
         "over the batch sizes both measured (same host only)")
+    allow_slower_than_fp32: bool = Field(
+        default=False, description="promote a quantized engine even when it is slower than "
+        "the same run's FP32 engine (same backend and device) beyond the noise")
 
 
 class PublishConfig(_Strict):

@@ -86,6 +86,18 @@ def test_identical_inputs_do_not_make_a_second_version(first: dict, root: Path,
     assert len(versions) == 1
 
 
+def test_a_byte_identical_engine_from_other_params_is_the_same_version(
+        first: dict, root: Path, model: str) -> None:
+    """The thread count is in the build key, not in the engine's bytes."""
+    same = compile_model(root, model, targets={"int8": {"precision": "int8", "threads": 1}})
+    assert same["stages"]["int8"][-2].key != first["stages"]["int8"][-2].key  # a new build
+    rel = same["released"]["int8"]
+    assert (rel["version"], rel["created"]) == ("1", False)
+    mv = mlflow.MlflowClient().get_model_version(f"{model}-int8", "1")
+    assert len(mv.tags["trtflow.engine_sha256"]) == 64
+    assert mv.tags["trtflow.precision"] == "int8"
+
+
 def test_mlflow_models_predict_runs_the_production_engine(first: dict, root: Path,
                                                           model: str, tmp_path: Path) -> None:
     batch = np.load(root / "data/digits/evaluation.npz")

@@ -119,7 +119,8 @@ def test_a_latency_difference_inside_the_noise_is_no_evidence_either_way() -> No
     noisy = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.25}, {"1": 15.0})
     decision = decide(noisy, prod, policy)  # +25 % measured, ±21 % noise: cannot tell
     assert outcome(decision, "latency") is None and decision.promote
-    assert "too noisy to compare (±21.2%)" in decision.reason
+    assert "(±21.2%: both measurements' intervals combined)" in decision.reason
+    assert "too noisy to compare" in decision.reason
     quiet = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.25}, {"1": 1.0})
     calm_prod = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.2}, {"1": 1.0})
     assert outcome(decide(quiet, calm_prod, policy), "latency") is False  # +25 % ± 1.4 %
@@ -180,3 +181,54 @@ def test_a_matrix_explores_without_moving_production(tmp_path) -> None:
     assert {load_params(c.params).registry.promote for c in explore} == {"manual"}
     promoting = plan([str(tmp_path / "p.yaml")], [], ["entropy"], tmp_path, promote=True)
     assert {load_params(c.params).registry.promote for c in promoting} == {"auto"}
+
+
+def test_an_interval_wider_than_the_measurement_is_not_comparable_never_a_pass() -> None:
+    prod = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.2}, {"1": 5000.0})
+    faster = EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": 0.16}, {"1": 5000.0})
+    d = decide(faster, prod, POLICY)  # -20 % measured, ±7071 %: says nothing
+    assert outcome(d, "latency") is None
+    assert "±100% or more" in d.reason and "not comparable" in d.reason
+    assert "7071" not in d.reason
+
+
+def quantized(relative: float, noise: float = 2.0, precision: str = "int8") -> EngineFacts:
+    return EngineFacts(0.99, "accuracy", 0.0, {"1": 1.0}, "h", {"1": relative}, {"1": noise},
+                       precision)
+
+
+def test_a_quantized_engine_slower_than_the_same_runs_fp32_engine_is_refused() -> None:
+    fp32 = quantized(0.5, precision="fp32")
+    slower = decide(quantized(0.75), None, POLICY, fp32=fp32)  # int8 0.66x FP32
+    assert not slower.promote and outcome(slower, "faster_than_fp32") is False
+    assert "int8 engine slower than FP32" in slower.reason
+    assert "registry.allow_slower_than_fp32" in slower.reason
+    allowed = decide(quantized(0.75), None,
+                     RegistryConfig(allow_slower_than_fp32=True), fp32=fp32)
+    assert allowed.promote and outcome(allowed, "faster_than_fp32") is None
+    faster = decide(quantized(0.25), None, POLICY, fp32=fp32)
+    assert faster.promote and outcome(faster, "faster_than_fp32") is True
+    within_noise = decide(quantized(0.51, noise=5.0), None, POLICY, fp32=fp32)
+    assert within_noise.promote  # +2 % ± 7 %: no evidence of a slow-down
+    no_fp32 = decide(quantized(0.75), None, POLICY)
+    assert no_fp32.promote and outcome(no_fp32, "faster_than_fp32") is None
+    assert outcome(decide(quantized(0.75, precision="fp32"), None, POLICY, fp32=fp32),
+                   "drop_vs_fp32") is True  # an FP32 engine is not compared with itself
+
+
+def test_an_engine_this_host_could_not_run_moves_production_only_with_force() -> None:
+    stand_in = EngineFacts(0.99, "accuracy", 0.0, {}, "h", precision="int8",
+                           engine_ran="the handed Q/DQ graph in ONNX Runtime")
+    d = decide(stand_in, None, POLICY)
+    assert not d.promote and outcome(d, "engine_ran") is False
+    assert ("quality measured on a stand-in (the handed Q/DQ graph in ONNX Runtime), latency "
+            "not measured: production moves only with --force") in d.reason
+    assert EngineFacts.from_tags(stand_in.tags()) == stand_in
+
+
+def test_history_lists_batch_sizes_in_numeric_order() -> None:
+    from trtflow.track.registry import VersionRow
+
+    row = VersionRow("m-int8", "1", [], "", 0, "r", None, None,
+                     '{"1": 1.0, "16": 4.0, "2": 1.5, "32": 8.0, "4": 2.0}', None, "", "", "", "")
+    assert list(row.p50_by_batch_size()) == ["1", "2", "4", "16", "32"]

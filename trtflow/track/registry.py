@@ -14,10 +14,20 @@ engine; `production` moves to a version only when the promotion gate passes:
   a regression. Latency is a property of the host: on another host the check
   is skipped and the decision says so.
 
+- a quantized engine not slower than the same run's FP32 engine (same backend and
+  device) beyond the noise, unless `registry.allow_slower_than_fp32`;
+- an engine this host could not run (`engine_ran`: quality measured on a stand-in,
+  no latency) never moves `production` by itself: only `trtflow promote --force`.
+
+A latency comparison carries its noise: the two measurements' intervals combined.
+An interval as wide as the measurement itself (±100% or more) means the two are
+not comparable: the check says so and neither passes nor fails.
+
 Every decision is written to the version's tags (`trtflow.promotion`,
 `trtflow.promotion.reason`), so `trtflow history` shows why an engine is or is
-not in production. Identical engines (same build key) are one version: a
-registration with a known key returns the existing version. A file lock under
+not in production. Identical engines are one version: a registration whose build key
+or engine file digest (sha256 of the engine's bytes: calibration methods that give
+the same engine) is known returns the existing version. A file lock under
 `.trtflow/locks/` makes that check-then-create safe for concurrent compiles on
 one machine.
 """
@@ -42,6 +52,7 @@ if TYPE_CHECKING:
 CANDIDATE = "candidate"
 PRODUCTION = "production"
 TAG = "trtflow."
+FP32_TAG = f"{TAG}fp32_engine"  # the same run's FP32 engine facts, as JSON
 
 
 def registered_name(model: str, target: str) -> str:
@@ -59,9 +70,12 @@ class EngineFacts:
     host: str
     relative_p50: dict[str, float] = field(default_factory=dict)  # engine / same-run baseline
     noise_pct: dict[str, float] = field(default_factory=dict)  # of p50 (or of relative p50)
+    precision: str = ""  # the precision that built the engine ("" when unknown)
+    engine_ran: str | None = None  # quality came from this stand-in; latency not measured
 
     @classmethod
-    def from_report(cls, report: ValidationReport, host: str) -> EngineFacts:
+    def from_report(cls, report: ValidationReport, host: str, precision: str = ""
+                    ) -> EngineFacts:
         q = report.quality
         drop = q.accuracy_drop
         if q.labelled and q.accuracy is not None and drop is not None:
@@ -75,14 +89,17 @@ class EngineFacts:
         noise = {str(r.batch_size): combined_noise_pct(
             r.noise_pct, base_noise.get(str(r.batch_size), 0.0) if relative else 0.0)
             for r in report.latency.engine}
-        return cls(quality, metric, drop, p50, host, relative, noise)
+        return cls(quality, metric, drop, p50, host, relative, noise, precision,
+                   report.engine_ran)
 
     def tags(self) -> dict[str, str]:
         return {f"{TAG}quality": repr(self.quality), f"{TAG}quality_metric": self.quality_metric,
                 f"{TAG}drop_vs_fp32": repr(self.drop_vs_fp32),
                 f"{TAG}p50_ms": json.dumps(self.p50_ms, sort_keys=True), f"{TAG}host": self.host,
                 f"{TAG}relative_p50": json.dumps(self.relative_p50, sort_keys=True),
-                f"{TAG}p50_noise_pct": json.dumps(self.noise_pct, sort_keys=True)}
+                f"{TAG}p50_noise_pct": json.dumps(self.noise_pct, sort_keys=True),
+                f"{TAG}precision": self.precision,
+                **({f"{TAG}engine_ran": self.engine_ran} if self.engine_ran else {})}
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> EngineFacts:
@@ -90,7 +107,8 @@ class EngineFacts:
             return cls(float(tags[f"{TAG}quality"]), tags[f"{TAG}quality_metric"],
                        float(tags[f"{TAG}drop_vs_fp32"]), json.loads(tags[f"{TAG}p50_ms"]),
                        tags[f"{TAG}host"], json.loads(tags.get(f"{TAG}relative_p50", "{}")),
-                       json.loads(tags.get(f"{TAG}p50_noise_pct", "{}")))
+                       json.loads(tags.get(f"{TAG}p50_noise_pct", "{}")),
+                       tags.get(f"{TAG}precision", ""), tags.get(f"{TAG}engine_ran"))
         except (KeyError, ValueError) as exc:
             raise RegistryError(f"model version tags lack trtflow's gate facts ({exc}); was "
                                 "it registered by trtflow?") from None
@@ -124,13 +142,101 @@ def latency_noise_pct(candidate: EngineFacts, production: EngineFacts,
     return math.sqrt(sum(x * x for x in per_size) / len(per_size)) if per_size else 0.0
 
 
+NOT_COMPARABLE_PCT = 100.0  # an interval this wide spans the measurement itself
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Candidate vs another engine: the geometric-mean p50 change and its noise."""
+
+    pct: float  # + is slower
+    noise_pct: float
+    batch_sizes: list[str]
+    relative: bool  # each p50 taken relative to its own run's baseline
+
+    def said(self, who: str) -> str:
+        what = "p50 latency (relative to each run's baseline)" if self.relative else "p50 latency"
+        noise = (f"±{self.noise_pct:.1f}%" if self.noise_pct < NOT_COMPARABLE_PCT
+                 else f"±{NOT_COMPARABLE_PCT:.0f}% or more")
+        return (f"{what} {self.pct:+.1f}% ({noise}: both measurements' intervals combined) "
+                f"vs {who} over batch sizes {','.join(self.batch_sizes)}")
+
+    @property
+    def comparable(self) -> bool:
+        return self.noise_pct < NOT_COMPARABLE_PCT
+
+
+def compare_latency(candidate: EngineFacts, other: EngineFacts) -> LatencyComparison | None:
+    """None when no batch size was measured by both."""
+    relative = bool(candidate.relative_p50 and other.relative_p50)
+    cand, prod = ((candidate.relative_p50, other.relative_p50) if relative
+                  else (candidate.p50_ms, other.p50_ms))
+    common = sorted(set(cand) & set(prod), key=int)
+    if not common:
+        return None
+    ratio = math.exp(sum(math.log(cand[b] / prod[b]) for b in common) / len(common))
+    return LatencyComparison((ratio - 1.0) * 100.0, latency_noise_pct(candidate, other, common),
+                             common, relative)
+
+
+def _check_latency(d: Decision, candidate: EngineFacts, production: EngineFacts, who: str,
+                   allowed_pct: float) -> None:
+    if production.host != candidate.host:
+        d.check("latency", None, f"latency not compared: {who} was measured on another host")
+        return
+    cmp = compare_latency(candidate, production)
+    if cmp is None:
+        d.check("latency", None, f"latency not compared: no batch size in common with {who}")
+        return
+    said = f"{cmp.said(who)} (allowed +{allowed_pct:.1f}%)"
+    if not cmp.comparable:
+        d.check("latency", None, f"{said}: not comparable, the interval is wider than the "
+                "measurement (re-run with --remeasure on a quieter host)")
+    elif cmp.pct > allowed_pct and cmp.pct - cmp.noise_pct <= allowed_pct:
+        d.check("latency", None, f"{said}: too noisy to compare")
+    else:
+        d.check("latency", cmp.pct <= allowed_pct, said)
+
+
+def _check_vs_fp32(d: Decision, candidate: EngineFacts, fp32: EngineFacts | None,
+                   policy: RegistryConfig) -> None:
+    """A quantized engine must not be slower than the FP32 engine of the same run."""
+    if candidate.precision in ("", "fp32") or candidate.engine_ran:
+        return
+    if fp32 is None:
+        d.check("faster_than_fp32", None, "speed vs FP32 not compared: no FP32 engine of the "
+                "same backend in this run")
+        return
+    cmp = compare_latency(candidate, fp32)
+    if cmp is None or not cmp.comparable:
+        d.check("faster_than_fp32", None, "speed vs FP32 not compared: " + (
+            "no batch size in common" if cmp is None else f"{cmp.said('the FP32 engine')}, "
+            "not comparable (interval wider than the measurement)"))
+        return
+    said = cmp.said("this run's FP32 engine")
+    if cmp.pct - cmp.noise_pct <= 0.0:
+        d.check("faster_than_fp32", True, said)
+    elif policy.allow_slower_than_fp32:
+        d.check("faster_than_fp32", None, f"{said}: slower, allowed by "
+                "registry.allow_slower_than_fp32")
+    else:
+        d.check("faster_than_fp32", False, f"{candidate.precision} engine slower than FP32: "
+                f"{said} (set registry.allow_slower_than_fp32: true to promote it anyway)")
+
+
 def decide(candidate: EngineFacts, production: EngineFacts | None, policy: RegistryConfig,
-           production_version: str | None = None) -> Decision:
-    """The promotion gate on given numbers (pure: tested without MLflow)."""
+           production_version: str | None = None, fp32: EngineFacts | None = None
+           ) -> Decision:
+    """The promotion gate on given numbers (pure: tested without MLflow). `fp32`: the FP32
+    engine of the same run, for a quantized candidate."""
     d = Decision(promote=True)
     d.check("drop_vs_fp32", candidate.drop_vs_fp32 <= policy.max_drop_vs_fp32,
             f"{candidate.quality_metric} drop vs FP32 {candidate.drop_vs_fp32:.4f} "
             f"(allowed {policy.max_drop_vs_fp32:.4f})")
+    if candidate.engine_ran:
+        d.check("engine_ran", False, f"quality measured on a stand-in ({candidate.engine_ran}), "
+                "latency not measured: production moves only with --force")
+    _check_vs_fp32(d, candidate, fp32, policy)
     if production is None:
         d.check("vs_production", None, "no production version yet")
         return d
@@ -143,26 +249,7 @@ def decide(candidate: EngineFacts, production: EngineFacts | None, policy: Regis
         d.check("drop_vs_production", drop <= policy.max_drop_vs_production,
                 f"{candidate.quality_metric} drop vs {who} {drop:.4f} "
                 f"(allowed {policy.max_drop_vs_production:.4f})")
-    relative = bool(candidate.relative_p50 and production.relative_p50)
-    cand, prod = ((candidate.relative_p50, production.relative_p50) if relative
-                  else (candidate.p50_ms, production.p50_ms))
-    common = sorted(set(cand) & set(prod), key=int)
-    if production.host != candidate.host:
-        d.check("latency", None, f"latency not compared: {who} was measured on another host")
-    elif not common:
-        d.check("latency", None, f"latency not compared: no batch size in common with {who}")
-    else:
-        ratio = math.exp(sum(math.log(cand[b] / prod[b]) for b in common) / len(common))
-        pct = (ratio - 1.0) * 100.0
-        noise = latency_noise_pct(candidate, production, common)
-        what = "p50 latency (relative to each run's baseline)" if relative else "p50 latency"
-        said = (f"{what} {pct:+.1f}% (±{noise:.1f}%) vs {who} over batch sizes "
-                f"{','.join(common)} (allowed +{policy.max_latency_regression_pct:.1f}%)")
-        if pct > policy.max_latency_regression_pct and \
-                pct - noise <= policy.max_latency_regression_pct:
-            d.check("latency", None, f"{said}: too noisy to compare (±{noise:.1f}%)")
-        else:
-            d.check("latency", pct <= policy.max_latency_regression_pct, said)
+    _check_latency(d, candidate, production, who, policy.max_latency_regression_pct)
     return d
 
 
@@ -206,13 +293,17 @@ class Registration:
 
 
 def register(root: Path, name: str, model_uri: str, run_id: str, engine_key: str,
-             facts: EngineFacts, tags: dict[str, str], policy: RegistryConfig) -> Registration:
-    """Register `model_uri` as a version of `name` (once per engine key); move `candidate`
-    to it; with `policy.promote == "auto"` run the promotion gate."""
+             facts: EngineFacts, tags: dict[str, str], policy: RegistryConfig,
+             engine_digest: str | None = None, fp32: EngineFacts | None = None
+             ) -> Registration:
+    """Register `model_uri` as a version of `name` (once per build key and per engine file
+    digest); move `candidate` to it; with `policy.promote == "auto"` run the promotion gate.
+    `fp32`: the same run's FP32 engine, kept on the version for the gate."""
     client = _client()
     with project_lock(root, f"registry-{name}"):
         existing = [v for v in _versions(client, name)
-                    if v.tags.get(f"{TAG}engine_key") == engine_key]
+                    if v.tags.get(f"{TAG}engine_key") == engine_key
+                    or (engine_digest and v.tags.get(f"{TAG}engine_sha256") == engine_digest)]
         if existing:
             return Registration(name, str(existing[0].version), False, None)
         from mlflow.exceptions import MlflowException
@@ -223,6 +314,10 @@ def register(root: Path, name: str, model_uri: str, run_id: str, engine_key: str
             pass  # exists already
         all_tags = {**tags, **facts.tags(), f"{TAG}engine_key": engine_key,
                     f"{TAG}promotion": "pending"}
+        if engine_digest:
+            all_tags[f"{TAG}engine_sha256"] = engine_digest
+        if fp32 is not None:
+            all_tags[FP32_TAG] = json.dumps(fp32.tags(), sort_keys=True)
         # a logged model (`models:/m-<id>`) is named by its id too: a tracking server
         # refuses the source without it (a sqlite store does not check)
         logged = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") \
@@ -251,7 +346,9 @@ def promote(name: str, version: str, policy: RegistryConfig, force: bool = False
     if current is not None and str(current.version) == str(version):
         return {"promoted": True, "reason": f"v{version} is already production", "checks": []}
     prod_facts = EngineFacts.from_tags(current.tags) if current is not None else None
-    decision = decide(facts, prod_facts, policy, current.version if current else None)
+    fp32 = (EngineFacts.from_tags(json.loads(mv.tags[FP32_TAG])) if FP32_TAG in mv.tags
+            else None)
+    decision = decide(facts, prod_facts, policy, current.version if current else None, fp32)
     promoted = decision.promote or force
     reason = decision.reason + ("; forced by the user despite the gate"
                                 if force and not decision.promote else "")
@@ -302,7 +399,9 @@ class VersionRow:
     data: str
 
     def p50_by_batch_size(self) -> dict[str, float]:
-        return dict(json.loads(self.p50_ms or "{}"))
+        """Batch size -> p50, in numeric order (the tag's JSON sorts keys as text)."""
+        p50 = json.loads(self.p50_ms or "{}")
+        return {b: p50[b] for b in sorted(p50, key=lambda b: (len(b), b))}
 
 
 def history(model: str) -> list[VersionRow]:

@@ -75,7 +75,9 @@ def quality_figures(report: ValidationReport) -> dict[str, Any]:
     return {**report.quality.model_dump(mode="json"), "gates_passed": report.passed,
             "p50_ms": {str(bs): p50 for bs, p50 in report.latency.engine_p50_ms().items()},
             "speedup_p50": {str(bs): x for bs, x in report.speedup_p50.items()},
-            "baseline": report.baseline}
+            "baseline": report.baseline,
+            # an engine this host could not run: what measured its quality, why no latency
+            "engine_ran": report.engine_ran, "latency_note": report.latency_note}
 
 
 def release(params: Params, root: Path, per_target: dict[str, list[StageResult]],
@@ -100,23 +102,71 @@ def release(params: Params, root: Path, per_target: dict[str, list[StageResult]]
         run_id = run_ids[name]
         info: dict[str, Any] = {"published": published.get(name)}
         if name in passed and params.registry.enabled:
-            info.update(_register(params, root, name, stages, run_id, client, published))
+            info.update(_register(params, root, name, stages, run_id, client, published,
+                                  per_target))
         client.set_tag(run_id, "mlflow.note.content",
                        lineage_note(params, root, name, [*(model_stages or []), *stages], info))
         out[name] = info
     return out
 
 
+def winning_precision(precision: str, build: StageResult) -> str:
+    """The precision that built the engine: `best` names the candidate that won."""
+    from trtflow.stages.build_report import BuildReport
+
+    if precision != "best":
+        return precision
+    selection = BuildReport.of(build).selection
+    if selection is None:
+        return precision
+    won = next((c for c in selection.candidates if c.name == selection.winner), None)
+    return str(won.target.get("precision", precision)) if won else precision
+
+
+def engine_digest(build: StageResult) -> str | None:
+    """sha256 of the engine file's bytes: two builds (e.g. two calibration methods) that
+    give the same engine are one registry version."""
+    import hashlib
+
+    from trtflow.stages.build_report import BuildReport
+
+    name = BuildReport.of(build).engine_file
+    if not name or not build.file(name).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(build.file(name), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fp32_engine(params: Params, name: str, per_target: dict[str, list[StageResult]],
+                 host: str) -> registry.EngineFacts | None:
+    """The gate facts of this run's FP32 engine on the same backend and device as `name`."""
+    target = params.targets[name]
+    for other, stages in per_target.items():
+        spec = params.targets[other]
+        if (other != name and spec.precision == "fp32" and spec.backend == target.backend
+                and spec.device == target.device and stages[-1].stage == "validate"):
+            return registry.EngineFacts.from_report(ValidationReport.of(stages[-1]), host,
+                                                    "fp32")
+    return None
+
+
 def _register(params: Params, root: Path, name: str, stages: list[StageResult], run_id: str,
-              client: Any, published: dict[str, str]) -> dict[str, Any]:
+              client: Any, published: dict[str, str],
+              per_target: dict[str, list[StageResult]]) -> dict[str, Any]:
     from trtflow.latency import host_fingerprint
 
     run = client.get_run(run_id)
     model_uri = run.data.tags.get(ENGINE_MODEL_TAG) or f"runs:/{run_id}/engine"
     build = next(s for s in stages if s.stage == "build")
     host = host_fingerprint()
-    facts = registry.EngineFacts.from_report(ValidationReport.of(stages[-1]),
-                                             f"{host['cpu']} [{host['flags_digest']}]")
+    host_name = f"{host['cpu']} [{host['flags_digest']}]"
+    target = params.targets[name]
+    facts = registry.EngineFacts.from_report(ValidationReport.of(stages[-1]), host_name,
+                                             winning_precision(target.precision, build))
+    fp32 = _fp32_engine(params, name, per_target, host_name)
     tags = {"trtflow.params_digest": params.digest(), "trtflow.git_commit": git_commit(root),
             "trtflow.target": name, "trtflow.run_id": run_id,
             **lineage_tags(params, root),
@@ -124,7 +174,8 @@ def _register(params: Params, root: Path, name: str, stages: list[StageResult], 
     if name in published:
         tags["trtflow.published_uri"] = published[name]
     reg = registry.register(root, registry.registered_name(params.model.name, name), model_uri,
-                            run_id, build.key, facts, tags, params.registry)
+                            run_id, build.key, facts, tags, params.registry,
+                            engine_digest(build), fp32)
     client.set_tag(run_id, "trtflow.registered_version", f"{reg.name}/{reg.version}")
     return {"registered": reg.name, "version": reg.version, "created": reg.created,
             "decision": reg.decision}
