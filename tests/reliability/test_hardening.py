@@ -71,3 +71,55 @@ def test_a_pt2_with_pickled_sample_inputs_runs_no_code(tmp_path: Path) -> None:
     res = trtflow("stage", "export", "--params", "p.yaml", cwd=tmp_path, env=project_env())
     assert res.returncode == 2 and "pickle is refused" in res.stderr, res.stderr
     assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(("stage", "target", "file", "damage"), [
+    ("export", None, "model.onnx", "delete"),
+    ("build", "fp32", "engine.onnx", "truncate"),
+    ("calibrate", "int8", "scales.json", "truncate"),
+])
+def test_a_damaged_artifact_is_rebuilt_and_reported_never_served(
+        tmp_path: Path, digits_data: Path, stage: str, target: str | None, file: str,
+        damage: str) -> None:
+    """Issue 25: a cache hit re-checks the artifact's file digests; one deleted or cut
+    short is set aside, reported, and built again (the run succeeds, the store is intact)."""
+    root = new_project(tmp_path, digits_data, "damaged")
+    _params(root)
+    args = ["stage", stage, "--params", "p.yaml", *(["-t", target] if target else [])]
+    first = trtflow(*args, cwd=root, env=project_env())
+    assert first.returncode == 0, first.stderr
+    [path] = (root / ".trtflow" / "store" / stage).glob(f"*/{file}")
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    again = trtflow(*args, cwd=root, env=project_env())
+    assert again.returncode == 0, again.stderr
+    message = " ".join(again.stderr.split())
+    assert f"the stored {stage} artifact {path.parent.name[:12]} was damaged" in message
+    assert "it was set aside and is rebuilt" in message and "Traceback" not in message
+    assert path.is_file() and path.stat().st_size > 0
+    verify = trtflow("store", "verify", cwd=root, env=project_env())
+    assert verify.returncode == 0 and "all intact" in verify.stdout, verify.stdout
+
+
+def test_a_tensor_that_is_both_input_and_output_survives_cleanup(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [x], [y, helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                     ["N", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "m.onnx")
+    _params(tmp_path, {"model": {"name": "m", "source": {"onnx": "m.onnx"}}})
+    res = trtflow("stage", "cleanup", "--params", "p.yaml", cwd=tmp_path, env=project_env())
+    assert res.returncode == 0, res.stderr
+    [clean] = (tmp_path / ".trtflow" / "store" / "cleanup").glob("*/model.clean.onnx")
+    cleaned = onnx.load(str(clean))
+    assert [i.name for i in cleaned.graph.input] == ["x"]
+    assert [o.name for o in cleaned.graph.output] == ["y", "x"]
