@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict, deque
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -144,6 +145,26 @@ def static_batch(specs: list[TensorSpec]) -> int | None:
     if not firsts or not all(isinstance(d, int) for d in firsts):
         return None
     return int(firsts[0])
+
+
+def check_rows(outputs: dict[str, np.ndarray], rows: int, who: str,
+               labels: Any = None) -> None:
+    """Every output keeps the batch dimension of the inputs (`rows` rows), and the labels
+    have one row per output row: otherwise the comparison would validate nothing."""
+    for name, value in outputs.items():
+        got = value.shape[0] if np.ndim(value) else 0
+        if got != rows:
+            raise ModelError(
+                f"{who} output '{name}' has shape {list(np.shape(value))} for a batch of "
+                f"{rows} input row(s): outputs must keep the batch dimension of the inputs "
+                f"({rows} rows, got {got}); a model that reduces over the batch axis (e.g. a "
+                "mean over axis 0) cannot be validated sample by sample")
+    if labels is not None:
+        first = next(iter(outputs))
+        if len(labels) != outputs[first].shape[0]:
+            raise ModelError(f"{len(labels)} label row(s) for {outputs[first].shape[0]} "
+                             f"row(s) of {who} output '{first}': labels and outputs must "
+                             "have the same number of rows")
 
 
 def check_static_batch(specs: list[TensorSpec], quantized_targets: list[str]) -> None:

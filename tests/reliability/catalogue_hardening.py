@@ -646,8 +646,8 @@ HARDENING: list[Case] = [
     Case("shape-batch-collapse", "shapes",
          "an output that means over the batch axis (`[N, 4]` -> `[1, 4]`)",
          _onnx(lambda p: _reduce_graph(p)),
-         "output 'y' has shape [1, 4] for a batch of 32 input row(s): outputs must keep the "
-         "batch dimension of the inputs (32 rows, got 1)"),
+         "the exported graph's output 'y' has shape [1, 4] for a batch of 4 input row(s): "
+         "outputs must keep the batch dimension of the inputs (4 rows, got 1)"),
     Case("shape-static-batch-int8", "shapes",
          "an int8 target for a model whose input fixes the batch (`[4, 1, 8, 8]`)",
          _static_int8, "fix the batch size to 4: re-export the model with a dynamic batch axis"),
@@ -721,8 +721,8 @@ CHANGES_STATE = {
     # inside the export task, before its artifact is committed (store and MLflow stay as
     # they were), so Prefect records that failed flow run
     "labels-past-classes-factory": {"prefect", "prefect_results"},
-    # an output's rows are known only once the model runs on a batch: validate refuses it
-    # after export, cleanup and build stored their artifacts and the flow recorded its runs
-    # (nothing is registered)
+    # an output's rows are known only once the model runs on a batch: cleanup's parity run
+    # refuses it (validate checks again), after export stored its artifact and the flow
+    # recorded its runs (nothing is registered)
     "shape-batch-collapse": {"store", "mlflow", "prefect", "prefect_results"},
 }

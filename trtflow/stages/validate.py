@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from trtflow.errors import GateError, ModelError
+from trtflow.errors import GateError
 from trtflow.latency import LatencyStats, combined_noise_pct, measure
 from trtflow.params import Gates, ValidateConfig
+from trtflow.preflight import check_rows as check_rows
 from trtflow.preflight import static_batch as static_batch
 from trtflow.stages.validation_report import (
     GateDecision,
@@ -37,26 +38,6 @@ VERSION = "validate-2"
 PLOT_FILE = "latency.png"
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-def check_rows(outputs: dict[str, np.ndarray], rows: int, who: str,
-               labels: Any = None) -> None:
-    """Every output keeps the batch dimension of the inputs (`rows` rows), and the labels
-    have one row per output row: otherwise the comparison would validate nothing."""
-    for name, value in outputs.items():
-        got = value.shape[0] if np.ndim(value) else 0
-        if got != rows:
-            raise ModelError(
-                f"{who} output '{name}' has shape {list(np.shape(value))} for a batch of "
-                f"{rows} input row(s): outputs must keep the batch dimension of the inputs "
-                f"({rows} rows, got {got}); a model that reduces over the batch axis (e.g. a "
-                "mean over axis 0) cannot be validated sample by sample")
-    if labels is not None:
-        first = next(iter(outputs))
-        if len(labels) != outputs[first].shape[0]:
-            raise ModelError(f"{len(labels)} label row(s) for {outputs[first].shape[0]} "
-                             f"row(s) of {who} output '{first}': labels and outputs must "
-                             "have the same number of rows")
 
 
 def at_batch(runner: Runner, batch: int, who: str) -> Runner:
