@@ -40,11 +40,18 @@ def run(
     from trtflow.project import configure_environment
 
     root = root.resolve()
-    configure_environment(root)
     try:
         from trtflow.params import load_params
 
-        loaded = load_params(params)  # bad params fail before the heavy imports below
+        try:
+            loaded = load_params(params)  # bad params fail before the heavy imports below
+        except TrtflowError as exc:
+            if params.is_file():
+                raise
+            raise type(exc)(f"{exc} (relative to {Path.cwd()}: run trtflow from the project "
+                            "directory, or give the params file's path; --root names the "
+                            "project for the store, MLflow and data paths)") from None
+        configure_environment(root)  # only now: a wrong path leaves no empty .trtflow/
         unknown = sorted(set(target or []) - set(loaded.targets))
         if unknown:
             from trtflow.errors import ParamsError
@@ -106,9 +113,11 @@ def print_summary(summary: dict[str, Any], wall: float) -> None:
 
     table = Table(title=f"trtflow: {summary['model']}")
     for col in ("target", "accuracy", "FP32 ref. acc.", "agreement", "engine p50 bs1",
-                "baseline p50 bs1", "speed-up bs1", "gates", "MLflow run"):
+                "baseline p50 bs1", "speed-up bs1", "gates"):
         table.add_column(col)
-    all_stages = [s for stages in summary["stages"].values() for s in stages]
+    # a stage shared by targets (`calibrate [int8, best]`) ran, and is printed, once
+    all_stages = list({(s.stage, s.key): s for stages in summary["stages"].values()
+                       for s in stages}.values())
     this_run = sum(s.run_seconds for s in all_stages)
     when_built = sum(s.seconds for s in all_stages)
     for name, stages in summary["stages"].items():
@@ -129,9 +138,12 @@ def print_summary(summary: dict[str, Any], wall: float) -> None:
                                                   else ""),
             *timing,
             "pass" if rep.passed else "FAIL",
-            summary["run_ids"].get(name, ""),
         )
     out.print(table)
+    runs = [f"{name} {summary['run_ids'][name]}" for name in summary["stages"]
+            if name in summary["run_ids"]]
+    if runs:  # whole ids, on their own line: `trtflow report` takes them as printed
+        out.print("MLflow runs: " + ", ".join(runs), soft_wrap=True)
     n_cached = sum(s.cached for s in all_stages)
     out.print(f"stages run: {len(all_stages) - n_cached}, cached: {n_cached}; "
               f"stage time this run {this_run:.2f} s (the same stages took {when_built:.2f} s "

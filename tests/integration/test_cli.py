@@ -43,6 +43,8 @@ def test_missing_params_file(tmp_path: Path) -> None:
     res = trtflow("run", "params/nope.yaml", cwd=tmp_path)
     assert res.returncode == 2
     assert "params file params/nope.yaml does not exist" in res.stderr
+    assert "run trtflow from the project directory" in res.stderr and "--root" in res.stderr
+    assert not (tmp_path / ".trtflow").exists()  # a wrong directory is left as it was
     assert "Traceback" not in res.stderr
 
 

@@ -98,3 +98,4 @@ def test_ctrl_c_at_each_stage_exits_130_and_cancels_the_flow_run(demo_root: Path
     code, output = _run_in_terminal(root, args, interrupt_at=None)
     assert code == 0, output[-3000:]
     assert "cached" in output  # the stages finished before each Ctrl-C are reused
+    assert re.search(r"MLflow runs: int8 [0-9a-f]{32}\b", output)  # whole, for `report`
