@@ -19,7 +19,8 @@ _SESSION_STATE = ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_API_URL
 HANG = 60.0  # a hang detector, not a timing assertion: the old behaviour took 70-78 s
 
 
-def _run_in_terminal(root: Path, args: list[str], interrupt_at: str | None) -> tuple[int, str]:
+def _run_in_terminal(root: Path, args: list[str], interrupt_at: str | None,
+                     api_url: str | None = None) -> tuple[int, str]:
     """`trtflow ARGS` on a pty of its own; once `interrupt_at` shows, type Ctrl-C (the
     terminal sends SIGINT to the whole foreground process group, as for a user)."""
     trtflow = str(Path(sys.executable).with_name("trtflow"))
@@ -28,6 +29,8 @@ def _run_in_terminal(root: Path, args: list[str], interrupt_at: str | None) -> t
         os.chdir(root)
         for name in _SESSION_STATE:  # this project's own Prefect home, MLflow and store
             os.environ.pop(name, None)
+        if api_url:
+            os.environ["PREFECT_API_URL"] = api_url
         os.execv(trtflow, [trtflow, *args])
     output, sent, deadline = b"", 0.0, time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -99,3 +102,23 @@ def test_ctrl_c_at_each_stage_exits_130_and_cancels_the_flow_run(demo_root: Path
     assert code == 0, output[-3000:]
     assert "cached" in output  # the stages finished before each Ctrl-C are reused
     assert re.search(r"MLflow runs: int8 [0-9a-f]{32}\b", output)  # whole, for `report`
+
+
+def test_ctrl_c_on_a_real_prefect_server_cancels_the_flow_run_and_the_server_lives_on(
+        demo_root: Path, tmp_path: Path) -> None:
+    from flows.server import free_port, healthy, start_server
+
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "data").symlink_to(demo_root / "data")
+    params = write_params(root)
+    server = start_server(root / ".trtflow" / "prefect", free_port())
+    try:
+        code, output = _run_in_terminal(root, ["run", str(params), "-t", "int8"],
+                                        interrupt_at=_running("calibrate"),
+                                        api_url=server.api_url)
+        assert code == 130, output[-3000:]
+        assert _flow_run_states(root) == ["Cancelled"]
+        assert healthy(server.api_url)  # the user's server is not ours to stop
+    finally:
+        server.stop()
