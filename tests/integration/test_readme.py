@@ -93,3 +93,16 @@ def test_readme_own_model_block_runs_as_written(project: Path) -> None:
     predictions, _ = json.JSONDecoder().raw_decode(predicted[predicted.index('{"predictions"'):])
     assert len(predictions["predictions"]) == 2  # the two windows of request.json
     assert not (project / "mlflow.db").exists()  # the project's store, no stray file
+
+
+@pytest.mark.slow  # one digits compile (cached after the quickstart) and the registry commands
+def test_readme_lineage_block_runs_as_written_on_a_fresh_clone(project: Path) -> None:
+    """`promote --version N --force` names a version a fresh clone has (only v1)."""
+    for command in ("trtflow prepare", "trtflow run params/digits.yaml -t int8"):
+        res = subprocess.run(["bash", "-c", command], cwd=project, env=user_env(project),
+                             capture_output=True, text=True, timeout=900, check=False)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    done = dict(run_block(project, "Lineage: registry, promotion, publishing, DVC"))
+    assert "digits-int8" in next(out for cmd, out in done.items() if "history" in cmd)
+    forced = next(out for cmd, out in done.items() if "--force" in cmd)
+    assert "v1" in forced
