@@ -232,3 +232,19 @@ def test_history_lists_batch_sizes_in_numeric_order() -> None:
     row = VersionRow("m-int8", "1", [], "", 0, "r", None, None,
                      '{"1": 1.0, "16": 4.0, "2": 1.5, "32": 8.0, "4": 2.0}', None, "", "", "", "")
     assert list(row.p50_by_batch_size()) == ["1", "2", "4", "16", "32"]
+
+
+def test_the_best_row_names_the_precision_that_won() -> None:
+    from trtflow.stages.build_report import BuildReport
+    from trtflow.track.mlflow_log import engine_precision
+
+    built = BuildReport.model_validate({
+        "backend": "onnxruntime", "engine_bytes": 1, "selection": {
+            "winner": "onnxruntime int8", "why": "fastest", "metric": "top1",
+            "min_agreement": 0.99, "candidates": [
+                {"name": "onnxruntime fp32", "target": {"precision": "fp32"}},
+                {"name": "onnxruntime int8", "target": {"precision": "int8"}}]}})
+    assert engine_precision("best", built) == "int8"
+    assert engine_precision("fp16", built) == "fp16"
+    assert engine_precision("best", BuildReport.model_validate(
+        {"backend": "onnxruntime", "engine_bytes": 1})) == "best"

@@ -139,7 +139,7 @@ def headline_view(params: Params) -> dict[str, Any]:
                f"engine.bs{bs}.p50_ms", f"speedup.bs{bs}", f"engine.bs{bs}.noise_pct",
                "engine_bytes"]
     columns = [f"params.`{p}`" for p in ("target.backend", "target.precision",
-                                         "calibration.method_chosen")]
+                                         "engine.precision", "calibration.method_chosen")]
     columns += [f"metrics.`{m}`" for m in metrics]
     columns += ["tags.`trtflow.gates_passed`", "tags.`trtflow.registered_version`"]
     return {"selectedColumns": columns, "searchFilter": "tags.`trtflow.target` LIKE '%'",
@@ -387,6 +387,15 @@ def log_engine_pyfunc(engine_dir: Path, backend: str = "onnxruntime-cpu") -> str
     return str(info.model_uri)
 
 
+def engine_precision(precision: str, built: BuildReport) -> str:
+    """The precision that built the engine: for `best`, the winning candidate's."""
+    if precision != "best" or built.selection is None:
+        return precision
+    won = next((c for c in built.selection.candidates if c.name == built.selection.winner),
+               None)
+    return str(won.target.get("precision", precision)) if won else precision
+
+
 def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
     import mlflow
 
@@ -398,6 +407,7 @@ def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
         _log_calibration(by_stage["calibrate"])
     build, validate = by_stage["build"], by_stage.get("validate")
     built = BuildReport.of(build)
+    mlflow.log_param("engine.precision", engine_precision(target.precision, built))
     mlflow.log_metric("engine_bytes", built.engine_bytes)
     backend = built.backend
     if backend in PYFUNC_BACKENDS:

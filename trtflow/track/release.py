@@ -113,14 +113,9 @@ def release(params: Params, root: Path, per_target: dict[str, list[StageResult]]
 def winning_precision(precision: str, build: StageResult) -> str:
     """The precision that built the engine: `best` names the candidate that won."""
     from trtflow.stages.build_report import BuildReport
+    from trtflow.track.mlflow_log import engine_precision
 
-    if precision != "best":
-        return precision
-    selection = BuildReport.of(build).selection
-    if selection is None:
-        return precision
-    won = next((c for c in selection.candidates if c.name == selection.winner), None)
-    return str(won.target.get("precision", precision)) if won else precision
+    return engine_precision(precision, BuildReport.of(build))
 
 
 def engine_digest(build: StageResult) -> str | None:
