@@ -61,7 +61,8 @@ def run(
         check_tracking_server()
         from trtflow.context import Context, preflight
 
-        preflight(Context.create(loaded, root))  # fail fast, before Prefect
+        chosen = target or [n for n, t in loaded.targets.items() if t.device == "cpu"]
+        preflight(Context.create(loaded, root), chosen)  # fail fast, before Prefect
         console.print(f"[bold]trtflow run[/] {params}  (starting Prefect…)")
         from flows.databases import initialize_databases
 
