@@ -23,8 +23,10 @@ VERSION = "build-6"  # 3: the Q/DQ graph TensorRT gets kept beside the engine; 4
 
 def reusable(report: dict[str, Any]) -> bool:
     """A `best` build whose race decided nothing (too noisy) is redone by the next run."""
-    selection = report.get("selection")
-    return not isinstance(selection, dict) or bool(selection.get("decided", True))
+    from trtflow.stages.build_report import BuildReport
+
+    selection = BuildReport.from_dict(report).selection
+    return selection is None or selection.decided
 
 
 def selects(target: Target) -> bool:
