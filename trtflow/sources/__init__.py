@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import onnx
 
 from trtflow.errors import ModelError
+from trtflow.graph.feeds import ONNX_DTYPES
 from trtflow.params import ModelConfig, ModelSource, TensorSpec, source_kinds
 from trtflow.sources.kinds import BUILTIN_VERSION as BUILTIN_VERSION
 from trtflow.sources.synthetic import gather_ranges
@@ -184,9 +185,6 @@ def _check_ops_supported(model: onnx.ModelProto, path: Path) -> None:
                          f"{', '.join(_RUNTIME_DOMAINS)}); export the model without custom ops")
 
 
-_ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
-
-
 def onnx_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
     """Input specs read from a graph: names, dtypes, shapes with named dynamic dims."""
     inits = {i.name for i in model.graph.initializer}
@@ -196,10 +194,10 @@ def onnx_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
         if value.name in inits:
             continue
         ttype = value.type.tensor_type
-        dtype = _ONNX_DTYPES.get(ttype.elem_type)
+        dtype = ONNX_DTYPES.get(ttype.elem_type)
         if dtype is None:
             raise ModelError(f"ONNX input '{value.name}' has element type {ttype.elem_type}, "
-                             f"supported: {sorted(_ONNX_DTYPES.values())}")
+                             f"supported: {sorted(ONNX_DTYPES.values())}")
         shape: list[int | str] = [
             d.dim_value if d.HasField("dim_value") else (d.dim_param or f"dim{i}")
             for i, d in enumerate(ttype.shape.dim)
