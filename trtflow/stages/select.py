@@ -15,6 +15,17 @@ by round, until the leader is ahead beyond the noise, the others are proven tied
 (the simpler engine is kept: FP32 before BF16 before INT8), or ``select.budget_s``
 runs out. An undecided race keeps the previous production choice where there is one
 and says it is no decision (``selection.json``: ``decided: false``).
+
+Then per-layer precision (``trtflow.quant.layer_precision``, where ``select.float_blocks``
+is on and there is a calibration): when the race's winner is INT8, its layer groups are
+tried in float one at a time, ranked by the accuracy the fake-quantized graph gains per
+MAC kept float, each trial built, measured on the selection split and raced against the
+current engine: a group stays float only where it is faster beyond the noise or proven
+tied and more accurate. When every INT8 candidate missed the accuracy gate, the most
+accurate of them gets groups kept float until it meets the gate (the fewest the ranking
+reaches it with), and then races the winner. Both searches stop at ``select.budget_s``;
+one trial engine is loaded beside the current one at a time. ``selection.json``'s
+``layer_precision`` records the ranking and every step (agreement, race, kept or why not).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import functools
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +46,7 @@ from trtflow.backends import Calibration, build_engine, load_engine, registered,
 from trtflow.errors import BuildError, CalibrationError, ModelError
 from trtflow.latency_race import RacePolicy, RaceVerdict, run_race
 from trtflow.params import CalibrationConfig, SelectPolicy, Target
+from trtflow.quant.layer_precision import RaceOutcome, SearchResult
 
 SELECTION_FILE = "selection.json"
 CANDIDATES_DIR = "candidates"
@@ -51,6 +64,9 @@ class Candidate:
     noise_pct: dict[int, float] = field(default_factory=dict)
     passed: bool = False
     error: str | None = None
+    # per-layer precision: the layer groups (and their layers) kept float on top
+    float_groups: tuple[str, ...] = ()
+    float_layers: tuple[str, ...] = ()
 
     def score(self) -> float:
         """Geometric mean of p50 over the batch sizes."""
@@ -182,13 +198,11 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
                   previous: str | None = None,
                   validated_batch_sizes: Sequence[int] | None = None,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Build and check every candidate, race those that pass; copy the winner's engine
-    into `out_dir` (its manifest names the backend that really built it) and write
-    selection.json. `previous`: the production choice's candidate name, kept when the
-    race cannot decide."""
+    """Build and check every candidate, race those that pass, then try per-layer
+    precision on the INT8 pick; copy the winner's engine into `out_dir` (its manifest
+    names the backend that really built it) and write selection.json. `previous`: the
+    production choice's candidate name, kept when the race cannot decide."""
     from trtflow.backends.onnxruntime_backend import OrtEngine
-    from trtflow.datasets.batch import Batch
-    from trtflow.stages.validate import accuracy_and_agreement
 
     pool = candidates(target, model_path, calibration is not None)
     calibration_config = calibration_config or CalibrationConfig()
@@ -196,6 +210,7 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
     work = out_dir / CANDIDATES_DIR
     engines: dict[str, Any] = {}
     reports: dict[str, dict[str, Any]] = {}
+    made: dict[str, tuple[Path, Calibration | None]] = {}  # the graph and calibration built
     for cand in pool:
         cand_dir = work / cand.name
         cand_dir.mkdir(parents=True)
@@ -207,10 +222,10 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
                 source, calib = smoothed_calibration(model_path, calibration_config,
                                                      cand.smooth_alpha, selection, metric,
                                                      threads, cand_dir)
+            made[cand.name] = (source, calib)
             reports[cand.name] = build_engine(source, cand.target, cand_dir, calib)
             engine = load_engine(cand_dir, threads, spinning=False)
-            cand.agreement = float(accuracy_and_agreement(
-                engine.run, lambda _: reference, [Batch(selection)], metric).agreement)
+            cand.agreement = _agreement(engine, selection, reference, metric)
             cand.passed = cand.agreement >= min_agreement
             if cand.passed:  # only the candidates that race stay loaded
                 engines[cand.name] = engine
@@ -218,10 +233,21 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
             cand.error = str(exc)[:300]
     from trtflow.datasets import tile_batch
 
-    racing = race_order(passed_candidates(pool))
-    sizes = race_batch_sizes(target.select, validated_batch_sizes)
-    inputs = {bs: tile_batch(selection, bs) for bs in sizes}
     policy = target.select
+    sizes = race_batch_sizes(policy, validated_batch_sizes)
+    inputs = {bs: tile_batch(selection, bs) for bs in sizes}
+    search = _LayerSearch(work, selection, reference, metric, min_agreement, threads, policy,
+                          inputs, progress) if policy.float_blocks and calibration else None
+    layer: tuple[Candidate, SearchResult] | None = None
+    start = _gate_start(pool)
+    gate_first = search is not None and start is not None and not any(c.passed for c in pool)
+    if search is not None and start is not None and gate_first:
+        layer = search.run(start, *made[start.name])  # no candidate passed: reach the gate
+        if layer[0].passed:
+            pool.append(layer[0])
+            engines[layer[0].name] = load_engine(work / layer[0].name, threads,
+                                                 spinning=False)
+    racing = race_order(passed_candidates(pool))
     verdict = run_race(
         {c.name: {bs: functools.partial(engines[c.name].run, inputs[bs]) for bs in sizes}
          for c in racing},
@@ -232,15 +258,191 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
         cand.p50_ms = verdict.p50_ms.get(cand.name, {})
         cand.noise_pct = verdict.noise_pct.get(cand.name, {})
     winner, why = decide(pool, verdict)
-    engines.clear()
+    engines.clear()  # per-layer precision loads its own, one pair at a time
+    if search is not None and start is not None and layer is not None:  # gate_first
+        why += f" (first, {search.summary(layer[1], start)})"
+    elif search is not None and winner.target.precision == "int8" and winner.name in made:
+        layer = search.run(winner, *made[winner.name])  # accuracy or speed at no cost
+        why += f"; then {search.summary(layer[1], winner)}"
+        if layer[0] is not winner:
+            pool.append(layer[0])
+            winner = layer[0]
+    elif search is not None and start is not None:  # every int8 missed the gate: reach it
+        layer = search.run(start, *made[start.name])
+        why += f"; then {search.summary(layer[1], start)}"
+        if layer[0].passed:
+            pool.append(layer[0])
+            won, race_why = search.race_against(winner, layer[0])
+            why += f"; {race_why}"
+            winner = won
+    reports.update(search.reports if search else {})
     for item in (work / winner.name).iterdir():
         shutil.move(str(item), out_dir / item.name)
     shutil.rmtree(work)
     selection_report = {"winner": winner.name, "why": why, "metric": metric,
                         "min_agreement": min_agreement, "decided": verdict.decided,
-                        "race": verdict.as_dict(), "candidates": [c.row() for c in pool]}
+                        "race": verdict.as_dict(), "candidates": [c.row() for c in pool],
+                        "layer_precision": search.report(layer) if search and layer else None}
     (out_dir / SELECTION_FILE).write_text(json.dumps(selection_report, indent=2))
     return {**reports[winner.name], "selection": selection_report}
+
+
+def _agreement(engine: Any, selection: dict[str, np.ndarray],
+               reference: dict[str, np.ndarray], metric: str) -> float:
+    """The engine's agreement with the FP32 graph on the selection split."""
+    from trtflow.datasets.batch import Batch
+    from trtflow.stages.validate import accuracy_and_agreement
+
+    return float(accuracy_and_agreement(engine.run, lambda _: reference, [Batch(selection)],
+                                        metric).agreement)
+
+
+def _gate_start(pool: list[Candidate]) -> Candidate | None:
+    """The INT8 candidate that built and missed the gate with the best agreement (the
+    fewest float layers away from it), the simplest among equals; None if none did."""
+    missed = [c for c in pool if c.target.precision == "int8" and not c.passed
+              and c.agreement is not None]
+    return max(missed, key=lambda c: (c.agreement or 0.0, -len(c.float_ops)), default=None)
+
+
+class _LayerSearch:
+    """Per-layer precision on real engines (``trtflow.quant.layer_precision``): builds the
+    trials under `work`, measures them on the selection split, races them."""
+
+    def __init__(self, work: Path, selection: dict[str, np.ndarray],
+                 reference: dict[str, np.ndarray], metric: str, min_agreement: float,
+                 threads: int | None, policy: SelectPolicy, inputs: dict[int, Any],
+                 progress: Callable[[str], None] | None) -> None:
+        self.work, self.selection, self.reference = work, selection, reference
+        self.metric, self.min_agreement, self.threads = metric, min_agreement, threads
+        self.policy, self.inputs, self.progress = policy, inputs, progress
+        self.reports: dict[str, dict[str, Any]] = {}
+        self.ranking: dict[str, Any] = {}
+
+    def _race(self, names: list[str], engines: list[Any], budget_s: float) -> RaceVerdict:
+        return run_race(
+            {n: {bs: functools.partial(e.run, x) for bs, x in self.inputs.items()}
+             for n, e in zip(names, engines, strict=True)},
+            RacePolicy(budget_s=budget_s, min_rounds=min(8, self.policy.rounds),
+                       max_rounds=self.policy.rounds, margin_pct=self.policy.margin_pct),
+            order=names)
+
+    def run(self, start: Candidate, source: Path, calib: Calibration | None
+            ) -> tuple[Candidate, SearchResult]:
+        """The search from `start` (its graph and calibration): the candidate it ends with
+        (`start` itself when no group was kept) and the search's record."""
+        import onnx
+
+        from trtflow.ort_session import default_threads
+        from trtflow.quant.accuracy import Evaluator
+        from trtflow.quant.layer_precision import greedy_search, layer_groups, rank_groups
+
+        assert calib is not None and start.agreement is not None
+        began = time.monotonic()
+        model = onnx.load(str(source))
+        amax, base = calib.amax(), calib.float_layers()
+        ev = Evaluator(model, [self.selection], self.metric,
+                       self.threads or default_threads())
+        groups = layer_groups(model, [n for n in ev.quantized_nodes(amax) if n not in base])
+        fake, ranked = rank_groups(ev, amax, groups, base, self.progress)
+        self.ranking = {"start": start.name, "groups": len(groups),
+                        "fake_quant": fake, "ranked": [asdict(r) for r in ranked],
+                        "ranking_seconds": time.monotonic() - began}
+        by_name = {g.name: g for g in groups}
+        loaded = {"current": None if start.agreement < self.min_agreement else
+                  load_engine(self.work / start.name, self.threads, spinning=False)}
+        names = {"current": start.name}
+        trial_no = 0
+
+        def measure(layers: list[str]) -> float | None:
+            nonlocal trial_no
+            trial_no += 1
+            name = f"{start.name}+trial{trial_no}"
+            trial_dir = self.work / name
+            trial_dir.mkdir(parents=True)
+            names["trial"] = name
+            try:
+                report = build_engine(source, start.target, trial_dir,
+                                      calib.with_float_layers(layers, trial_dir / "calibration"))
+                engine = load_engine(trial_dir, self.threads, spinning=False)
+            except (BuildError, CalibrationError, ModelError):
+                loaded["trial"] = None
+                return None
+            self.reports[name] = report
+            loaded["trial"] = engine
+            return _agreement(engine, self.selection, self.reference, self.metric)
+
+        def race(budget_s: float) -> RaceOutcome:
+            cur, trial = names["current"], names["trial"]
+            verdict = self._race([cur, trial], [loaded["current"], loaded["trial"]], budget_s)
+            ratio = math.exp(np.mean([math.log(verdict.p50_ms[trial][b]
+                                               / verdict.p50_ms[cur][b])
+                                      for b in self.inputs]))
+            return RaceOutcome("trial" if verdict.winner == trial else "current",
+                               verdict.status, float(ratio), verdict.as_dict())
+
+        def on_keep(kept: bool) -> None:
+            trial = names.pop("trial")
+            if kept:
+                if names["current"] != start.name:
+                    shutil.rmtree(self.work / names["current"], ignore_errors=True)
+                names["current"], loaded["current"] = trial, loaded.pop("trial", None)
+            else:
+                loaded.pop("trial", None)
+                shutil.rmtree(self.work / trial, ignore_errors=True)
+                self.reports.pop(trial, None)
+
+        result = greedy_search(ranked, by_name, start.agreement, self.min_agreement, measure,
+                               race, on_keep, self.policy.budget_s, progress=self.progress)
+        loaded.clear()
+        if not result.kept_groups:
+            return start, result
+        name = f"{start.name}+float{len(result.kept_groups)}"
+        (self.work / names["current"]).rename(self.work / name)
+        self.reports[name] = self.reports.pop(names["current"])
+        done = Candidate(name, start.target, start.float_ops, start.smooth_alpha,
+                         agreement=result.agreement,
+                         passed=result.agreement >= self.min_agreement,
+                         float_groups=tuple(result.kept_groups),
+                         float_layers=tuple(result.float_layers))
+        done.p50_ms, done.noise_pct = _last_race_times(result, names["current"], name)
+        return done, result
+
+    def race_against(self, winner: Candidate, new: Candidate) -> tuple[Candidate, str]:
+        """`new` (which reached the gate) raced against the winner of the first race."""
+        engines = [load_engine(self.work / c.name, self.threads, spinning=False)
+                   for c in (winner, new)]
+        verdict = self._race([winner.name, new.name], engines, self.policy.budget_s)
+        engines.clear()
+        for cand in (winner, new):
+            cand.p50_ms = verdict.p50_ms.get(cand.name, cand.p50_ms)
+            cand.noise_pct = verdict.noise_pct.get(cand.name, cand.noise_pct)
+        won = new if verdict.winner == new.name and verdict.status == "decided" else winner
+        return won, f"raced against {winner.name}: {verdict.reason}"
+
+    def summary(self, result: SearchResult, start: Candidate) -> str:
+        """The search in a clause, for the selection's `why`."""
+        if not result.kept_groups:
+            return (f"per-layer precision kept no group of {start.name} float "
+                    f"({len(result.steps)} tried; {result.stopped})")
+        return (f"per-layer precision kept {len(result.kept_groups)} group(s) of "
+                f"{start.name} float ({len(result.float_layers)} layers: "
+                f"{', '.join(result.kept_groups)}), agreement {result.start_agreement:.4f} -> "
+                f"{result.agreement:.4f} ({len(result.steps)} tried; {result.stopped})")
+
+    def report(self, layer: tuple[Candidate, SearchResult]) -> dict[str, Any]:
+        return {**self.ranking, "result": layer[0].name, **layer[1].as_dict()}
+
+
+def _last_race_times(result: SearchResult, trial: str, name: str
+                     ) -> tuple[dict[int, float], dict[int, float]]:
+    """The kept trial's p50 and noise from the last race it ran (free mode), by batch size."""
+    for step in reversed(result.steps):
+        if step.kept and step.race is not None:
+            p50 = step.race["p50_ms"].get(trial, {})
+            noise = step.race["noise_pct"].get(trial, {})
+            return ({int(b): v for b, v in p50.items()}, {int(b): v for b, v in noise.items()})
+    return {}, {}
 
 
 def _with_float_ops(calibration: Calibration, model_path: Path, classes: tuple[str, ...],
