@@ -429,6 +429,10 @@ class ValidateConfig(_Strict):
     warmup: int = Field(default=10, ge=0)
     iterations: int = Field(default=100, gt=0)
     max_seconds: float = Field(default=10.0, gt=0, description="time cap per latency series")
+    budget_s: float = Field(default=15.0, gt=0, description="wall time of the latency "
+                            "measurement, engine and baseline side by side at every batch "
+                            "size, warm-ups included: each series gets an equal share "
+                            "(5 timed calls at least), so a big model costs seconds")
     gates: Gates = Field(default_factory=Gates)
 
 

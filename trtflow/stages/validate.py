@@ -3,12 +3,17 @@
 The reference is PyTorch eager (FP32) when the source is a torch model, or ONNX
 Runtime FP32 on the source graph when the source is ONNX-only; the report says
 which. Latency of the engine and of that baseline is measured in the same
-process, one after the other, with the same thread count and batch.
+process, in alternating blocks, with the same thread count and batch, within
+`validate.budget_s` for every batch size together (a big model gets fewer calls, not
+minutes); each p50 carries its noise interval, each speed-up the two combined. The
+reference's outputs on the evaluation data are computed once and reused for the Q/DQ
+graph's quality.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from trtflow.errors import GateError
-from trtflow.latency import LatencyStats, combined_noise_pct, measure
+from trtflow.latency import LatencyStats, combined_noise_pct, measure_side_by_side
 from trtflow.params import Gates, ValidateConfig
 from trtflow.preflight import check_rows as check_rows
 from trtflow.preflight import static_batch as static_batch
@@ -34,10 +39,11 @@ from trtflow.stages.validation_report import (
 if TYPE_CHECKING:
     from trtflow.backends import Engine
 
-VERSION = "validate-2"
+VERSION = "validate-3"  # 3: latency within validate.budget_s, engine/baseline interleaved
 PLOT_FILE = "latency.png"
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+Progress = Callable[[str], None]
 
 
 def at_batch(runner: Runner, batch: int, who: str) -> Runner:
@@ -58,14 +64,44 @@ def at_batch(runner: Runner, batch: int, who: str) -> Runner:
     return run
 
 
+class RecordedReference:
+    """The reference runner, its outputs kept in call order on the first pass over the
+    evaluation data and replayed on the next (the Q/DQ graph's quality), so the FP32
+    model runs over the data once. A replay checks the batch has the rows recorded."""
+
+    def __init__(self, reference: Runner) -> None:
+        self.reference = reference
+        self.outputs: list[dict[str, np.ndarray]] = []
+        self.replaying: int | None = None
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.replaying is None:
+            out = self.reference(inputs)
+            self.outputs.append(out)
+            return out
+        rows = len(next(iter(inputs.values())))
+        i, self.replaying = self.replaying, self.replaying + 1
+        if i < len(self.outputs) and len(next(iter(self.outputs[i].values()))) == rows:
+            return self.outputs[i]
+        return self.reference(inputs)  # the data changed between passes: compute it
+
+    def replay(self) -> RecordedReference:
+        self.replaying = 0
+        return self
+
+
 def accuracy_and_agreement(engine: Runner, reference: Runner, batches: Iterable[Any],
-                           metric: str) -> Quality:
+                           metric: str, progress: Progress | None = None) -> Quality:
     """Stream the evaluation data through both; top-1 or cosine agreement, errors, accuracy.
-    Each batch's outputs must keep its rows, and the labels match them (`check_rows`)."""
+    Each batch's outputs must keep its rows, and the labels match them (`check_rows`).
+    `progress` gets the samples done so far after each batch."""
     n = correct_eng = correct_ref = agree = labelled_n = 0
     label_counts: Counter[int] = Counter()
     cos_sum, max_abs, abs_sum, numel = 0.0, 0.0, 0.0, 0
+    start = time.monotonic()
     for batch in batches:
+        if progress is not None and n:
+            progress(f"{n} samples, {time.monotonic() - start:.0f} s")
         eng, ref = engine(batch.inputs), reference(batch.inputs)
         rows = len(next(iter(batch.inputs.values())))
         check_rows(eng, rows, "the engine's", batch.labels)
@@ -156,19 +192,37 @@ def gate_error(report: ValidationReport, target: str) -> GateError:
 
 
 def latency_side_by_side(engine: Runner, baseline: Runner, make_inputs: Callable[[int], dict],
-                         cfg: ValidateConfig) -> Latency:
+                         cfg: ValidateConfig, progress: Progress | None = None) -> Latency:
+    """Engine and baseline at each batch size, in alternating blocks, within
+    `cfg.budget_s` for all of it: each batch size gets an equal share (capped by
+    `max_seconds` per series), each series `iterations` calls at most."""
+    from trtflow.progress_estimate import StepEstimate
+
     engine_rows: list[LatencyStats] = []
     baseline_rows: list[LatencyStats] = []
+    share = cfg.budget_s / len(cfg.batch_sizes)
+    estimate = StepEstimate(progress, "validate latency", total=len(cfg.batch_sizes))
+    start = time.monotonic()
     for bs in cfg.batch_sizes:
         inputs = make_inputs(bs)
-        for fn, rows in ((engine, engine_rows), (baseline, baseline_rows)):
-            rows.append(measure(functools.partial(fn, inputs), bs, cfg.warmup, cfg.iterations,
-                                cfg.max_seconds))
-    return Latency(engine=engine_rows, baseline=baseline_rows)
+        estimate.step(f"batch {bs}, engine and baseline side by side")
+        eng, base = measure_side_by_side(
+            [functools.partial(engine, inputs), functools.partial(baseline, inputs)], bs,
+            cfg.warmup, cfg.iterations, min(share, 2 * cfg.max_seconds))
+        engine_rows.append(eng)
+        baseline_rows.append(base)
+        if progress is not None:
+            progress(f"validate latency batch {bs}: engine p50 {eng.p50_ms:.3g} ms "
+                     f"±{eng.noise_pct:.1f} % ({eng.iterations} calls), baseline "
+                     f"{base.p50_ms:.3g} ms ±{base.noise_pct:.1f} % ({base.iterations}); "
+                     f"speed-up {base.p50_ms / eng.p50_ms:.2f}x "
+                     f"±{combined_noise_pct(eng.noise_pct, base.noise_pct):.1f} %")
+    return Latency(engine=engine_rows, baseline=baseline_rows, budget_s=cfg.budget_s,
+                   seconds=time.monotonic() - start)
 
 
-def qdq_model_quality(qdq_path: Path, reference: Runner, eval_batches: Any, metric: str
-                      ) -> QdqModelQuality:
+def qdq_model_quality(qdq_path: Path, reference: Runner, eval_batches: Any, metric: str,
+                      progress: Progress | None = None) -> QdqModelQuality:
     """Accuracy/agreement of the Q/DQ graph TensorRT is handed, run by ONNX Runtime at its
     basic level (no QDQ fusion: it computes what the Q/DQ says), as TensorRT's stand-in."""
     import onnxruntime as ort
@@ -184,46 +238,64 @@ def qdq_model_quality(qdq_path: Path, reference: Runner, eval_batches: Any, metr
         return dict(zip(outputs, session.run(outputs, {n: inputs[n] for n in names}),
                         strict=True))
 
-    quality = accuracy_and_agreement(run, reference, eval_batches, metric)
+    quality = accuracy_and_agreement(run, reference, eval_batches, metric, progress)
     return QdqModelQuality(file=qdq_path.name, **quality.model_dump())
 
 
 def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batches: Any,
              make_inputs: Callable[[int], dict], cfg: ValidateConfig, metric: str,
              target: str, out_dir: Path, qdq_model: Path | None = None,
-             batch: int | None = None) -> ValidationReport:
+             batch: int | None = None, progress: Progress | None = None) -> ValidationReport:
     """Write validation.json and latency.png; the caller raises `gate_error` if not passed.
 
     `qdq_model`: the Q/DQ graph TensorRT gets for a quantized target; its accuracy is
     reported beside the engine's (`qdq_model`), not gated. `batch`: the model's static
-    batch size (`static_batch`): evaluation runs in chunks of it, latency only at it."""
+    batch size (`static_batch`): evaluation runs in chunks of it, latency only at it.
+    `progress`: a line per phase (quality, the Q/DQ graph, each batch size's latency,
+    with the time left)."""
     import torch  # inference mode for a PyTorch reference; its thread count is reported
 
+    def say(phase: str) -> Progress | None:
+        return None if progress is None else (lambda msg: progress(f"{phase}: {msg}"))
+
+    recorded = RecordedReference(reference)
+    reference = recorded
     engine_run: Runner = engine.run
     if batch is not None:
         engine_run = at_batch(engine.run, batch, "the engine's")
         reference = at_batch(reference, batch, "the reference's")
         cfg = cfg.model_copy(update={"batch_sizes": [batch]})
-    quality = accuracy_and_agreement(engine_run, reference, eval_batches, metric)
+    if progress is not None:
+        progress(f"validate: {target} engine vs {baseline_label} on the evaluation data")
+    quality = accuracy_and_agreement(engine_run, reference, eval_batches, metric,
+                                     say("validate quality"))
+    qdq_quality = None
+    if qdq_model is not None and qdq_model.is_file():
+        if progress is not None:
+            progress(f"validate: the Q/DQ graph {qdq_model.name} (ONNX Runtime, unfused)")
+        recorded.replay()
+        qdq_quality = qdq_model_quality(qdq_model, reference, eval_batches, metric,
+                                        say("validate Q/DQ graph"))
     # an engine that cannot run here (`latency_note`) is timed never: its stand-in's
     # latency would be another engine's number
     latency_note = getattr(engine, "latency_note", None)
     latency = Latency(engine=[], baseline=[])
     if latency_note is None:
         with torch.inference_mode():
-            latency = latency_side_by_side(engine.run, reference, make_inputs, cfg)
+            latency = latency_side_by_side(engine.run, recorded.reference, make_inputs, cfg,
+                                           progress)
     speedups = {row.batch_size: base.p50_ms / row.p50_ms for row, base in latency.pairs()}
+    noise = {row.batch_size: combined_noise_pct(row.noise_pct, base.noise_pct)
+             for row, base in latency.pairs()}
     first = latency.pairs()[:1]
     report = ValidationReport(
         target=target, baseline=baseline_label, quality=quality, latency=latency,
-        speedup_p50=speedups,
+        speedup_p50=speedups, speedup_noise_pct=noise,
         gates=check_gates(quality, speedups.get(first[0][0].batch_size) if first else None,
-                          cfg.gates, combined_noise_pct(first[0][0].noise_pct,
-                                                        first[0][1].noise_pct) if first else 0.0),
+                          cfg.gates, noise[first[0][0].batch_size] if first else 0.0),
         threads=torch.get_num_threads(),
         engine_ran=getattr(engine, "ran", None), latency_note=latency_note,
-        qdq_model=qdq_model_quality(qdq_model, reference, eval_batches, metric)
-        if qdq_model is not None and qdq_model.is_file() else None)
+        qdq_model=qdq_quality)
     report.write(out_dir)
     plot_latency(report, out_dir / PLOT_FILE)
     return report

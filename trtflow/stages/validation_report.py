@@ -105,6 +105,9 @@ class Latency(_Report):
 
     engine: list[LatencyStats]
     baseline: list[LatencyStats]
+    # validate-3 on: the time budget of the whole measurement and what it took
+    budget_s: float | None = Field(default=None, exclude_if=_absent)
+    seconds: float | None = Field(default=None, exclude_if=_absent)
 
     def rows(self, which: Literal["engine", "baseline"]) -> list[LatencyStats]:
         return self.engine if which == "engine" else self.baseline
@@ -128,6 +131,10 @@ class ValidationReport(_Report):
     latency: Latency
     speedup_p50: dict[int, float] = Field(description="baseline p50 / engine p50, per batch "
                                           "size")
+    speedup_noise_pct: dict[int, float] = Field(
+        default_factory=dict, exclude_if=lambda v: not v,
+        description="the speed-up's noise per batch size: the engine's "
+        "and the baseline's p50 intervals combined (± %); absent before validate-3")
     gates: GateVerdict
     threads: int
     qdq_model: QdqModelQuality | None = Field(default=None, exclude_if=_absent)
