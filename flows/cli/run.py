@@ -22,6 +22,7 @@ from trtflow.cli.app import (
     check_tracking_server,
     console,
     fail,
+    no_empty_state_dir,
     out,
 )
 from trtflow.errors import TrtflowError
@@ -37,42 +38,49 @@ def run(
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
     """Compile one model through the Prefect flow (no server needed) and log it to MLflow."""
-    from trtflow.project import configure_environment
-
     root = root.resolve()
     try:
-        from trtflow.params import load_params
-
-        try:
-            loaded = load_params(params)  # bad params fail before the heavy imports below
-        except TrtflowError as exc:
-            if params.is_file():
-                raise
-            raise type(exc)(f"{exc} (relative to {Path.cwd()}: run trtflow from the project "
-                            "directory, or give the params file's path; --root names the "
-                            "project for the store, MLflow and data paths)") from None
-        configure_environment(root)  # only now: a wrong path leaves no empty .trtflow/
-        unknown = sorted(set(target or []) - set(loaded.targets))
-        if unknown:
-            from trtflow.errors import ParamsError
-
-            raise ParamsError(f"target '{unknown[0]}' is not defined in params.targets of "
-                              f"{params} (defined: {sorted(loaded.targets)})")
-        check_tracking_server()
-        from trtflow.context import Context, preflight
-
-        chosen = target or [n for n, t in loaded.targets.items() if t.device == "cpu"]
-        preflight(Context.create(loaded, root), chosen)  # fail fast, before Prefect
-        console.print(f"[bold]trtflow run[/] {params}  (starting Prefect…)")
-        from flows.databases import initialize_databases
-
-        initialize_databases(root)  # once per project; safe for concurrent first runs
-        start = time.perf_counter()
-        summary = _compile(params, root, target, remeasure)
+        with no_empty_state_dir(root):  # a run that fails its checks leaves no .trtflow/
+            summary, start = _checked_compile(params, root, target, remeasure)
     except TrtflowError as exc:
         fail(exc)
         return
     print_summary(summary, time.perf_counter() - start)
+
+
+def _checked_compile(params: Path, root: Path, target: list[str] | None,
+                     remeasure: bool) -> tuple[dict[str, Any], float]:
+    """Params, targets, the tracking server and the inputs checked, then the compile;
+    (summary, when the compile started)."""
+    from trtflow.params import load_params
+    from trtflow.project import configure_environment
+
+    try:
+        loaded = load_params(params)  # bad params fail before the heavy imports below
+    except TrtflowError as exc:
+        if params.is_file():
+            raise
+        raise type(exc)(f"{exc} (relative to {Path.cwd()}: run trtflow from the project "
+                        "directory, or give the params file's path; --root names the "
+                        "project for the store, MLflow and data paths)") from None
+    configure_environment(root)
+    unknown = sorted(set(target or []) - set(loaded.targets))
+    if unknown:
+        from trtflow.errors import ParamsError
+
+        raise ParamsError(f"target '{unknown[0]}' is not defined in params.targets of "
+                          f"{params} (defined: {sorted(loaded.targets)})")
+    check_tracking_server()
+    from trtflow.context import Context, preflight
+
+    chosen = target or [n for n, t in loaded.targets.items() if t.device == "cpu"]
+    preflight(Context.create(loaded, root), chosen)  # fail fast, before Prefect
+    console.print(f"[bold]trtflow run[/] {params}  (starting Prefect…)")
+    from flows.databases import initialize_databases
+
+    initialize_databases(root)  # once per project; safe for concurrent first runs
+    start = time.perf_counter()
+    return _compile(params, root, target, remeasure), start
 
 
 def _compile(params: Path, root: Path, target: list[str] | None,

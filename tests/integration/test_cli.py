@@ -48,6 +48,20 @@ def test_missing_params_file(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+def test_data_path_outside_the_project_names_root_and_leaves_no_state(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "model: {name: digits, source: {builtin: digits}}\n"
+        "data: {calibration: {npz: data/digits/calibration.npz}}\n"
+        "targets: {fp32: {precision: fp32}}\n")
+    for args in (["run", "p.yaml"], ["stage", "export", "--params", "p.yaml"]):
+        res = trtflow(*args, cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        message = " ".join(res.stderr.split())
+        assert f"data file {tmp_path}/data/digits/calibration.npz does not exist" in message
+        assert "relative to the project directory" in message and "--root" in message
+        assert not (tmp_path / ".trtflow").exists()  # nothing written, nothing left
+
+
 def test_malformed_params_file(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("model: {name: x, source: {builtin: digits}\n")
     res = trtflow("run", "p.yaml", cwd=tmp_path)

@@ -187,6 +187,24 @@ def test_fetch_of_an_unpublished_version_says_not_published(bucket: str, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_bucket_names_the_fix(engine_dir: Path, tmp_path: Path,
+                                        moto_endpoint: str) -> None:
+    """Not "404 HeadBucket": the bucket is named, trtflow never creates it, and how to make
+    one (or the README's local S3 recipe) is said, for the check, publish and fetch alike."""
+    from trtflow.track.publish import check_bucket
+
+    missing = f"absent-{uuid.uuid4().hex[:12]}"
+    expected = rf"S3 bucket '{missing}' does not exist at {moto_endpoint}.*never creates " \
+               rf"buckets.*aws s3 mb s3://{missing} --endpoint-url {moto_endpoint}.*moto_server"
+    with pytest.raises(StoreError, match=expected):
+        check_bucket(missing)
+    with pytest.raises(StoreError, match=expected):
+        publish(engine_dir, missing, "p", "digits", "1", META)
+    with pytest.raises(StoreError, match=expected):
+        fetch(missing, "p", "digits", "1", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unreachable_s3_fails_with_a_clear_error_after_bounded_retries(
         engine_dir: Path, tmp_path: Path, moto_endpoint: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,6 +253,9 @@ def test_cli_publishes_a_compiled_engine_and_fetches_it_back(
         ("1", f"s3://{bucket}/trtflow/{model}/1/")]
     got = cli("fetch", model, "1", str(tmp_path / "engine"), "--bucket", bucket)
     assert got.returncode == 0, got.stderr
+    wrong = cli("fetch", model, "7", str(tmp_path / "seven"), "--bucket", bucket)
+    assert wrong.returncode != 0  # not a label: the error lists the published ones
+    assert f"published: 1 ({model}-fp32 v1)" in " ".join(wrong.stderr.split())
     assert (tmp_path / "engine" / "engine.onnx").is_file()
     manifest = json.loads((tmp_path / "engine" / "manifest.json").read_text())
     assert manifest["metadata"]["target"] == "fp32"

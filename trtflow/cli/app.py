@@ -9,11 +9,15 @@ a `TrtflowError` into one paragraph on stderr with a non-zero exit code.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -118,6 +122,22 @@ def check_tracking_server(timeout: float = 10.0) -> None:
                             f"unreachable: {reason}; nothing was compiled. Start the server, "
                             "or unset MLFLOW_TRACKING_URI to log to the project's sqlite "
                             "file")
+
+
+@contextmanager
+def no_empty_state_dir(root: Path) -> Iterator[None]:
+    """A command that fails before writing anything leaves no empty `.trtflow/` behind in
+    a directory that had none (a run started outside the project, a wrong data path)."""
+    from trtflow.project import state_dir
+
+    state = state_dir(root)
+    fresh = not state.exists()
+    try:
+        yield
+    finally:
+        if fresh and state.is_dir() and not any(p.is_file() or p.is_symlink()
+                                                for p in state.rglob("*")):
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def fail(exc: TrtflowError) -> None:

@@ -14,8 +14,8 @@ from trtflow.errors import TrtflowError
 @app.command()
 def report(
     run_ids: Annotated[list[str], typer.Argument(
-        help="MLflow run ids: compile (parent) runs bring all their targets; target runs "
-        "come alone")],
+        help="MLflow run ids, or unique prefixes of them (as tables print them): compile (parent) "
+        "runs bring all their targets; target runs come alone")],
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write")] = Path(
         "report.html"),
     root: Annotated[Path, ROOT_OPTION] = Path("."),

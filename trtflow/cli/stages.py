@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from trtflow.cli.app import ROOT_OPTION, app, fail, out, stage_line
+from trtflow.cli.app import ROOT_OPTION, app, fail, no_empty_state_dir, out, stage_line
 from trtflow.errors import TrtflowError
 
 
@@ -25,11 +25,12 @@ def stage(
     from trtflow.project import configure_environment
 
     root = root.resolve()
-    configure_environment(root)
     try:
-        from trtflow.dvc_stage import run_single_stage
+        with no_empty_state_dir(root):
+            configure_environment(root)
+            from trtflow.dvc_stage import run_single_stage
 
-        result, dest = run_single_stage(name, params, target, output, root)
+            result, dest = run_single_stage(name, params, target, output, root)
     except TrtflowError as exc:
         fail(exc)
         return
@@ -79,20 +80,61 @@ def publish(
 @app.command()
 def fetch(
     model: Annotated[str, typer.Argument(help="model name (params model.name)")],
-    version: Annotated[str, typer.Argument(help="published version")],
+    version: Annotated[str, typer.Argument(
+        help="published label, the last part of the URI `trtflow history MODEL` prints "
+        "(e.g. int8-713045f9a927), or the --version given to `trtflow publish`")],
     dest: Annotated[Path, typer.Argument(help="directory to create")],
     bucket: Annotated[str, BUCKET],
     prefix: Annotated[str, PREFIX] = "trtflow",
     endpoint_url: Annotated[str | None, ENDPOINT] = None,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
     """Download a published engine, verifying every file's sha256 against its manifest."""
+    from trtflow.track.publish import NotPublishedError
+
     try:
         from trtflow.track.publish import fetch as fetch_engine
         from trtflow.track.publish import s3_client
 
-        result = fetch_engine(bucket, prefix, model, version, dest,
-                              client=s3_client(endpoint_url) if endpoint_url else None)
+        try:
+            result = fetch_engine(bucket, prefix, model, version, dest,
+                                  client=s3_client(endpoint_url) if endpoint_url else None)
+        except NotPublishedError as exc:
+            raise NotPublishedError(f"{exc}{published_labels(model, version, root)}") from None
     except TrtflowError as exc:
         fail(exc)
         return
     out.print(f"fetched and verified {len(result.manifest['files'])} files: {result.dest}")
+
+
+def published_labels(model: str, version: str, root: Path) -> str:
+    """A hint for a label that is not published: what the registry says was published
+    (a registry version number is not a label: `digits-int8 v3` is `int8-<engine key>`)."""
+    import os
+
+    from trtflow.project import state_dir
+
+    root = root.resolve()
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri and not (state_dir(root) / "mlflow.db").is_file():
+        return (f"; fetch takes the published label (the last part of the URI `trtflow "
+                f"history {model}` prints, e.g. int8-713045f9a927), not a registry version")
+    from trtflow.project import configure_environment
+
+    configure_environment(root)
+    try:
+        from trtflow.track import registry
+
+        rows = [r for r in registry.history(model) if r.published]
+    except TrtflowError:
+        rows = []
+    labels = [(r, r.published.rstrip("/").rsplit("/", 1)[-1]) for r in rows]
+    same = [f"{r.name} v{r.version} is {label}" for r, label in labels if r.version == version]
+    if same:
+        return (f"; '{version}' is a registry version, fetch takes the published label: "
+                + ", ".join(same))
+    if labels:
+        return ("; fetch takes the published label; published: "
+                + ", ".join(f"{label} ({r.name} v{r.version})" for r, label in labels))
+    return (f"; the registry of {root} lists no published engine of '{model}' (`trtflow "
+            f"publish PARAMS -t TARGET --bucket B` publishes one)")

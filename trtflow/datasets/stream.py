@@ -95,7 +95,9 @@ def missing_data(path: Path) -> DataError:
     tracked = any(p.with_name(p.name + ".dvc").is_file() for p in (path, *path.parents)
                   if p.name)
     hint = ("it is tracked by DVC: run `dvc pull`, or `trtflow prepare` for the demo data"
-            if tracked else "check the path given under data: in the params file")
+            if tracked else "check the path given under data: in the params file; data paths "
+            "are relative to the project directory: the current directory, or the one "
+            "`--root` names")
     return DataError(f"data file {path} does not exist ({hint})")
 
 

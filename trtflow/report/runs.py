@@ -84,19 +84,55 @@ def _client() -> Any:
     return mlflow.MlflowClient()
 
 
+RUN_ID_LENGTH = 32  # MLflow's run ids: 32 hex digits
+MIN_PREFIX = 1  # a short one is fine: more than one match lists them
+
+
 def _get_run(client: Any, run_id: str, tracking_uri: str) -> Any:
+    """The run with this id, or the one trtflow run whose id starts with it (tables print
+    ids cut short): an unknown or ambiguous prefix says so, listing the candidates."""
     from mlflow.exceptions import MlflowException
 
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ReportError(f"run id {run_id!r}: no such MLflow run in {tracking_uri} "
-                          f"({first}); list runs with the MLflow UI (`make ui`)") from None
+        if MIN_PREFIX <= len(run_id) < RUN_ID_LENGTH and re.fullmatch(r"[0-9a-f]+", run_id):
+            run = _by_prefix(client, run_id, tracking_uri)
+        else:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ReportError(f"run id {run_id!r}: no such MLflow run in {tracking_uri} "
+                              f"({first}); list runs with the MLflow UI (`make ui`)") from None
     if "trtflow.model" not in run.data.tags:
         raise ReportError(f"run id {run_id!r} is not a trtflow compile run (it has no "
                           "trtflow.model tag); pass a compile run or one of its target runs")
     return run
+
+
+def _by_prefix(client: Any, prefix: str, tracking_uri: str) -> Any:
+    """The one trtflow run (tag trtflow.model) whose id starts with `prefix`."""
+    from mlflow.entities import ViewType
+
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    found: list[Any] = []
+    token = None
+    while experiments:
+        page = client.search_runs(experiments, "tags.`trtflow.model` LIKE '%'",
+                                  run_view_type=ViewType.ALL, max_results=1000,
+                                  page_token=token)
+        found += [r for r in page if r.info.run_id.startswith(prefix)]
+        token = page.token
+        if not token:
+            break
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ReportError(f"run id {prefix!r}: no trtflow run in {tracking_uri} has this id "
+                          "or an id starting with it; `trtflow run` prints the ids of its "
+                          "runs (MLflow runs: ...), the MLflow UI (`make ui`) lists them")
+    shown = ", ".join(f"{r.info.run_id} ({r.info.run_name})" for r in found[:10])
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    raise ReportError(f"run id prefix {prefix!r} matches {len(found)} runs in {tracking_uri}: "
+                      f"{shown}{more}; give more of the id")
 
 
 def resolve_runs(client: Any, run_ids: Iterable[str], tracking_uri: str

@@ -66,6 +66,10 @@ _UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
                 ConnectionClosedError)
 
 
+class NotPublishedError(StoreError):
+    """No manifest under the asked version label: it was never published (or not whole)."""
+
+
 @dataclass(frozen=True)
 class PublishResult:
     """Where a version was published and what this call uploaded."""
@@ -214,8 +218,8 @@ def fetch(bucket: str, prefix: str, model: str, version: str, dest: Path, *,
         raise StoreError(f"fetch destination {dest} already exists; remove it or choose another")
     manifest = s3.read_manifest(base + MANIFEST)
     if manifest is None:
-        raise StoreError(f"{model} version {version} is not published: "
-                         f"{uri}{MANIFEST} does not exist")
+        raise NotPublishedError(f"{model} version {version} is not published: "
+                                f"{uri}{MANIFEST} does not exist")
     files = _manifest_files(manifest, uri)
 
     try:
@@ -277,6 +281,16 @@ def _manifest_files(manifest: dict[str, Any], uri: str) -> dict[str, dict[str, A
     return files
 
 
+def missing_bucket(bucket: str, endpoint: str) -> str:
+    """What to do when the bucket is not there: trtflow never creates one."""
+    flag = "" if "amazonaws.com" in endpoint else f" --endpoint-url {endpoint}"
+    return (f"S3 bucket '{bucket}' does not exist at {endpoint} (404); trtflow never creates "
+            f"buckets: create it first (`aws s3 mb s3://{bucket}{flag}`, or boto3's "
+            f"create_bucket), or name an existing one in publish.bucket / --bucket. To try "
+            f"publishing without AWS, run a local S3 as the README shows (Lineage: "
+            f"`.venv/bin/moto_server -p 9000 &`, then create the bucket there)")
+
+
 def _transfer_config(multipart_threshold: int) -> TransferConfig:
     # "classic" keeps s3transfer (not the optional CRT client), whose checksum
     # handling is the one described here; parts are at least 5 MiB (S3's minimum).
@@ -314,7 +328,19 @@ class _S3:
             raise StoreError(f"no usable AWS credentials to {action} {where} "
                              f"(set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE): "
                              f"{exc}") from None
-        except (ClientError, S3UploadFailedError, BotoCoreError) as exc:
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "NoSuchBucket" or (action == "reach" and code in _NOT_FOUND):
+                raise StoreError(missing_bucket(self.bucket, endpoint)) from None
+            hint = ("; check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+                    "AWS_PROFILE) and that they may use this bucket"
+                    if code in ("403", "AccessDenied", "InvalidAccessKeyId",
+                                "SignatureDoesNotMatch") else "")
+            raise StoreError(f"S3 refused to {action} {where} at {endpoint}: {exc}{hint}"
+                             ) from None
+        except (S3UploadFailedError, BotoCoreError) as exc:
+            if "NoSuchBucket" in str(exc):
+                raise StoreError(missing_bucket(self.bucket, endpoint)) from None
             raise StoreError(f"S3 refused to {action} {where} at {endpoint}: {exc}") from None
 
     def read_manifest(self, key: str) -> dict[str, Any] | None:
