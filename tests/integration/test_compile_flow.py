@@ -101,6 +101,17 @@ def test_cached_rerun_runs_no_stage(first_run: dict, digits_root: Path) -> None:
     assert int(parent.data.tags["trtflow.cached_reruns"]) >= 1
 
 
+def test_cached_rerun_of_one_target_links_to_its_earlier_run(first_run: dict,
+                                                             digits_root: Path) -> None:
+    """`-t int8` after a run of every target: every stage cached, and the int8 engine is
+    the target run that logged it, not a new compile run (issue 27 item 8)."""
+    one = compile_flow(str(write_params(digits_root)), str(digits_root), ["int8"])
+    assert all(s.cached for s in _stages(one))
+    assert one["run_ids"] == {"parent": first_run["run_ids"]["parent"],
+                              "int8": first_run["run_ids"]["int8"]}
+    assert one["reused_runs"]
+
+
 def test_validate_param_change_reruns_only_validate(first_run: dict, digits_root: Path) -> None:
     path = write_params(digits_root, validate={"batch_sizes": [1, 8]})
     changed = compile_flow(str(path), str(digits_root), DEMO_TARGETS)

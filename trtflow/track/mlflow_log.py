@@ -191,7 +191,8 @@ def log_compile(params: Params, params_path: str, root: Path,
     key = compile_key(params, model_stages, targets)
     tags["trtflow.compile_key"] = key
     if all(s.cached for s in [*model_stages, *(s for st in targets.values() for s in st)]):
-        earlier = _runs_of_compile(exp, key, list(targets))
+        earlier = _runs_of_compile(exp, key, list(targets)) or \
+            _runs_of_targets(exp, params, model_stages, targets)
         if earlier is not None:  # nothing was built or measured: no new runs
             return earlier
     run_ids: dict[str, str] = {}
@@ -255,6 +256,48 @@ def _runs_of_compile(exp: str, key: str, targets: list[str]) -> dict[str, str] |
     reruns = int(parent.data.tags.get("trtflow.cached_reruns", "0")) + 1
     client.set_tag(parent.info.run_id, "trtflow.cached_reruns", str(reruns))
     return {name: run_ids[name] for name in ["parent", *targets]}
+
+
+def _runs_of_targets(exp: str, params: Params, model_stages: list[StageResult],
+                     targets: dict[str, list[StageResult]]) -> dict[str, str] | None:
+    """The target runs that logged exactly these engines in an earlier compile of other
+    targets (`-t int8` after a run of every target): each target's run of the same params
+    whose stage keys are these, in a compile logged to its end. A fully cached re-run of a
+    subset links to them (the compile run's `trtflow.cached_reruns` counts it) instead of
+    logging the same engines again; None when any target has no such run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found: dict[str, str] = {}
+    parents: dict[str, Any] = {}  # parent run id: the run, or None if it does not qualify
+    used: set[str] = set()
+    for name, stages in targets.items():
+        keys = " AND ".join(f"tags.`trtflow.stage.{s.stage}.key` = '{s.key}'" for s in stages)
+        runs = client.search_runs(
+            [exp], f"tags.`trtflow.target` = '{name}' AND tags.`trtflow.params_digest` = "
+            f"'{params.digest()}' AND {keys}", order_by=["attributes.start_time ASC"])
+        for run in runs:
+            parent_id = run.data.tags.get("mlflow.parentRunId", "")
+            if parent_id not in parents:
+                parent = client.get_run(parent_id) if parent_id else None
+                siblings = client.search_runs(
+                    [exp], f"tags.mlflow.parentRunId = '{parent_id}'") if parent else []
+                same_model = parent is not None and all(
+                    parent.data.tags.get(f"trtflow.stage.{s.stage}.key") == s.key
+                    for s in model_stages)
+                parents[parent_id] = parent if same_model and _complete(parent, siblings) \
+                    else None
+            if parents[parent_id] is not None:
+                found[name] = run.info.run_id
+                found.setdefault("parent", parent_id)
+                used.add(parent_id)
+                break
+        else:
+            return None
+    for parent_id in used:
+        reruns = int(parents[parent_id].data.tags.get("trtflow.cached_reruns", "0")) + 1
+        client.set_tag(parent_id, "trtflow.cached_reruns", str(reruns))
+    return {name: found[name] for name in ["parent", *targets]}
 
 
 def _complete(parent: Any, runs: list[Any]) -> bool:
