@@ -153,7 +153,7 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
     done: dict[Node, StageResult] = {}
     for node in stages:
         done[node] = _run(ctx, node, [done[u] for u in node.upstream], stages.shown_as(node))
-    exported, cleaned = done[stages.node("export")], done[stages.node("cleanup")]
+    model_stages = [done[n] for n in stages.model_nodes()]  # export, cleanup (a decoder: export)
     per_target = {name: [done[n] for n in stages.of_target(name)] for name in names}
 
     from trtflow.track.mlflow_log import log_compile, tracking_server_guard
@@ -161,17 +161,16 @@ def compile_flow(params_path: str, root: str, targets: list[str] | None = None,
 
     wall = time.perf_counter() - start
     with tracking_server_guard("logging the compile"), _killed_on_interrupt(started_ms):
-        run_ids = log_compile(params, params_path, Path(root), [exported, cleaned], per_target,
-                              wall)
+        run_ids = log_compile(params, params_path, Path(root), model_stages, per_target, wall)
     with tracking_server_guard("registering the engines"), _failed_on_error(run_ids):
-        released = release(params, Path(root), per_target, run_ids, [exported, cleaned])
+        released = release(params, Path(root), per_target, run_ids, model_stages)
         import mlflow
 
         parent = mlflow.MlflowClient().get_run(run_ids["parent"])
     verdicts = {n: ValidationReport.of(stages[-1]) for n, stages in per_target.items()}
     failed = [n for n, report in verdicts.items() if not report.passed]
     summary = {"model": params.model.name, "run_ids": run_ids, "wall_seconds": wall,
-               "stages": {"model": [exported, cleaned], **per_target}, "released": released,
+               "stages": {"model": model_stages, **per_target}, "released": released,
                "experiment_id": parent.info.experiment_id,
                # a fully cached re-run links to the runs that built these engines
                "reused_runs": parent.info.start_time < started_ms}

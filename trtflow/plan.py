@@ -2,6 +2,11 @@
 
     export -> cleanup -> [calibrate] -> build[target] -> validate[target]
 
+A model source kind may declare a plan of its own (`SourceKindBase.plan`): the decoder
+kind's steps (trtflow/llm/stages.py) form export -> calibrate[target] -> build[target] ->
+validate[target] under the same stage names, so the flow, the store, MLflow logging and
+the registry treat its results as any others. `steps_for(params)` picks the steps.
+
 Each `Step` below names its upstream stages, the params sections it reads and
 the libraries whose versions shape its output; `trtflow.stage` derives the
 cache key from that. The stages' work lives in `trtflow/stages/` (each module's `run`
@@ -148,6 +153,20 @@ VALIDATE = Step(
 STEPS: dict[str, Step] = {s.name: s for s in (EXPORT, CLEANUP, CALIBRATE, BUILD, VALIDATE)}
 
 
+def steps_for(params: Params) -> dict[str, Step]:
+    """The steps of this model's plan: its source kind's own, else the five above."""
+    import importlib
+
+    from trtflow.sources import source_kind
+
+    declared = getattr(source_kind(params.model.source), "plan", None)
+    if declared is None:
+        return STEPS
+    module, _, attr = str(declared).partition(":")
+    steps: dict[str, Step] = getattr(importlib.import_module(module), attr)
+    return steps
+
+
 # --- the plan ----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -169,6 +188,7 @@ class Plan:
 
     nodes: tuple[Node, ...]
     targets: tuple[str, ...]
+    model: tuple[Node, ...] = ()  # per-model stages every target uses (export, cleanup)
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
@@ -211,15 +231,20 @@ class Plan:
         """The per-target nodes of `target`, with the calibration it uses: what one
         target's nested MLflow run logs."""
         return [n for n in self.up_to("validate", target)
-                if n.target == target or n.step is CALIBRATE]
+                if n.target == target or n.step.name == "calibrate"]
+
+    def model_nodes(self) -> list[Node]:
+        """The per-model stages the compile run itself logs (export, cleanup)."""
+        return list(self.model)
 
 
 def plan(params: Params, targets: list[str]) -> Plan:
     """The DAG of compiling `targets` (names from params.targets), export first."""
     nodes: dict[tuple[str, str | None], Node] = {}
+    steps = steps_for(params)
 
     def node_for(stage: str, target: str | None) -> Node:
-        step = STEPS[stage]
+        step = steps[stage]
         owner = target if step.per_target else None
         if (stage, owner) not in nodes:
             spec = params.targets[target] if target is not None else None
@@ -231,12 +256,16 @@ def plan(params: Params, targets: list[str]) -> Plan:
         if name not in params.targets:
             raise ParamsError(f"target '{name}' is not defined in params.targets "
                               f"(defined: {sorted(params.targets)})")
-    node_for("cleanup", None)
-    if not targets and any(needs_calibration(t) for t in params.targets.values()):
+    conditional = {u.stage for s in steps.values() for u in s.inputs if u.when}
+    model = [node_for(s.name, None) for s in steps.values()
+             if not s.per_target and s.name not in conditional]
+    calibrate = steps.get("calibrate")
+    if not targets and calibrate is not None and not calibrate.per_target and any(
+            needs_calibration(t) for t in params.targets.values()):
         node_for("calibrate", None)  # no target named: the calibration they would share
     for name in targets:
         node_for("validate", name)
-    return Plan(tuple(nodes.values()), tuple(targets))
+    return Plan(tuple(nodes.values()), tuple(targets), tuple(model))
 
 
 def run_up_to(ctx: Context, stage: str, target: str | None = None) -> list[StageResult]:
@@ -244,12 +273,13 @@ def run_up_to(ctx: Context, stage: str, target: str | None = None) -> list[Stage
     `trtflow stage` (DVC) and `trtflow publish` use. Same plan, same keys as the flow."""
     from trtflow.stage import run_step
 
-    if stage not in STEPS:
-        raise ParamsError(f"unknown stage '{stage}'; expected one of {', '.join(STEPS)}")
-    if STEPS[stage].per_target and not target:
+    steps = steps_for(ctx.params)
+    if stage not in steps:
+        raise ParamsError(f"unknown stage '{stage}'; expected one of {', '.join(steps)}")
+    if steps[stage].per_target and not target:
         raise ParamsError(f"stage '{stage}' needs --target (one of "
                           f"{sorted(ctx.params.targets)})")
-    if target and not STEPS[stage].per_target:
+    if target and not steps[stage].per_target:
         if stage == "calibrate" and not needs_calibration(ctx.target(target)):
             raise ParamsError(f"stage 'calibrate' serves quantized targets; target '{target}' "
                               f"has precision '{ctx.target(target).precision}'")

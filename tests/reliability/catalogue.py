@@ -405,7 +405,7 @@ CASES: list[Case] = [
          _raw("model: {name: x, source: {builtin: vgg}}\n"), "field 'model.source.builtin'"),
     Case("params-two-sources", "params", "two model sources at once",
          _raw("model: {name: x, source: {builtin: digits, onnx: m.onnx}}\n"),
-         "exactly one of builtin, onnx, exported_program, factory, mlflow must be set"),
+         "exactly one of builtin, onnx, exported_program, factory, mlflow, decoder must be set"),
     Case("params-opset-range", "params", "`export.opset: 7` (out of range)",
          _digits_with("export", opset=7), "field 'export.opset'"),
     Case("params-batch-size-zero", "params", "`validate.batch_sizes: [0]`",

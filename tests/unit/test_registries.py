@@ -70,9 +70,10 @@ def test_every_source_kind_names_an_object_that_identifies_and_loads_it(kind: st
 
 
 def test_the_source_kinds_are_the_fields_that_name_a_handler() -> None:
-    assert list(source_kinds()) == ["builtin", "onnx", "exported_program", "factory", "mlflow"]
+    assert list(source_kinds()) == ["builtin", "onnx", "exported_program", "factory", "mlflow",
+                                    "decoder"]
     with pytest.raises(ParamsError, match="exactly one of builtin, onnx, exported_program, "
-                                          "factory, mlflow must be set"):
+                                          "factory, mlflow, decoder must be set"):
         parse_params({"model": {"name": "x", "source": {}}})
 
 

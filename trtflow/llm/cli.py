@@ -1,12 +1,13 @@
-"""`trtflow generate` (greedy text from a compiled decoder engine) and `trtflow llm`
-(compile and validate every target of an LLM params file). Registered on the app when
-imported (trtflow/cli/__init__.py lists this module)."""
+"""`trtflow generate` (greedy text from a decoder engine) and `trtflow llm` (LlmCompiler:
+every target of a decoder's params compiled and validated without Prefect or MLflow, as
+bench/llm.py does; `trtflow run` is the path through the flow, MLflow and the registry).
+Registered on the app when imported (trtflow/cli/__init__.py lists this module)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,40 +26,75 @@ def _compiler(params_file: Path, root: Path):  # type: ignore[no-untyped-def]
 
 @app.command()
 def generate(
-    params_file: Annotated[Path, typer.Argument(help="an LLM params file (params/smollm2.yaml)")],
+    source: Annotated[Path, typer.Argument(help="a decoder's params file (params/smollm2.yaml) "
+                                           "or an engine directory (a build artefact, or "
+                                           "one `trtflow fetch` downloaded)")],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="text to continue")],
     target: Annotated[str, typer.Option(help="the params file's target to run")] = "int4",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     chat: Annotated[bool, typer.Option(help="wrap the prompt in the tokenizer's chat "
                                        "template (instruction-tuned models)")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="intra-op threads")] = 2,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
-    """Greedy generation with the KV-cache engine of one target (built if missing)."""
+    """Greedy generation with a decoder engine and its KV cache; from params, the target's
+    engine is found in the store or built through the decoder plan (export, calibrate,
+    build: the same stages and keys as `trtflow run`)."""
     try:
         import numpy as np
 
-        from trtflow.errors import ParamsError
         from trtflow.llm.generate import OrtDecoder, session_for
 
-        params, compiler = _compiler(params_file, root.resolve())
-        if target not in params.targets:
-            raise ParamsError(f"{params_file}: no target {target!r}; targets: "
-                              f"{sorted(params.targets)}")
-        engine = compiler.build(params.targets[target])
-        _, tokenizer = compiler.model()
+        engine_dir = source if source.is_dir() else _built_engine(source, target,
+                                                                   root.resolve())
+        tokenizer, shape = _decoder_files(engine_dir)
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                              tokenize=False, add_generation_prompt=True) \
             if chat else prompt
         ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
-        decoder = OrtDecoder(session_for(engine, params.evaluation.threads), compiler.shape())
+        decoder = OrtDecoder(session_for(engine_dir / "engine.onnx", threads), shape)
         result = decoder.generate(ids[None], max_new_tokens, eos=tokenizer.eos_token_id)
     except TrtflowError as exc:
         fail(exc)
         return
     out.print(tokenizer.decode(result.tokens[0], skip_special_tokens=True), highlight=False)
     steps = max(len(result.step_seconds), 1)
-    console.print(f"[dim]{target}: prefill {len(ids)} tokens {result.prefill_seconds:.3f} s, "
-                  f"decode {steps / max(result.decode_seconds, 1e-9):.1f} tokens/s[/]")
+    console.print(f"[dim]{engine_dir.name if source.is_dir() else target}: prefill {len(ids)} "
+                  f"tokens {result.prefill_seconds:.3f} s, decode "
+                  f"{steps / max(result.decode_seconds, 1e-9):.1f} tokens/s[/]")
+
+
+def _built_engine(params_file: Path, target: str, root: Path) -> Path:
+    """The build artefact of a decoder target (run up to build, cached stages reused)."""
+    from trtflow.context import Context
+    from trtflow.errors import ParamsError
+    from trtflow.params import load_params
+    from trtflow.plan import run_up_to
+
+    params = load_params(params_file)
+    if params.model.source.decoder is None:
+        raise ParamsError(f"{params_file}: model.source.decoder is not set; `trtflow "
+                          "generate` runs decoder engines")
+    ctx = Context.create(params, root)
+    ctx.target(target)  # an unknown target names the defined ones
+    return Path(run_up_to(ctx, "build", target)[-1].path)
+
+
+def _decoder_files(engine_dir: Path) -> tuple[Any, Any]:
+    """The tokenizer and decoder shape the build stage put beside the engine."""
+    from transformers import AutoTokenizer
+
+    from trtflow.errors import ModelError
+    from trtflow.llm.export import DecoderShape
+    from trtflow.llm.stages import SHAPE_FILE, TOKENIZER_FOLDER
+
+    folder = engine_dir / TOKENIZER_FOLDER
+    if not (folder / SHAPE_FILE).is_file() or not (engine_dir / "engine.onnx").is_file():
+        raise ModelError(f"{engine_dir}: not a decoder engine directory (expected engine.onnx "
+                         f"and {TOKENIZER_FOLDER}/{SHAPE_FILE}, as the decoder plan's build "
+                         "writes)")
+    shape = DecoderShape(**json.loads((folder / SHAPE_FILE).read_text()))
+    return AutoTokenizer.from_pretrained(str(folder)), shape
 
 
 @app.command("llm")
@@ -67,8 +103,8 @@ def compile_llm(
     speed: Annotated[bool, typer.Option(help="also measure prefill/decode tokens/s")] = True,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
-    """Compile every target of an LLM params file (export with KV cache, weight-only
-    calibration, ORT engines) and validate them; report in build/llm/NAME/report.json."""
+    """Compile and validate every target of a decoder's params without the flow (no MLflow,
+    no registry; `trtflow run` does both); report in build/llm/NAME/report.json."""
     try:
         from trtflow.llm.validate import raise_on_gates, validate
 

@@ -1,4 +1,8 @@
-"""The LLM params file (params/smollm2.yaml): one pydantic schema, defaults here."""
+"""The settings of `LlmCompiler` (trtflow/llm/compile.py: `trtflow llm`, bench/llm.py),
+read from a params file with a `model.source.decoder` (params/smollm2.yaml, the schema
+of trtflow/params.py) or from the older flat LLM form (`model.source: PATH`, `task:
+text-generation`) that this module's `LlmParams` still describes.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trtflow.errors import ParamsError
+from trtflow.params import FineTune, Params, WeightOnly, parse_params
 from trtflow.yamlfile import load_yaml
+
+__all__ = ["FineTune", "LlmParams", "LlmTarget", "load_llm_params", "from_params"]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class FineTune(Strict):
-    """A short seeded fine-tune on the calibration text: moves the weights off the
-    GGUF's 4-bit grid, so INT4 accuracy is not flattered by re-quantizing a grid."""
-
-    steps: int = Field(default=12, ge=1, le=1000)
-    learning_rate: float = Field(default=2e-4, gt=0)
-    batch: int = Field(default=2, ge=1)
-    window: int = Field(default=128, ge=8)
-    seed: int = 0
 
 
 class LlmModel(Strict):
@@ -89,9 +85,41 @@ class LlmParams(Strict):
     targets: dict[str, LlmTarget]
 
 
+def from_params(params: Params) -> LlmParams:
+    """The LlmCompiler settings of a decoder's params (trtflow/params.py)."""
+    src, data = params.model.source, params.data
+    if src.decoder is None or data.calibration is None or data.evaluation is None:
+        raise ParamsError(f"model {params.model.name}: not a decoder (model.source.decoder)")
+    v = params.validate_.decoder
+    targets = {}
+    for name, t in params.targets.items():
+        wo, g = t.weight_only or WeightOnly(), t.gates or params.validate_.gates
+        targets[name] = LlmTarget(
+            precision=t.precision, group_size=wo.group_size,  # type: ignore[arg-type]
+            symmetric=wo.symmetric, method=wo.method, lm_head_bits=wo.lm_head_bits,
+            lm_head_group_size=wo.lm_head_group_size, accuracy_level=wo.accuracy_level,
+            gates=Gates(max_perplexity_increase=g.max_perplexity_increase,
+                        min_greedy_agreement=g.min_greedy_agreement))
+    threads = next((t.threads for t in params.targets.values() if t.threads), 2)
+    return LlmParams(
+        model=LlmModel(name=params.model.name, source=src.decoder, finetune=src.finetune),
+        data=LlmData(calibration=Path(str(data.calibration.text)),
+                     evaluation=Path(str(data.evaluation.text))),
+        calibration=Calibration(**params.calibration.decoder.model_dump()),
+        evaluation=Evaluation(windows=v.windows, window=v.window, prompt_tokens=v.prompt_tokens,
+                              new_tokens=v.new_tokens, agreement_tokens=v.agreement_tokens,
+                              batch_sizes=params.validate_.batch_sizes, repeats=v.repeats,
+                              threads=threads),
+        targets=targets)
+
+
 def load_llm_params(path: Path) -> LlmParams:
-    """Read and validate an LLM params file; ParamsError names the file and field."""
+    """Read and validate an LLM params file, in either form; ParamsError names the file
+    and field."""
     data = load_yaml(Path(path))
+    model = data.get("model") if isinstance(data, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("source"), dict):
+        return from_params(parse_params(data, str(path)))
     try:
         return LlmParams.model_validate(data)
     except ValidationError as exc:

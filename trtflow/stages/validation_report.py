@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "validation.json"
 Metric = Literal["top1", "cosine"]
-GateName = Literal["min_accuracy", "max_accuracy_drop", "min_agreement", "min_speedup"]
+GateName = Literal["min_accuracy", "max_accuracy_drop", "min_agreement", "min_speedup",
+                   "max_perplexity_increase", "min_greedy_agreement"]  # the last two: decoders
 
 
 def _absent(value: object) -> bool:
@@ -120,6 +121,46 @@ class Latency(_Report):
         return {r.batch_size: r.p50_ms for r in self.engine}
 
 
+class TokenSpeed(_Report):
+    """Greedy generation speed at one batch size (medians over the timed repeats)."""
+
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+
+
+class DecoderQuality(_Report):
+    """A decoder engine's text figures (trtflow/llm/stages.py): perplexity on the
+    evaluation text beside the FP32 engine's, greedy agreement with the FP32 engine's
+    continuations, and tokens per second of both."""
+
+    tokens: int = Field(description="evaluation tokens scored (the same for every engine)")
+    perplexity: float
+    reference_perplexity: float = Field(description="the FP32 engine's, same windows")
+    greedy_agreement: float = Field(description="mean fraction of the FP32 engine's greedy "
+                                    "continuation reproduced before the first difference")
+    speed: list[TokenSpeed]
+    reference_speed: list[TokenSpeed]
+
+    @property
+    def perplexity_increase(self) -> float:
+        """Relative to the FP32 engine (0.03 = +3 %)."""
+        return self.perplexity / self.reference_perplexity - 1.0
+
+    def figures(self) -> dict[str, float]:
+        """The numbers a tracker logs."""
+        named = {"perplexity": self.perplexity, "reference_perplexity": self.reference_perplexity,
+                 "perplexity_increase": self.perplexity_increase,
+                 "greedy_agreement": self.greedy_agreement}
+        for label, rows in (("", self.speed), ("reference.", self.reference_speed)):
+            for r in rows:
+                named[f"{label}prefill_tokens_per_s.bs{r.batch_size}"] = r.prefill_tokens_per_s
+                named[f"{label}decode_tokens_per_s.bs{r.batch_size}"] = r.decode_tokens_per_s
+        return named
+
+
 class ValidationReport(_Report):
     """One engine's validation: quality, latency, speed-up, gates (and the Q/DQ graph's
     quality for quantized targets)."""
@@ -142,6 +183,9 @@ class ValidationReport(_Report):
     # `quality` instead, and why `latency` is empty
     engine_ran: str | None = Field(default=None, exclude_if=_absent)
     latency_note: str | None = Field(default=None, exclude_if=_absent)
+    # a decoder: perplexity, greedy agreement, tokens/s (`quality` holds the top-1
+    # agreement and logits error vs the FP32 engine; `latency`, the decode steps)
+    decoder: DecoderQuality | None = Field(default=None, exclude_if=_absent)
 
     @property
     def passed(self) -> bool:

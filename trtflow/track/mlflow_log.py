@@ -360,6 +360,9 @@ def _log_calibration(cal: StageResult) -> None:
     calibration = Calibration(Path(cal.path))
     for path in calibration.logged_files():  # histograms too: for `trtflow report`
         mlflow.log_artifact(str(path), artifact_path=LOGGED_CALIBRATION)
+    weight_only = Path(cal.path) / "weight_only.json"  # a decoder's weight-only settings
+    if weight_only.is_file():
+        mlflow.log_artifact(str(weight_only), artifact_path=LOGGED_CALIBRATION)
     if calibration.histograms_file.is_file():
         tensors = sensitive_tensors(calibration.accuracy_file, calibration.scales_file)
         with tempfile.TemporaryDirectory() as tmp:
@@ -462,6 +465,9 @@ def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
     report = ValidationReport.of(validate)
     for key, value in report.quality.figures().items():
         mlflow.log_metric(key, value)
+    if report.decoder is not None:  # perplexity, greedy agreement, tokens/s
+        for key, value in report.decoder.figures().items():
+            mlflow.log_metric(key, value)
     qdq = report.qdq_model  # the Q/DQ graph TensorRT would be handed, run in ONNX Runtime
     if qdq is not None:
         figures = {"samples": qdq.samples, "majority_fraction": qdq.majority_fraction,

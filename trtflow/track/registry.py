@@ -5,7 +5,9 @@ engines that passed validation. `candidate` points at the newest registered
 engine; `production` moves to a version only when the promotion gate passes:
 
 - quality drop vs the FP32 reference within `registry.max_drop_vs_fp32`
-  (accuracy points when the evaluation data has labels, else 1 - cosine);
+  (accuracy points when the evaluation data has labels, else 1 - cosine; a decoder:
+  ln(perplexity / FP32's perplexity), the drop of its mean token log-likelihood, about
+  the relative perplexity increase);
 - quality drop vs the current production within `max_drop_vs_production`;
 - p50 latency not slower than production by more than
   `max_latency_regression_pct` (geometric mean over the batch sizes both
@@ -63,7 +65,8 @@ def registered_name(model: str, target: str) -> str:
 class EngineFacts:
     """What the gate compares, read from a validate report (and stored as version tags)."""
 
-    quality: float  # top-1 accuracy with labels, else cosine agreement with FP32
+    quality: float  # top-1 accuracy with labels, else cosine agreement with FP32 (a
+    # decoder: its mean token log-likelihood, -ln perplexity)
     quality_metric: str  # "accuracy" | "cosine"
     drop_vs_fp32: float
     p50_ms: dict[str, float]  # batch size -> p50 latency
@@ -78,7 +81,11 @@ class EngineFacts:
                     ) -> EngineFacts:
         q = report.quality
         drop = q.accuracy_drop
-        if q.labelled and q.accuracy is not None and drop is not None:
+        if report.decoder is not None:  # mean token log-likelihood: drops are ln(ppl ratio)
+            d = report.decoder
+            quality, metric = -math.log(d.perplexity), "log_likelihood"
+            drop = math.log(d.perplexity / d.reference_perplexity)
+        elif q.labelled and q.accuracy is not None and drop is not None:
             quality, metric = q.accuracy, "accuracy"
         else:
             quality, metric, drop = q.agreement, "cosine", 1.0 - q.agreement

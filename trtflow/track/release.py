@@ -77,7 +77,9 @@ def quality_figures(report: ValidationReport) -> dict[str, Any]:
             "speedup_p50": {str(bs): x for bs, x in report.speedup_p50.items()},
             "baseline": report.baseline,
             # an engine this host could not run: what measured its quality, why no latency
-            "engine_ran": report.engine_ran, "latency_note": report.latency_note}
+            "engine_ran": report.engine_ran, "latency_note": report.latency_note,
+            # a decoder: perplexity, greedy agreement, tokens/s
+            **({"decoder": report.decoder.model_dump(mode="json")} if report.decoder else {})}
 
 
 def release(params: Params, root: Path, per_target: dict[str, list[StageResult]],
