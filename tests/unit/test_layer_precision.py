@@ -17,6 +17,7 @@ from trtflow.quant.layer_precision import (
     GroupScore,
     LayerGroup,
     RaceOutcome,
+    block_cuts,
     greedy_search,
     layer_costs,
     layer_groups,
@@ -52,17 +53,41 @@ def conv_chain(blocks: int = 4, outlier_block: int = 2) -> onnx.ModelProto:
     return model
 
 
-def test_groups_follow_module_paths_at_the_depth_nearest_the_target() -> None:
-    names = ["/stem/conv/Conv", "/layer1/layer1.0/conv1/Conv", "/layer1/layer1.0/conv2/Conv",
-             "/layer1/layer1.1/conv1/Conv", "/layer1/layer1.1/conv2/Conv", "fc"]
-    model = conv_chain(blocks=1)
-    by_blocks = layer_groups(model, names, target=4)
-    assert [g.name for g in by_blocks] == ["/stem/conv", "/layer1/layer1.0", "/layer1/layer1.1",
-                                           "fc"]
-    assert by_blocks[1].nodes == ("/layer1/layer1.0/conv1/Conv", "/layer1/layer1.0/conv2/Conv")
-    assert [g.name for g in layer_groups(model, names, target=3)] == ["/stem", "/layer1", "fc"]
-    assert len(layer_groups(model, names, target=100)) == 6  # each layer its own group
-    assert layer_groups(model, [], target=4) == []
+def _residual_graph() -> onnx.ModelProto:
+    """x -> conv a -> Relu -> conv b -> Add(x) -> Relu -> conv c -> y, and a side input
+    `scale` (no conv flows into it) multiplied in after the block."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), w)
+             for w in ("wa", "wb", "wc")]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_a"),
+             helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Conv", ["ra", "wb"], ["b"], name="conv_b"),
+             helper.make_node("Add", ["b", "x"], ["s"]),
+             helper.make_node("Relu", ["s"], ["rs"]),
+             helper.make_node("Neg", ["scale"], ["ns"]),
+             helper.make_node("Mul", ["rs", "ns"], ["m"]),
+             helper.make_node("Conv", ["m", "wc"], ["y"], name="conv_c")]
+    graph = helper.make_graph(
+        nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 2, 2]),
+                       helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 2, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_groups_are_blocks_where_the_data_flows_through_one_tensor() -> None:
+    model = _residual_graph()
+    assert block_cuts(model) == [3, 4, 6, 7]  # after the Add, its Relu, the Mul, conv c
+    groups = layer_groups(model, ["conv_a", "conv_b", "conv_c"])
+    assert [g.nodes for g in groups] == [("conv_a", "conv_b"), ("conv_c",)]
+    assert groups[0].name == "conv_a..conv_b" and groups[0].macs == 2 * 16 * 4.0
+    chain = conv_chain(blocks=4)  # a chain cuts after every layer: neighbours are merged
+    labels = [f"/b{k}/conv/Conv" for k in range(4)]
+    assert [len(g.nodes) for g in layer_groups(chain, labels, target=4)] == [1, 1, 1, 1]
+    assert [g.nodes for g in layer_groups(chain, labels, target=2)] == [
+        tuple(labels[:2]), tuple(labels[2:])]
+    assert layer_groups(model, []) == []
 
 
 def test_costs_are_macs_per_sample() -> None:
@@ -115,19 +140,20 @@ def test_gate_mode_keeps_groups_that_raise_agreement_until_the_gate_is_met() -> 
 
 
 def test_free_mode_keeps_only_what_is_faster_or_tied_and_more_accurate() -> None:
-    ranked, groups = _rows("fast", "tied", "slow", "noisy", "worse")
-    races = iter([RaceOutcome("trial", "decided", 0.9, {}),
-                  RaceOutcome("current", "tied", 1.01, {}),
-                  RaceOutcome("current", "decided", 1.3, {}),
-                  RaceOutcome("trial", "undecided", 0.95, {})])
+    ranked, groups = _rows("fast", "free", "slow", "noisy", "worse")
+    races = iter([RaceOutcome("trial", "decided", 0.9, 0.95, {}),
+                  RaceOutcome("current", "undecided", 1.01, 1.02, {}),  # no slower than 3 %
+                  RaceOutcome("current", "decided", 1.3, 1.4, {}),
+                  RaceOutcome("trial", "undecided", 0.95, 1.2, {})])  # may be 20 % slower
     agreements = iter([0.995, 0.997, 0.999, 0.999, 0.98])
     result = greedy_search(ranked, groups, 0.995, 0.99, lambda layers: next(agreements),
                            lambda budget: next(races))
     assert result.mode == "free" and result.met is None
-    assert result.kept_groups == ["fast", "tied"]
+    assert result.kept_groups == ["fast", "free"]
     assert [s.kept for s in result.steps] == [True, True, False, False, False]
     assert "faster beyond the noise" in result.steps[0].why
-    assert "tied and more accurate" in result.steps[1].why
+    assert "more accurate and no slower than +3%" in result.steps[1].why
+    assert "dropped" in result.steps[3].why
     assert "misses the gate" in result.steps[4].why  # no race for a trial below the gate
 
 
@@ -168,8 +194,8 @@ def test_an_int8_engine_that_misses_the_gate_reaches_it_with_the_outlier_block_f
     report = select_engine(model, target, out, Calibration(calib), selection, "cosine", 0.998, 1)
     chosen = report["selection"]
     layer = chosen["layer_precision"]
-    assert layer["mode"] == "gate" and layer["met"] and layer["kept_groups"][0] == "/b2"
-    assert layer["ranked"][0]["group"] == "/b2"  # the outlier block ranks first
+    assert layer["mode"] == "gate" and layer["met"] and layer["kept_groups"][0] == "/b2/conv/Conv"
+    assert layer["ranked"][0]["group"] == "/b2/conv/Conv"  # the outlier block ranks first
     assert chosen["winner"] == f"onnxruntime-int8+float{len(layer['kept_groups'])}"
     rows = {c["name"]: c for c in chosen["candidates"]}
     won = rows[chosen["winner"]]

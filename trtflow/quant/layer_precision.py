@@ -6,12 +6,11 @@ AutoQuantize searches per layer: it scores each layer's sensitivity to quantizat
 its cost, and spends a budget greedily on the layers that buy the most accuracy per unit
 of cost. This module does the same one measured step at a time:
 
-1. ``layer_groups``: the quantized layers, cut into groups along the exporter's module
-   paths (``/layer1/layer1.0/conv1/Conv`` belongs to ``/layer1/layer1.0``), at the depth
-   that gives about ``target`` groups (blocks of a CNN, attention / FFN halves of a
-   transformer layer); nameless layers are each their own group. Each group's cost is
-   the multiply-accumulates float leaves to its layers (weight elements x output
-   positions per sample): what keeping it float may cost in time.
+1. ``layer_groups``: the quantized layers, cut into blocks where the data flows through
+   one tensor again (``block_cuts``: after a residual sum, a squeeze-excite block, an
+   attention or FFN half; exporters' node names carry no module path to group by). Each
+   group's cost is the multiply-accumulates float leaves to its layers (weight elements x
+   output positions per sample): what keeping it float may cost in time.
 2. ``rank_groups``: each group kept float alone on top of the current float set, in the
    fake-quantized graph (``accuracy.Evaluator``: one ONNX Runtime pass over the selection
    split per group); its gain is the drop of output error, its priority gain per cost
@@ -23,8 +22,9 @@ of cost. This module does the same one measured step at a time:
      ranking reaches it with;
    - ``free`` mode (the engine passes): the trial races the current engine
      (``trtflow.latency_race``, its noise interval); a group is kept when the trial is
-     faster beyond the noise, or proven tied and more accurate: accuracy that costs no
-     speed. A slower or undecided trial is dropped.
+     faster beyond the noise, or more accurate and, at the race's confidence, no slower
+     than ``margin_pct`` (the upper end of its time ratio's interval): accuracy that
+     costs no speed. Anything else is dropped.
    The search stops at ``max_steps`` trials or when ``budget_s`` of wall time is spent.
 
 The search itself is pure logic over the callbacks it is given (build-and-measure, race),
@@ -86,40 +86,75 @@ def layer_costs(model: onnx.ModelProto) -> dict[str, float]:
     return out
 
 
-def _path(label: str) -> list[str]:
-    parts = [p for p in label.split("/") if p]
-    return parts[:-1] if len(parts) > 1 else [label]
+_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_METADATA = ("Shape", "Size")  # their outputs describe a tensor, they do not carry it
+
+
+def block_cuts(model: onnx.ModelProto) -> list[int]:
+    """Indices of the nodes after which a single tensor carries everything the rest of the
+    graph computes from the data: the end of each residual block, squeeze-excite block,
+    attention or FFN half (where the residual stream is one tensor again). Tensors that
+    no Conv/Gemm/MatMul output flows into (an attention mask's preprocessing, shapes)
+    are side inputs and do not count, nor do tensors made by Shape/Size."""
+    graph = model.graph
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    for out in graph.output:
+        consumers[out.name] = consumers.get(out.name, 0) + 1
+    # a graph input read by a Conv/Gemm/MatMul itself is data (an image); one read only
+    # through other ops first (token ids, an attention mask) is not, until a layer reads it
+    heavy = {i.name for i in graph.input
+             if any(n.op_type in _COMPUTE and i.name in n.input for n in graph.node)}
+    live = {name: consumers[name] for name in heavy if consumers.get(name)}
+    cuts = []
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if name in live:
+                live[name] -= 1
+                if live[name] == 0:
+                    del live[name]
+        carries = node.op_type not in _METADATA and (
+            node.op_type in _COMPUTE or any(n in heavy for n in node.input))
+        if carries:
+            for out in node.output:
+                heavy.add(out)
+                if consumers.get(out):
+                    live[out] = consumers[out]
+        if len(live) == 1 and carries:
+            cuts.append(i)
+    return cuts
 
 
 def layer_groups(model: onnx.ModelProto, quantized: Sequence[str], target: int = 16
                  ) -> list[LayerGroup]:
-    """`quantized` (graph order) cut into runs of neighbours that share a module path
-    prefix, at the prefix depth whose group count is nearest `target` (geometrically)."""
+    """`quantized` (labels, graph order) cut into blocks at ``block_cuts``, neighbouring
+    blocks merged (the smallest pair first) down to `target` groups; where the cuts give
+    fewer than ``target / 2`` (a graph with long skip connections), runs of
+    ``len(quantized) / target`` neighbours instead."""
     if not quantized:
         return []
     costs = layer_costs(model)
-    paths = {n: _path(n) for n in quantized}
-    deepest = max(len(p) for p in paths.values())
-
-    def runs(depth: int) -> list[tuple[str, list[str]]]:
-        out: list[tuple[str, list[str]]] = []
-        for node in quantized:
-            key = "/" + "/".join(paths[node][:depth]) if "/" in node else node
-            if out and out[-1][0] == key:
-                out[-1][1].append(node)
-            else:
-                out.append((key, [node]))
-        return out
-
-    options = [runs(d) for d in range(1, deepest + 1)]
-    best = min(options, key=lambda r: abs(math.log(len(r) / max(1, target))))
-    seen: dict[str, int] = {}
-    groups = []
-    for key, nodes in best:
-        seen[key] = seen.get(key, 0) + 1  # a path met again later in the graph: its own run
-        name = key if seen[key] == 1 else f"{key}#{seen[key]}"
-        groups.append(LayerGroup(name, tuple(nodes), sum(costs.get(n, 1.0) for n in nodes)))
-    return groups
+    wanted = set(quantized)
+    cuts = set(block_cuts(model))
+    blocks: list[list[str]] = [[]]
+    for i, node in enumerate(model.graph.node):
+        if _label(node) in wanted:
+            blocks[-1].append(_label(node))
+        if i in cuts and blocks[-1]:
+            blocks.append([])
+    blocks = [b for b in blocks if b]
+    placed = {n for b in blocks for n in b}
+    if len(blocks) < min(len(quantized), target) / 2 or placed != wanted:
+        size = max(1, math.ceil(len(quantized) / target))
+        blocks = [list(quantized[i:i + size]) for i in range(0, len(quantized), size)]
+    while len(blocks) > max(1, target):  # a chain cuts after every layer: merge neighbours,
+        i = min(range(len(blocks) - 1),  # the smallest pair first
+                key=lambda k: (len(blocks[k]) + len(blocks[k + 1]), k))
+        blocks[i:i + 2] = [blocks[i] + blocks[i + 1]]
+    return [LayerGroup(b[0] if len(b) == 1 else f"{b[0]}..{b[-1]}", tuple(b),
+                       sum(costs.get(n, 1.0) for n in b)) for b in blocks]
 
 
 @dataclass
@@ -196,6 +231,7 @@ class RaceOutcome:
     winner: Literal["current", "trial"]
     status: str  # decided / tied / undecided
     ratio: float  # trial time / current time (median paired ratio)
+    high: float  # the upper end of that ratio's interval (the race's confidence)
     report: dict[str, Any]
 
 
@@ -206,7 +242,7 @@ Race = Callable[[float], RaceOutcome]  # the race's time budget -> outcome
 def greedy_search(ranked: Sequence[GroupScore], groups: Mapping[str, LayerGroup],
                   start_agreement: float, min_agreement: float, measure: Measure,
                   race: Race | None, on_keep: Callable[[bool], None] | None = None,
-                  budget_s: float = 120.0, max_steps: int = 8,
+                  budget_s: float = 120.0, max_steps: int = 8, margin_pct: float = 3.0,
                   clock: Callable[[], float] = time.monotonic,
                   progress: Callable[[str], None] | None = None) -> SearchResult:
     """Try the `ranked` groups one at a time on the real engine (see the module doc).
@@ -249,13 +285,14 @@ def greedy_search(ranked: Sequence[GroupScore], groups: Mapping[str, LayerGroup]
             outcome = race(max(1.0, min(budget_s - (clock() - start), budget_s / 3)))
             step.race = outcome.report
             faster = outcome.winner == "trial" and outcome.status == "decided"
-            tied_better = outcome.status == "tied" and agreement > current
-            step.kept = faster or tied_better
-            step.why = (f"{outcome.ratio:.2f}x the time ({outcome.status}), agreement "
-                        f"{current:.4f} -> {agreement:.4f}: "
+            no_slower = outcome.high <= 1 + margin_pct / 100
+            better = no_slower and agreement > current
+            step.kept = faster or better
+            step.why = (f"{outcome.ratio:.2f}x the time (at most {outcome.high:.2f}x; "
+                        f"{outcome.status}), agreement {current:.4f} -> {agreement:.4f}: "
                         + ("faster beyond the noise" if faster else
-                           "tied and more accurate" if tied_better else
-                           "no faster and no more accurate at equal speed, dropped"))
+                           f"more accurate and no slower than +{margin_pct:g}%" if better else
+                           "not proven faster, nor more accurate at no cost in time: dropped"))
         step.seconds = clock() - t0
         result.steps.append(step)
         if on_keep is not None:

@@ -49,6 +49,7 @@ from trtflow.params import CalibrationConfig, SelectPolicy, Target
 from trtflow.quant.layer_precision import RaceOutcome, SearchResult
 
 SELECTION_FILE = "selection.json"
+RANKING_SAMPLES = 8  # of the selection split, for the fake-quantized ranking of groups
 CANDIDATES_DIR = "candidates"
 _SIMPLICITY = {"fp32": 0, "bf16": 1, "int8": 2}  # the preference inside a proven tie
 
@@ -341,8 +342,8 @@ class _LayerSearch:
         began = time.monotonic()
         model = onnx.load(str(source))
         amax, base = calib.amax(), calib.float_layers()
-        ev = Evaluator(model, [self.selection], self.metric,
-                       self.threads or default_threads())
+        few = {k: v[:RANKING_SAMPLES] for k, v in self.selection.items()}
+        ev = Evaluator(model, [few], self.metric, self.threads or default_threads())
         groups = layer_groups(model, [n for n in ev.quantized_nodes(amax) if n not in base])
         fake, ranked = rank_groups(ev, amax, groups, base, self.progress)
         self.ranking = {"start": start.name, "groups": len(groups),
@@ -375,11 +376,9 @@ class _LayerSearch:
         def race(budget_s: float) -> RaceOutcome:
             cur, trial = names["current"], names["trial"]
             verdict = self._race([cur, trial], [loaded["current"], loaded["trial"]], budget_s)
-            ratio = math.exp(np.mean([math.log(verdict.p50_ms[trial][b]
-                                               / verdict.p50_ms[cur][b])
-                                      for b in self.inputs]))
+            ratio, high = _trial_ratio(verdict, cur, trial)
             return RaceOutcome("trial" if verdict.winner == trial else "current",
-                               verdict.status, float(ratio), verdict.as_dict())
+                               verdict.status, ratio, high, verdict.as_dict())
 
         def on_keep(kept: bool) -> None:
             trial = names.pop("trial")
@@ -392,8 +391,10 @@ class _LayerSearch:
                 shutil.rmtree(self.work / trial, ignore_errors=True)
                 self.reports.pop(trial, None)
 
+        left = max(0.0, self.policy.budget_s - (time.monotonic() - began))
         result = greedy_search(ranked, by_name, start.agreement, self.min_agreement, measure,
-                               race, on_keep, self.policy.budget_s, progress=self.progress)
+                               race, on_keep, left, margin_pct=self.policy.margin_pct,
+                               progress=self.progress)
         loaded.clear()
         if not result.kept_groups:
             return start, result
@@ -432,6 +433,23 @@ class _LayerSearch:
 
     def report(self, layer: tuple[Candidate, SearchResult]) -> dict[str, Any]:
         return {**self.ranking, "result": layer[0].name, **layer[1].as_dict()}
+
+
+def _trial_ratio(verdict: RaceVerdict, current: str, trial: str) -> tuple[float, float]:
+    """The trial's time over the current engine's (median paired ratio) and the upper end
+    of its interval, from a race of the two."""
+    for comp in verdict.comparisons:
+        if comp.candidate == trial:  # the current engine leads
+            return comp.ratio, comp.high
+        if comp.candidate == current:  # the trial leads: invert current / trial
+            return 1 / comp.ratio, 1 / comp.low if comp.low > 0 else math.inf
+    pruned = verdict.pruned.get(trial) or verdict.pruned.get(current)
+    if pruned is not None:
+        low, high = pruned["interval"]
+        if pruned["candidate"] == trial:
+            return float(pruned["ratio_vs_leader"]), float(high)
+        return 1 / float(pruned["ratio_vs_leader"]), 1 / low if low > 0 else math.inf
+    return 1.0, math.inf
 
 
 def _last_race_times(result: SearchResult, trial: str, name: str
