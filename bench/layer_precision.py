@@ -16,7 +16,8 @@ Part ``selection``: ``precision: best`` restricted to its INT8 candidates (every
 variant: float depthwise / MatMul blocks, OpenVINO schemes) on the auto calibration, gate
 0.99 cosine on the selection split; then, side by side in one latency race of fixed rounds
 (bs 1 and 8, interleaved, paired ratios with their 99 % interval): the class-level INT8 pick,
-the per-layer pick (what ``select_engine`` keeps after per-layer precision) and OpenVINO +
+the per-layer pick (what ``select_engine`` keeps after per-layer precision), the same
+OpenVINO graph with its float parts in bf16 (where the CPU has it) and OpenVINO +
 NNCF INT8 (``nncf.quantize`` defaults on the same calibration samples; transformer type for
 DistilBERT), each with its held-out cosine. CPU flags and the load average go in the JSON.
 
@@ -217,7 +218,33 @@ def nncf_engine(clean: Path, feeds: list[dict[str, np.ndarray]], model: str) -> 
     return Engine()
 
 
-def selection_part(model: str, n: int, budget_s: float, rounds: int) -> dict[str, Any]:
+def has_bf16() -> bool:
+    from trtflow.stages.select import has_bf16 as found
+
+    return found()
+
+
+def openvino_bf16(ir: Path) -> Any:
+    """The per-layer pick's OpenVINO graph (its Q/DQ IR) compiled with the float parts in
+    bf16 (INFERENCE_PRECISION_HINT bf16): what a `bf16` float precision would give."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(ir), "CPU", {
+        "INFERENCE_NUM_THREADS": threads(), "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "bf16", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
+    request = compiled.create_infer_request()
+    names = [o.get_any_name() for o in compiled.outputs]
+
+    class Engine:
+        def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            result = {p.get_any_name(): v for p, v in request.infer(inputs).items()}
+            return {n: np.array(result[n]) for n in names}
+
+    return Engine()
+
+
+def selection_part(model: str, n: int, budget_s: float, rounds: int, method: str = "auto"
+                   ) -> dict[str, Any]:
     from trtflow.backends import Calibration, build_engine, load_engine
     from trtflow.backends.onnxruntime_backend import OrtEngine
     from trtflow.datasets import tile_batch
@@ -228,7 +255,7 @@ def selection_part(model: str, n: int, budget_s: float, rounds: int) -> dict[str
     clean = prepare(model)
     feeds = samples(model, n, 0)
     held = samples(model, HELD_OUT, 1)
-    calib_dir = WORK / model / "calib-auto"
+    calib_dir = WORK / model / f"calib-{method}"
     if not calib_dir.is_file() and not (calib_dir / "scales.json").is_file():
         raise SystemExit(f"{model}: run the calibration part first ({calib_dir})")
     calibration = Calibration(calib_dir)
@@ -259,6 +286,8 @@ def selection_part(model: str, n: int, budget_s: float, rounds: int) -> dict[str
             calib = _with_float_ops(calibration, clean, tuple(row["float_ops"]), cls_dir)
         build_engine(clean, Target.model_validate(row["target"]), cls_dir, calib)
         engines["class-level"] = load_engine(cls_dir, threads(), spinning=False)
+    if (out / "model.xml").is_file() and has_bf16():  # OpenVINO: the float parts in bf16
+        engines["per-layer-bf16"] = openvino_bf16(out / "model.xml")
     engines["nncf-int8"] = nncf_engine(clean, [{k: v[i:i + 1] for k, v in f.items()}
                                                for f in feeds
                                                for i in range(len(next(iter(f.values()))))],
@@ -275,7 +304,7 @@ def selection_part(model: str, n: int, budget_s: float, rounds: int) -> dict[str
                        order=list(engines))
     nncf_p50 = verdict.p50_ms["nncf-int8"]
     return {
-        "samples": n, "select_seconds": select_s, "winner": chosen["winner"],
+        "samples": n, "calibration": method, "select_seconds": select_s, "winner": chosen["winner"],
         "class_level": class_name, "why": chosen["why"],
         "held_out_cosine": accuracy,
         "p50_ms": verdict.p50_ms, "noise_pct": verdict.noise_pct,
@@ -299,6 +328,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--budget", type=float, default=60.0, help="select.budget_s")
     parser.add_argument("--rounds", type=int, default=15, help="rounds of the final race")
+    parser.add_argument("--calibration", default="auto", choices=["entropy", "max", "auto"],
+                        help="the calibration the selection part uses (the calibration "
+                        "part writes all three)")
     parser.add_argument("--out", type=Path, default=RESULTS / "layer_precision.json")
     args = parser.parse_args()
     results: dict[str, Any] = {}
@@ -311,12 +343,15 @@ def main() -> None:
         row["uptime_before"] = uptime()
         for part in args.parts:
             start = time.perf_counter()
-            row[part] = (calibration_part(model, args.samples) if part == "calibration" else
-                         selection_part(model, args.samples, args.budget, args.rounds))
-            row[part]["part_seconds"] = time.perf_counter() - start
+            key = part if part == "calibration" or args.calibration == "auto" else \
+                f"{part}-{args.calibration}"
+            row[key] = (calibration_part(model, args.samples) if part == "calibration" else
+                        selection_part(model, args.samples, args.budget, args.rounds,
+                                       args.calibration))
+            row[key]["part_seconds"] = time.perf_counter() - start
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2, default=str))
-            print(model, part, json.dumps({k: v for k, v in row[part].items() if k in (
+            print(model, key, json.dumps({k: v for k, v in row[key].items() if k in (
                 "rows", "winner", "class_level", "held_out_cosine", "speed_vs_nncf",
                 "select_seconds")}, indent=1, default=str), flush=True)
     print(f"wrote {args.out}")

@@ -163,8 +163,13 @@ def test_the_search_stops_at_its_budget_and_at_max_steps() -> None:
     result = greedy_search(ranked, groups, 0.9, 0.99, lambda layers: 0.91, None,
                            budget_s=10.0, clock=lambda: next(now))
     assert len(result.steps) == 1 and result.stopped.startswith("budget")
-    capped = greedy_search(ranked, groups, 0.9, 0.999, lambda layers: 0.95, None, max_steps=2)
+    free = iter([0.996, 0.997, 0.998])
+    capped = greedy_search(ranked, groups, 0.995, 0.99, lambda layers: next(free),
+                           lambda budget: RaceOutcome("current", "undecided", 1.0, 1.1, {}),
+                           max_steps=2)
     assert len(capped.steps) == 2 and "2 trials" in capped.stopped
+    gate = greedy_search(ranked, groups, 0.9, 0.999, lambda layers: 0.95, None, max_steps=2)
+    assert len(gate.steps) == 3  # reaching the gate is bounded by the budget only
 
 
 def _calibrated(tmp_path: Path, method: str = "entropy") -> tuple[Path, Path, dict]:

@@ -25,7 +25,8 @@ of cost. This module does the same one measured step at a time:
      faster beyond the noise, or more accurate and, at the race's confidence, no slower
      than ``margin_pct`` (the upper end of its time ratio's interval): accuracy that
      costs no speed. Anything else is dropped.
-   The search stops at ``max_steps`` trials or when ``budget_s`` of wall time is spent.
+   The search stops when ``budget_s`` of wall time is spent, in free mode also after
+   ``max_steps`` trials.
 
 The search itself is pure logic over the callbacks it is given (build-and-measure, race),
 so it is tested on given numbers; ``trtflow.stages.select`` supplies real engines.
@@ -258,7 +259,7 @@ def greedy_search(ranked: Sequence[GroupScore], groups: Mapping[str, LayerGroup]
     current = start_agreement
     for row in ranked:
         elapsed = clock() - start
-        if len(result.steps) >= max_steps:
+        if mode == "free" and len(result.steps) >= max_steps:
             result.stopped = f"{max_steps} trials (the most a search makes)"
             break
         if elapsed >= budget_s:
