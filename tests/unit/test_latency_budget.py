@@ -95,3 +95,20 @@ def test_validate_reports_its_budget_noise_and_progress(tmp_path: Path) -> None:
     assert any(line.startswith("validate latency 2/2: batch 4") and "left" in line
                for line in lines)
     assert any("speed-up" in line and "±" in line for line in lines)
+
+
+def test_recorded_reference_keeps_no_more_than_its_limit() -> None:
+    runs: list[int] = []
+
+    def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        runs.append(len(inputs["x"]))
+        return {"y": inputs["x"].astype(np.float64)}
+
+    recorded = RecordedReference(reference, limit_bytes=8 * 6)  # room for the first batch
+    batches = [{"x": np.ones(4)}, {"x": np.ones(4)}]
+    for b in batches:
+        recorded(b)
+    recorded.replay()
+    for b in batches:
+        recorded(b)
+    assert runs == [4, 4, 4]  # the first replayed, the second run again

@@ -67,17 +67,25 @@ def at_batch(runner: Runner, batch: int, who: str) -> Runner:
 class RecordedReference:
     """The reference runner, its outputs kept in call order on the first pass over the
     evaluation data and replayed on the next (the Q/DQ graph's quality), so the FP32
-    model runs over the data once. A replay checks the batch has the rows recorded."""
+    model runs over the data once. A replay checks the batch has the rows recorded;
+    outputs beyond `limit_bytes` in all are not kept (the reference runs again)."""
 
-    def __init__(self, reference: Runner) -> None:
-        self.reference = reference
+    def __init__(self, reference: Runner, record: bool = True,
+                 limit_bytes: int = 512 << 20) -> None:
+        self.reference, self.record, self.limit_bytes = reference, record, limit_bytes
         self.outputs: list[dict[str, np.ndarray]] = []
+        self.kept_bytes = 0
         self.replaying: int | None = None
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.replaying is None:
             out = self.reference(inputs)
-            self.outputs.append(out)
+            size = sum(v.nbytes for v in out.values())
+            if self.record and self.kept_bytes + size <= self.limit_bytes:
+                self.outputs.append(out)
+                self.kept_bytes += size
+            else:
+                self.record = False  # replay stops where the record does
             return out
         rows = len(next(iter(inputs.values())))
         i, self.replaying = self.replaying, self.replaying + 1
@@ -258,7 +266,8 @@ def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batche
     def say(phase: str) -> Progress | None:
         return None if progress is None else (lambda msg: progress(f"{phase}: {msg}"))
 
-    recorded = RecordedReference(reference)
+    recorded = RecordedReference(reference, record=qdq_model is not None
+                                 and qdq_model.is_file())
     reference = recorded
     engine_run: Runner = engine.run
     if batch is not None:
