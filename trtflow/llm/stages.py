@@ -65,11 +65,20 @@ def _say(ctx: Context, message: str) -> None:
         ctx.progress(message)
 
 
+def _quiet_transformers() -> None:
+    """No tqdm bars from transformers' loaders inside a stage: its progress is the
+    stage's own messages (the CLI's progress line)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def float_model(export: StageResult) -> tuple[Any, Any]:
     """The float LlamaForCausalLM and tokenizer the export stage saved."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
+    _quiet_transformers()
     folder = str(export.file(HF_FOLDER))
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(folder)
@@ -104,6 +113,7 @@ def run_export(ctx: Context, target: str | None, out: Path) -> dict[str, Any]:
 
     src = ctx.params.model.source
     path = decoder_path(str(src.decoder), ctx.root)
+    _quiet_transformers()
     _say(ctx, f"loading {path.name} as a float causal LM")
     loaded = load_decoder("smollm2" if src.decoder == "smollm2" else path)
     report: dict[str, Any] = {"source": str(src.decoder), "gguf_grid": loaded.gguf_grid}

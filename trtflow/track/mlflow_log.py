@@ -138,13 +138,23 @@ def headline_view(params: Params) -> dict[str, Any]:
     metrics = [quality, *(["agreement"] if quality == "accuracy" else []),
                f"engine.bs{bs}.p50_ms", f"speedup.bs{bs}", f"engine.bs{bs}.noise_pct",
                "engine_bytes"]
+    if params.model.source.decoder is not None:  # lowest perplexity first; decode speed
+        return {**_view_with(["perplexity", "perplexity_increase", "agreement",
+                                    "greedy_agreement", f"decode_tokens_per_s.bs{bs}",
+                                    f"speedup.bs{bs}", "engine_bytes"]),
+                "orderByKey": "metrics.`perplexity`", "orderByAsc": True}
+    return {**_view_with(metrics), "orderByKey": f"metrics.`{quality}`",
+            "orderByAsc": False}
+
+
+def _view_with(metrics: list[str]) -> dict[str, Any]:
+    """The headline view's columns and filter, with these metrics."""
     columns = [f"params.`{p}`" for p in ("target.backend", "target.precision",
                                          "engine.precision", "calibration.method_chosen")]
     columns += [f"metrics.`{m}`" for m in metrics]
     columns += ["tags.`trtflow.gates_passed`", "tags.`trtflow.registered_version`"]
-    return {"selectedColumns": columns, "searchFilter": "tags.`trtflow.target` LIKE '%'",
-            # sorting by a metric (not start time) also lists nested runs flat
-            "orderByKey": f"metrics.`{quality}`", "orderByAsc": False}
+    # sorting by a metric (not start time) also lists nested runs flat
+    return {"selectedColumns": columns, "searchFilter": "tags.`trtflow.target` LIKE '%'"}
 
 
 def describe_experiment(exp_id: str, params: Params) -> None:
