@@ -91,7 +91,8 @@ def test_validate_reports_its_budget_noise_and_progress(tmp_path: Path) -> None:
     assert report.latency.budget_s == 2.0 and report.latency.seconds is not None
     assert set(report.speedup_noise_pct) == {1, 4}
     assert all(r.iterations <= 8 for r in report.latency.engine + report.latency.baseline)
-    assert any(line.startswith("validate quality: 4 samples") for line in lines)
+    assert any(line.startswith("validate quality: 4/8 samples, ~") and line.endswith("left")
+               for line in lines)
     assert any(line.startswith("validate latency 2/2: batch 4") and "left" in line
                for line in lines)
     assert any("speed-up" in line and "±" in line for line in lines)

@@ -99,17 +99,23 @@ class RecordedReference:
 
 
 def accuracy_and_agreement(engine: Runner, reference: Runner, batches: Iterable[Any],
-                           metric: str, progress: Progress | None = None) -> Quality:
+                           metric: str, progress: Progress | None = None,
+                           total: int | None = None) -> Quality:
     """Stream the evaluation data through both; top-1 or cosine agreement, errors, accuracy.
     Each batch's outputs must keep its rows, and the labels match them (`check_rows`).
-    `progress` gets the samples done so far after each batch."""
+    `progress` gets the samples done so far (of `total`, with the time left) per batch."""
+    from trtflow.progress_estimate import time_left
+
     n = correct_eng = correct_ref = agree = labelled_n = 0
     label_counts: Counter[int] = Counter()
     cos_sum, max_abs, abs_sum, numel = 0.0, 0.0, 0.0, 0
     start = time.monotonic()
     for batch in batches:
         if progress is not None and n:
-            progress(f"{n} samples, {time.monotonic() - start:.0f} s")
+            elapsed = time.monotonic() - start
+            left = time_left(elapsed, n, total) if total else ""
+            progress(f"{n}/{total} samples, {left}" if left else
+                     f"{n} samples, {elapsed:.0f} s")
         eng, ref = engine(batch.inputs), reference(batch.inputs)
         rows = len(next(iter(batch.inputs.values())))
         check_rows(eng, rows, "the engine's", batch.labels)
@@ -229,8 +235,20 @@ def latency_side_by_side(engine: Runner, baseline: Runner, make_inputs: Callable
                    seconds=time.monotonic() - start)
 
 
+def sample_count(batches: Any) -> int | None:
+    """How many samples the evaluation data holds, where it says without running a model:
+    the datasets' streams count samples, a list of batches its rows."""
+    if isinstance(batches, list | tuple):
+        return sum(len(next(iter(b.inputs.values()))) for b in batches)
+    try:
+        return len(batches)
+    except TypeError:
+        return None
+
+
 def qdq_model_quality(qdq_path: Path, reference: Runner, eval_batches: Any, metric: str,
-                      progress: Progress | None = None) -> QdqModelQuality:
+                      progress: Progress | None = None,
+                      total: int | None = None) -> QdqModelQuality:
     """Accuracy/agreement of the Q/DQ graph TensorRT is handed, run by ONNX Runtime at its
     basic level (no QDQ fusion: it computes what the Q/DQ says), as TensorRT's stand-in."""
     import onnxruntime as ort
@@ -246,7 +264,7 @@ def qdq_model_quality(qdq_path: Path, reference: Runner, eval_batches: Any, metr
         return dict(zip(outputs, session.run(outputs, {n: inputs[n] for n in names}),
                         strict=True))
 
-    quality = accuracy_and_agreement(run, reference, eval_batches, metric, progress)
+    quality = accuracy_and_agreement(run, reference, eval_batches, metric, progress, total)
     return QdqModelQuality(file=qdq_path.name, **quality.model_dump())
 
 
@@ -276,15 +294,16 @@ def validate(engine: Engine, reference: Runner, baseline_label: str, eval_batche
         cfg = cfg.model_copy(update={"batch_sizes": [batch]})
     if progress is not None:
         progress(f"validate: {target} engine vs {baseline_label} on the evaluation data")
+    total = sample_count(eval_batches) if progress is not None else None
     quality = accuracy_and_agreement(engine_run, reference, eval_batches, metric,
-                                     say("validate quality"))
+                                     say("validate quality"), total)
     qdq_quality = None
     if qdq_model is not None and qdq_model.is_file():
         if progress is not None:
             progress(f"validate: the Q/DQ graph {qdq_model.name} (ONNX Runtime, unfused)")
         recorded.replay()
         qdq_quality = qdq_model_quality(qdq_model, reference, eval_batches, metric,
-                                        say("validate Q/DQ graph"))
+                                        say("validate Q/DQ graph"), total)
     # an engine that cannot run here (`latency_note`) is timed never: its stand-in's
     # latency would be another engine's number
     latency_note = getattr(engine, "latency_note", None)
