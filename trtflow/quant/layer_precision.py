@@ -244,6 +244,7 @@ def greedy_search(ranked: Sequence[GroupScore], groups: Mapping[str, LayerGroup]
                   start_agreement: float, min_agreement: float, measure: Measure,
                   race: Race | None, on_keep: Callable[[bool], None] | None = None,
                   budget_s: float = 120.0, max_steps: int = 8, margin_pct: float = 3.0,
+                  race_budget_s: float | None = None,
                   clock: Callable[[], float] = time.monotonic,
                   progress: Callable[[str], None] | None = None) -> SearchResult:
     """Try the `ranked` groups one at a time on the real engine (see the module doc).
@@ -254,6 +255,9 @@ def greedy_search(ranked: Sequence[GroupScore], groups: Mapping[str, LayerGroup]
     current engine (so it can drop the one it no longer needs: one engine pair loaded at
     a time). Without ``race`` the free mode keeps nothing."""
     mode: Mode = "gate" if start_agreement < min_agreement else "free"
+    # each race gets a third of the budget even when less is left (a race cut to a few
+    # rounds proves nothing); the search then stops: budget_s plus one trial at most
+    step_race_s = max(1.0, race_budget_s or budget_s / 3)
     result = SearchResult(mode, start_agreement, start_agreement)
     start = clock()
     current = start_agreement
@@ -283,7 +287,7 @@ def greedy_search(ranked: Sequence[GroupScore], groups: Mapping[str, LayerGroup]
         elif agreement < min_agreement:
             step.why = f"agreement {agreement:.4f} misses the gate {min_agreement:.4f}"
         elif race is not None:
-            outcome = race(max(1.0, min(budget_s - (clock() - start), budget_s / 3)))
+            outcome = race(step_race_s)
             step.race = outcome.report
             faster = outcome.winner == "trial" and outcome.status == "decided"
             no_slower = outcome.high <= 1 + margin_pct / 100

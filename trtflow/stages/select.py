@@ -394,7 +394,7 @@ class _LayerSearch:
         left = max(0.0, self.policy.budget_s - (time.monotonic() - began))
         result = greedy_search(ranked, by_name, start.agreement, self.min_agreement, measure,
                                race, on_keep, left, margin_pct=self.policy.margin_pct,
-                               progress=self.progress)
+                               race_budget_s=self.policy.budget_s / 3, progress=self.progress)
         loaded.clear()
         if not result.kept_groups:
             return start, result
