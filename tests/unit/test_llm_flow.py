@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from trtflow.context import Context, preflight
-from trtflow.errors import DataError, ModelError, ParamsError
+from trtflow.errors import CalibrationError, DataError, ModelError, ParamsError
 from trtflow.params import load_params, parse_params
 from trtflow.plan import plan, run_up_to, steps_for
 from trtflow.stages.validation_report import ValidationReport
@@ -224,4 +224,15 @@ def test_prompt_longer_than_the_context_fails_preflight(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"validate\.decoder\.prompt_tokens of tiny: 45 tokens "
                        r"\+ 6 new tokens exceed the model's context of 48"):
         run_up_to(ctx, "validate", "fp32")
+    assert stored_files(tmp_path) == []
+
+
+def test_group_size_that_does_not_divide_the_hidden_size_fails_preflight(tmp_path: Path) -> None:
+    params = PARAMS.replace("weight_only: {method: awq,", "weight_only: {method: awq, "
+                            "group_size: 128,")  # the tiny decoder's hidden size is 64
+    ctx = Context.create(load_params(project(tmp_path, params)), tmp_path)
+    with pytest.raises(CalibrationError, match=r"model: hidden size 64 is not a multiple of "
+                       r"targets\.int4\.weight_only\.group_size 128; expected a group size "
+                       r"that divides it \(\[16, 32, 64\]\)"):
+        run_up_to(ctx, "validate", "fp32")  # any run of these params: checked up front
     assert stored_files(tmp_path) == []

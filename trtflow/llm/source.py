@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trtflow.errors import ModelError
-from trtflow.params import ModelConfig, TensorSpec
+from trtflow.errors import CalibrationError, ModelError
+from trtflow.params import WEIGHT_ONLY, ModelConfig, TensorSpec, WeightOnly
 from trtflow.sources.kinds import SourceKindBase, hashed
 from trtflow.store import ArtifactStore, file_digest
 
@@ -169,14 +169,25 @@ def decoder_path(value: str, root: Path) -> Path:
     return path
 
 
-def check_decoder(path: Path) -> int:
-    """Check a GGUF or Hugging Face folder without loading it; its context length."""
+@dataclass(frozen=True)
+class DecoderSizes:
+    """What the header says, without loading the weights (0 where it does not say)."""
+
+    context: int
+    hidden: int
+    intermediate: int
+
+
+def check_decoder(path: Path) -> DecoderSizes:
+    """Check a GGUF or Hugging Face folder without loading it; its sizes."""
     if path.is_file():
         meta = check_gguf(path)
         arch = meta["general.architecture"]
-        return int(meta.get(f"{arch}.context_length") or 0)
+        return DecoderSizes(*(int(meta.get(f"{arch}.{k}") or 0) for k in (
+            "context_length", "embedding_length", "feed_forward_length")))
     config = check_hf_folder(path)
-    return int(config.get("max_position_embeddings") or 0)
+    return DecoderSizes(*(int(config.get(k) or 0) for k in (
+        "max_position_embeddings", "hidden_size", "intermediate_size")))
 
 
 class DecoderKind(SourceKindBase):
@@ -199,21 +210,35 @@ class DecoderKind(SourceKindBase):
         return []  # the KV-cache graph's inputs are written by export; no generic checks
 
     def check(self, ctx: Context) -> int | None:
-        """The source's header, the text data (strict UTF-8) and the speed prompt vs the
-        context, before any stage runs."""
+        """The source's header, the text data (strict UTF-8), the speed prompt vs the
+        context and the weight-only group sizes vs the model's sizes, before any stage
+        runs."""
         from trtflow.llm.data import read_text
         from trtflow.llm.generate import check_context
         from trtflow.params import project_path
 
         params = ctx.params
-        context = check_decoder(decoder_path(str(params.model.source.decoder), ctx.root))
+        path = decoder_path(str(params.model.source.decoder), ctx.root)
+        sizes = check_decoder(path)
         for split in ("calibration", "evaluation"):
             source = getattr(params.data, split)
             read_text(project_path(str(source.text), ctx.root, f"data.{split}.text"))
         ev = params.validate_.decoder
-        if context:
-            check_context(ev.prompt_tokens, ev.new_tokens, context,
+        if sizes.context:
+            check_context(ev.prompt_tokens, ev.new_tokens, sizes.context,
                           f"validate.decoder.prompt_tokens of {ctx.params.model.name}")
+        for name, target in params.targets.items():  # the calibrate stage checks it again
+            if target.precision not in WEIGHT_ONLY:
+                continue
+            group = (target.weight_only or WeightOnly()).group_size
+            for rows, what in ((sizes.hidden, "hidden size"),
+                               (sizes.intermediate, "intermediate size")):
+                if rows and rows % group:
+                    fits = [g for g in (16, 32, 64, 128, 256) if rows % g == 0]
+                    raise CalibrationError(
+                        f"{path}: {what} {rows} is not a multiple of targets.{name}."
+                        f"weight_only.group_size {group}; expected a group size that divides "
+                        f"it ({fits})")
         return None
 
 
