@@ -75,6 +75,10 @@ def publish(
         return
     state = "already published, verified" if result.already_published else "published"
     out.print(f"{state}: {result.uri}")
+    label = result.uri.rstrip("/").rsplit("/", 1)[-1]
+    out.print(f"fetch it with: trtflow fetch {result.manifest['model']} {label} DIR "
+              f"--bucket {bucket}" + (f" --prefix {prefix}" if prefix != "trtflow" else ""),
+              soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -82,9 +86,13 @@ def fetch(
     model: Annotated[str, typer.Argument(help="model name (params model.name)")],
     version: Annotated[str, typer.Argument(
         help="published label, the last part of the URI `trtflow history MODEL` prints "
-        "(e.g. int8-713045f9a927), or the --version given to `trtflow publish`")],
+        "(e.g. int8-713045f9a927); with --target, a registry version or alias of "
+        "MODEL-TARGET (1, production)")],
     dest: Annotated[Path, typer.Argument(help="directory to create")],
     bucket: Annotated[str, BUCKET],
+    target: Annotated[str | None, typer.Option(
+        "--target", "-t", help="read VERSION as this target's registry version or alias and "
+        "fetch what it was published as")] = None,
     prefix: Annotated[str, PREFIX] = "trtflow",
     endpoint_url: Annotated[str | None, ENDPOINT] = None,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
@@ -96,15 +104,42 @@ def fetch(
         from trtflow.track.publish import fetch as fetch_engine
         from trtflow.track.publish import s3_client
 
+        label = registry_label(model, target, version, bucket, root) if target else version
         try:
-            result = fetch_engine(bucket, prefix, model, version, dest,
+            result = fetch_engine(bucket, prefix, model, label, dest,
                                   client=s3_client(endpoint_url) if endpoint_url else None)
         except NotPublishedError as exc:
+            if target:
+                raise
             raise NotPublishedError(f"{exc}{published_labels(model, version, root)}") from None
     except TrtflowError as exc:
         fail(exc)
         return
     out.print(f"fetched and verified {len(result.manifest['files'])} files: {result.dest}")
+
+
+def registry_label(model: str, target: str, version: str, bucket: str, root: Path) -> str:
+    """The published label of `model-target`'s registry version (or alias) `version`."""
+    from trtflow.errors import RegistryError
+    from trtflow.project import configure_environment
+    from trtflow.track import registry
+
+    configure_environment(root.resolve())
+    name = registry.registered_name(model, target)
+    rows = [r for r in registry.history(model) if r.name == name]
+    row = next((r for r in rows if version in (r.version, *r.aliases)), None)
+    if row is None:
+        raise RegistryError(f"{name} has no version or alias '{version}' (versions: "
+                            f"{', '.join(r.version for r in rows) or 'none'}; `trtflow "
+                            f"history {model}` lists them)")
+    if not row.published:
+        raise RegistryError(f"{name} v{row.version} is not published: `trtflow publish PARAMS "
+                            f"-t {target} --bucket {bucket}` publishes the engine its params "
+                            "build")
+    if not row.published.startswith(f"s3://{bucket}/"):
+        raise RegistryError(f"{name} v{row.version} was published to {row.published}, not to "
+                            f"the bucket {bucket}")
+    return row.published.rstrip("/").rsplit("/", 1)[-1]
 
 
 def published_labels(model: str, version: str, root: Path) -> str:
