@@ -236,3 +236,18 @@ def test_group_size_that_does_not_divide_the_hidden_size_fails_preflight(tmp_pat
                        r"that divides it \(\[16, 32, 64\]\)"):
         run_up_to(ctx, "validate", "fp32")  # any run of these params: checked up front
     assert stored_files(tmp_path) == []
+
+
+def test_a_finetuned_decoder_is_another_export_trained_on_the_calibration_text(
+        tmp_path: Path) -> None:
+    finetuned = PARAMS.replace("source: {decoder: model}", "source: {decoder: model, finetune: "
+                               "{steps: 2, batch: 2, window: 8, seed: 0}}")
+    plain = run_up_to(Context.create(load_params(project(tmp_path)), tmp_path), "export")[-1]
+    (tmp_path / "p.yaml").write_text(finetuned)
+    tuned = run_up_to(Context.create(load_params(tmp_path / "p.yaml"), tmp_path), "export")[-1]
+    assert tuned.key != plain.key and tuned.report["finetune"]["steps"] == 2
+    assert "finetune" not in plain.report
+    (tmp_path / "data" / "calibration.txt").write_text(" ".join(WORDS[::-1] * 30))
+    retrained = run_up_to(Context.create(load_params(tmp_path / "p.yaml"), tmp_path),
+                          "export")[-1]
+    assert retrained.key != tuned.key  # its key covers the text it trained on
