@@ -231,3 +231,12 @@ def test_an_int8_winner_gets_a_free_search_recorded_step_by_step(tmp_path: Path)
         assert step["race"] is None or set(step["race"]["p50_ms"]) == {
             "onnxruntime-int8", f"onnxruntime-int8+trial{layer['steps'].index(step) + 1}"}
     assert "per-layer precision" in report["selection"]["why"]
+
+
+def test_a_previous_per_layer_pick_races_as_the_candidate_it_started_from() -> None:
+    from trtflow.stages.select import _as_raced
+
+    assert _as_raced("openvino-int8+float2", ["openvino-int8", "onnxruntime-int8"]) == \
+        "openvino-int8"
+    assert _as_raced("ort-int8+float1", ["ort-int8+float1"]) == "ort-int8+float1"
+    assert _as_raced(None, ["x"]) is None

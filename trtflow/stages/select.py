@@ -254,7 +254,8 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
          for c in racing},
         RacePolicy(budget_s=policy.budget_s, min_rounds=min(8, policy.rounds),
                    max_rounds=policy.rounds, margin_pct=policy.margin_pct),
-        previous=previous, order=[c.name for c in racing], progress=progress)
+        previous=_as_raced(previous, [c.name for c in racing]),
+        order=[c.name for c in racing], progress=progress)
     for cand in racing:
         cand.p50_ms = verdict.p50_ms.get(cand.name, {})
         cand.noise_pct = verdict.noise_pct.get(cand.name, {})
@@ -286,6 +287,14 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
                         "layer_precision": search.report(layer) if search and layer else None}
     (out_dir / SELECTION_FILE).write_text(json.dumps(selection_report, indent=2))
     return {**reports[winner.name], "selection": selection_report}
+
+
+def _as_raced(previous: str | None, names: list[str]) -> str | None:
+    """The previous choice as the race knows it: a per-layer pick that is not in this race
+    ("openvino-int8+float2") races as the candidate it started from."""
+    if previous is None or previous in names:
+        return previous
+    return previous.split("+float")[0]
 
 
 def _agreement(engine: Any, selection: dict[str, np.ndarray],
