@@ -22,7 +22,7 @@ from trtflow.atomic import atomic_file
 from trtflow.context import Context
 from trtflow.names import inside
 from trtflow.params import load_params
-from trtflow.plan import run_up_to
+from trtflow.plan import run_up_to, steps_for
 from trtflow.stage import StageResult
 from trtflow.stages.validation_report import ValidationReport
 from trtflow.store import META_FILE
@@ -38,9 +38,11 @@ def resolve_stages(name: str, params_path: Path, target: str | None, root: Path
     return run_up_to(Context.create(load_params(params_path), root), name, target)
 
 
-def default_output(root: Path, model: str, name: str, target: str | None) -> Path:
-    """`build/<model>/<stage>[-target]`; calibration is per model, so never suffixed."""
-    suffix = f"-{target}" if target and name != "calibrate" else ""
+def default_output(root: Path, model: str, name: str, target: str | None,
+                   per_target: bool) -> Path:
+    """`build/<model>/<stage>[-target]`: suffixed where the model's plan runs the
+    stage once per target (a decoder's weight-only calibrate is; a CNN's is not)."""
+    suffix = f"-{target}" if target and per_target else ""
     return inside(root / "build", model, f"{name}{suffix}")
 
 
@@ -50,7 +52,8 @@ def run_single_stage(name: str, params_path: Path, target: str | None, output: P
     build/<model>/<stage>[-target]); the result and where it was copied."""
     result = resolve_stages(name, params_path, target, root)[-1]
     params = load_params(params_path)
-    dest = output or default_output(root, params.model.name, name, target)
+    per_target = steps_for(params)[name].per_target
+    dest = output or default_output(root, params.model.name, name, target, per_target)
     _copy_artifact(Path(result.path), dest)
     if name == "validate":
         write_validation_summaries(ValidationReport.of(result), dest)
