@@ -62,6 +62,18 @@ def test_data_path_outside_the_project_names_root_and_leaves_no_state(tmp_path: 
         assert not (tmp_path / ".trtflow").exists()  # nothing written, nothing left
 
 
+def test_fetch_by_registry_version_outside_a_project_says_where_it_looked(
+        tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # a user's
+    res = subprocess.run([sys.executable, "-m", "trtflow.cli", "fetch", "digits", "1", "-t",
+                          "int8", "out", "--bucket", "my-engines"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 2, res.stderr
+    message = " ".join(res.stderr.split())
+    assert f"--target reads the registry, and {tmp_path} has none" in message
+    assert "--root" in message and not (tmp_path / ".trtflow").exists()
+
+
 def test_malformed_params_file(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("model: {name: x, source: {builtin: digits}\n")
     res = trtflow("run", "p.yaml", cwd=tmp_path)

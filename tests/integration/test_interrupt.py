@@ -1,5 +1,6 @@
-"""Ctrl-C in a terminal stops `trtflow run`: exit 130, the Prefect flow run Cancelled, no
-server left behind, no half artifact, and the next run resumes from the finished stages."""
+"""Ctrl-C in a terminal stops `trtflow run`: exit 130, the Prefect flow run Cancelled, an
+MLflow run being logged KILLED, no server left behind, no half artifact, and the next run
+resumes from the finished stages."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import select
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .conftest import write_params
@@ -20,9 +22,11 @@ HANG = 60.0  # a hang detector, not a timing assertion: the old behaviour took 7
 
 
 def _run_in_terminal(root: Path, args: list[str], interrupt_at: str | None,
-                     api_url: str | None = None) -> tuple[int, str]:
-    """`trtflow ARGS` on a pty of its own; once `interrupt_at` shows, type Ctrl-C (the
-    terminal sends SIGINT to the whole foreground process group, as for a user)."""
+                     api_url: str | None = None, tracking_uri: str | None = None,
+                     interrupt_when: Callable[[], bool] | None = None) -> tuple[int, str]:
+    """`trtflow ARGS` on a pty of its own; once `interrupt_at` shows (or `interrupt_when`
+    says so), type Ctrl-C (the terminal sends SIGINT to the whole foreground process
+    group, as for a user)."""
     trtflow = str(Path(sys.executable).with_name("trtflow"))
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover (the child)
@@ -31,6 +35,8 @@ def _run_in_terminal(root: Path, args: list[str], interrupt_at: str | None,
             os.environ.pop(name, None)
         if api_url:
             os.environ["PREFECT_API_URL"] = api_url
+        if tracking_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         os.execv(trtflow, [trtflow, *args])
     output, sent, deadline = b"", 0.0, time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -44,7 +50,9 @@ def _run_in_terminal(root: Path, args: list[str], interrupt_at: str | None,
                 break
             output += chunk
         shown = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", output)
-        if interrupt_at and not sent and re.search(interrupt_at.encode(), shown):
+        due = (interrupt_at and re.search(interrupt_at.encode(), shown)) or \
+            (interrupt_when is not None and interrupt_when())
+        if due and not sent:
             os.write(fd, b"\x03")
             sent, deadline = time.monotonic(), time.monotonic() + HANG
     else:
@@ -52,8 +60,10 @@ def _run_in_terminal(root: Path, args: list[str], interrupt_at: str | None,
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     if sent:
-        print(f"Ctrl-C at {interrupt_at!r}: exited {time.monotonic() - sent:.2f} s later")
-    assert interrupt_at is None or sent, output.decode(errors="replace")[-3000:]
+        print(f"Ctrl-C at {interrupt_at or 'interrupt_when'!r}: exited "
+              f"{time.monotonic() - sent:.2f} s later")
+    assert (interrupt_at is None and interrupt_when is None) or sent, \
+        output.decode(errors="replace")[-3000:]
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
 
@@ -120,5 +130,46 @@ def test_ctrl_c_on_a_real_prefect_server_cancels_the_flow_run_and_the_server_liv
         assert code == 130, output[-3000:]
         assert _flow_run_states(root) == ["Cancelled"]
         assert healthy(server.api_url)  # the user's server is not ours to stop
+    finally:
+        server.stop()
+
+
+def test_ctrl_c_while_logging_to_a_real_mlflow_server_marks_the_runs_killed(
+        demo_root: Path, tmp_path: Path) -> None:
+    """Ctrl-C once the compile's MLflow runs are open (read from the server's own store):
+    exit 130, and every run of that compile is KILLED on the server, none left RUNNING or
+    marked FINISHED/FAILED as if the compile had ended."""
+    from mlflow import MlflowClient
+
+    from .mlflow_server import MlflowServer
+
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "data").symlink_to(demo_root / "data")
+    params = write_params(root)
+    store = tmp_path / "mlflow-store"
+    store.mkdir()
+    server = MlflowServer(tmp_path / "mlflow.log", store=store).wait()
+
+    def logging() -> bool:  # a run of the compile is open on the server
+        try:
+            with sqlite3.connect(f"file:{store / 'mlflow.db'}?mode=ro", uri=True) as db:
+                return bool(db.execute("SELECT 1 FROM runs WHERE status = 'RUNNING'")
+                            .fetchone())
+        except sqlite3.Error:  # the server is still creating its schema
+            return False
+
+    try:
+        code, output = _run_in_terminal(root, ["run", str(params), "-t", "int8"],
+                                        interrupt_at=None, tracking_uri=server.url,
+                                        interrupt_when=logging)
+        assert code == 130, output[-3000:]
+        runs = MlflowClient(tracking_uri=server.url).search_runs(
+            [e.experiment_id for e in MlflowClient(tracking_uri=server.url)
+             .search_experiments()])
+        assert runs, "no MLflow run was opened"
+        assert {r.info.status for r in runs} == {"KILLED"}, [
+            (r.info.run_name, r.info.status) for r in runs]
+        assert _flow_run_states(root) == ["Cancelled"]
     finally:
         server.stop()

@@ -120,11 +120,19 @@ def fetch(
 
 def registry_label(model: str, target: str, version: str, bucket: str, root: Path) -> str:
     """The published label of `model-target`'s registry version (or alias) `version`."""
+    import os
+
     from trtflow.errors import RegistryError
-    from trtflow.project import configure_environment
+    from trtflow.project import configure_environment, state_dir
     from trtflow.track import registry
 
-    configure_environment(root.resolve())
+    root = root.resolve()
+    if not os.environ.get("MLFLOW_TRACKING_URI") and \
+            not (state_dir(root) / "mlflow.db").is_file():
+        raise RegistryError(f"--target reads the registry, and {root} has none (no "
+                            ".trtflow/mlflow.db): run from the project directory or name it "
+                            "with --root, or give the published label instead")
+    configure_environment(root)
     name = registry.registered_name(model, target)
     rows = [r for r in registry.history(model) if r.name == name]
     row = next((r for r in rows if version in (r.version, *r.aliases)), None)
