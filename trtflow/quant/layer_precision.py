@@ -205,6 +205,7 @@ class Step:
 
 @dataclass
 class SearchResult:
+    start: str
     mode: Mode
     start_agreement: float
     agreement: float  # of the engine kept at the end
@@ -241,7 +242,7 @@ Race = Callable[[float], RaceOutcome]  # the race's time budget -> outcome
 
 
 def greedy_search(ranked: Sequence[GroupScore], groups: Mapping[str, LayerGroup],
-                  start_agreement: float, min_agreement: float, measure: Measure,
+                  start: str, start_agreement: float, min_agreement: float, measure: Measure,
                   race: Race | None, on_keep: Callable[[bool], None] | None = None,
                   budget_s: float = 120.0, max_steps: int = 8, margin_pct: float = 3.0,
                   race_budget_s: float | None = None,
@@ -258,11 +259,11 @@ def greedy_search(ranked: Sequence[GroupScore], groups: Mapping[str, LayerGroup]
     # each race gets a third of the budget even when less is left (a race cut to a few
     # rounds proves nothing); the search then stops: budget_s plus one trial at most
     step_race_s = max(1.0, race_budget_s or budget_s / 3)
-    result = SearchResult(mode, start_agreement, start_agreement)
-    start = clock()
+    result = SearchResult(start, mode, start_agreement, start_agreement)
+    began = clock()
     current = start_agreement
     for row in ranked:
-        elapsed = clock() - start
+        elapsed = clock() - began
         if mode == "free" and len(result.steps) >= max_steps:
             result.stopped = f"{max_steps} trials (the most a search makes)"
             break
@@ -313,5 +314,5 @@ def greedy_search(ranked: Sequence[GroupScore], groups: Mapping[str, LayerGroup]
     else:
         result.stopped = result.stopped or "every group that gains was tried"
     result.agreement = current
-    result.seconds = clock() - start
+    result.seconds = clock() - began
     return result

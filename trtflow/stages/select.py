@@ -17,15 +17,17 @@ runs out. An undecided race keeps the previous production choice where there is 
 and says it is no decision (``selection.json``: ``decided: false``).
 
 Then per-layer precision (``trtflow.quant.layer_precision``, where ``select.float_blocks``
-is on and there is a calibration): when the race's winner is INT8, its layer groups are
-tried in float one at a time, ranked by the accuracy the fake-quantized graph gains per
-MAC kept float, each trial built, measured on the selection split and raced against the
-current engine: a group stays float only where it is faster beyond the noise or proven
-tied and more accurate. When every INT8 candidate missed the accuracy gate, the most
-accurate of them gets groups kept float until it meets the gate (the fewest the ranking
-reaches it with), and then races the winner. Both searches stop at ``select.budget_s``;
-one trial engine is loaded beside the current one at a time. ``selection.json``'s
-``layer_precision`` records the ranking and every step (agreement, race, kept or why not).
+is on and there is a calibration). Where an INT8 candidate missed the accuracy gate, the
+most accurate of them gets layer groups kept float, ranked by the accuracy the
+fake-quantized graph gains per MAC kept float, one at a time on the real engine, until it
+meets the gate (the fewest the ranking reaches it with); it then races the winner (before
+the race when no candidate passed at all). Where the winner is a class-level INT8 pick,
+its groups are tried float one at a time, each trial raced against the current engine: a
+group stays float only where it is faster beyond the noise, or more accurate and no slower
+than ``select.margin_pct``. Each search takes at most ``select.budget_s`` plus one trial;
+one trial engine is loaded beside the current one at a time. ``selection.json`` records
+``class_level`` (the race's pick) and ``layer_precision`` (each search: the ranking and
+every step, with its agreement, race and why it was kept or dropped).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from trtflow.params import CalibrationConfig, SelectPolicy, Target
 from trtflow.quant.layer_precision import RaceOutcome, SearchResult
 
 SELECTION_FILE = "selection.json"
-RANKING_SAMPLES = 8  # of the selection split, for the fake-quantized ranking of groups
+RANKING_SAMPLES = 4  # of the selection split, for the fake-quantized ranking of groups
 CANDIDATES_DIR = "candidates"
 _SIMPLICITY = {"fp32": 0, "bf16": 1, "int8": 2}  # the preference inside a proven tie
 
@@ -241,8 +243,7 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
                           inputs, progress) if policy.float_blocks and calibration else None
     layer: tuple[Candidate, SearchResult] | None = None
     start = _gate_start(pool)
-    gate_first = search is not None and start is not None and not any(c.passed for c in pool)
-    if search is not None and start is not None and gate_first:
+    if search is not None and start is not None and not any(c.passed for c in pool):
         layer = search.run(start, *made[start.name])  # no candidate passed: reach the gate
         if layer[0].passed:
             pool.append(layer[0])
@@ -261,30 +262,33 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
         cand.noise_pct = verdict.noise_pct.get(cand.name, {})
     winner, why = decide(pool, verdict)
     engines.clear()  # per-layer precision loads its own, one pair at a time
-    if search is not None and start is not None and layer is not None:  # gate_first
-        why += f" (first, {search.summary(layer[1], start)})"
-    elif search is not None and winner.target.precision == "int8" and winner.name in made:
-        layer = search.run(winner, *made[winner.name])  # accuracy or speed at no cost
-        why += f"; then {search.summary(layer[1], winner)}"
-        if layer[0] is not winner:
-            pool.append(layer[0])
-            winner = layer[0]
-    elif search is not None and start is not None:  # every int8 missed the gate: reach it
-        layer = search.run(start, *made[start.name])
-        why += f"; then {search.summary(layer[1], start)}"
-        if layer[0].passed:
-            pool.append(layer[0])
-            won, race_why = search.race_against(winner, layer[0])
-            why += f"; {race_why}"
-            winner = won
+    class_level, decided = winner.name, verdict.decided
+    if search is not None and layer is not None:  # no candidate passed: the gate came first
+        why += f" (first, {search.summary(layer[1], layer[1].start)})"
+    elif search is not None:
+        if start is not None:  # an int8 candidate missed the gate: reach it, race the winner
+            layer = search.run(start, *made[start.name])
+            why += f"; then {search.summary(layer[1], start.name)}"
+            if layer[0].passed:
+                pool.append(layer[0])
+                won, race_why, settled = search.race_against(winner, layer[0])
+                why += f"; {race_why}"
+                winner, decided = won, decided and settled
+        if winner.target.precision == "int8" and winner.name in made:  # a class-level pick
+            layer = search.run(winner, *made[winner.name])  # accuracy or speed at no cost
+            why += f"; then {search.summary(layer[1], winner.name)}"
+            if layer[0] is not winner:
+                pool.append(layer[0])
+                winner = layer[0]
     reports.update(search.reports if search else {})
     for item in (work / winner.name).iterdir():
         shutil.move(str(item), out_dir / item.name)
     shutil.rmtree(work)
     selection_report = {"winner": winner.name, "why": why, "metric": metric,
-                        "min_agreement": min_agreement, "decided": verdict.decided,
-                        "race": verdict.as_dict(), "candidates": [c.row() for c in pool],
-                        "layer_precision": search.report(layer) if search and layer else None}
+                        "min_agreement": min_agreement, "decided": decided,
+                        "race": verdict.as_dict(), "class_level": class_level,
+                        "candidates": [c.row() for c in pool],
+                        "layer_precision": search.searches if search else []}
     (out_dir / SELECTION_FILE).write_text(json.dumps(selection_report, indent=2))
     return {**reports[winner.name], "selection": selection_report}
 
@@ -327,7 +331,7 @@ class _LayerSearch:
         self.metric, self.min_agreement, self.threads = metric, min_agreement, threads
         self.policy, self.inputs, self.progress = policy, inputs, progress
         self.reports: dict[str, dict[str, Any]] = {}
-        self.ranking: dict[str, Any] = {}
+        self.searches: list[dict[str, Any]] = []  # each search's ranking and steps, in order
 
     def _race(self, names: list[str], engines: list[Any], budget_s: float) -> RaceVerdict:
         return run_race(
@@ -355,9 +359,9 @@ class _LayerSearch:
         ev = Evaluator(model, [few], self.metric, self.threads or default_threads())
         groups = layer_groups(model, [n for n in ev.quantized_nodes(amax) if n not in base])
         fake, ranked = rank_groups(ev, amax, groups, base, self.progress)
-        self.ranking = {"start": start.name, "groups": len(groups),
-                        "fake_quant": fake, "ranked": [asdict(r) for r in ranked],
-                        "ranking_seconds": time.monotonic() - began}
+        ranking = {"start": start.name, "groups": len(groups), "fake_quant": fake,
+                   "ranked": [asdict(r) for r in ranked],
+                   "ranking_seconds": time.monotonic() - began}
         by_name = {g.name: g for g in groups}
         loaded = {"current": None if start.agreement < self.min_agreement else
                   load_engine(self.work / start.name, self.threads, spinning=False)}
@@ -401,11 +405,13 @@ class _LayerSearch:
                 self.reports.pop(trial, None)
 
         left = max(0.0, self.policy.budget_s - (time.monotonic() - began))
-        result = greedy_search(ranked, by_name, start.agreement, self.min_agreement, measure,
-                               race, on_keep, left, margin_pct=self.policy.margin_pct,
+        result = greedy_search(ranked, by_name, start.name, start.agreement, self.min_agreement,
+                               measure, race, on_keep, left, margin_pct=self.policy.margin_pct,
                                race_budget_s=self.policy.budget_s / 3, progress=self.progress)
         loaded.clear()
+        self.searches.append({**ranking, **result.as_dict()})
         if not result.kept_groups:
+            self.searches[-1]["result"] = start.name
             return start, result
         name = f"{start.name}+float{len(result.kept_groups)}"
         (self.work / names["current"]).rename(self.work / name)
@@ -416,10 +422,13 @@ class _LayerSearch:
                          float_groups=tuple(result.kept_groups),
                          float_layers=tuple(result.float_layers))
         done.p50_ms, done.noise_pct = _last_race_times(result, names["current"], name)
+        self.searches[-1]["result"] = name
         return done, result
 
-    def race_against(self, winner: Candidate, new: Candidate) -> tuple[Candidate, str]:
-        """`new` (which reached the gate) raced against the winner of the first race."""
+    def race_against(self, winner: Candidate, new: Candidate) -> tuple[Candidate, str, bool]:
+        """`new` (which reached the gate) raced against the winner of the first race: the
+        one kept, why, and whether the race decided (an undecided one keeps the winner
+        and the selection is not a decision to cache)."""
         engines = [load_engine(self.work / c.name, self.threads, spinning=False)
                    for c in (winner, new)]
         verdict = self._race([winner.name, new.name], engines, self.policy.budget_s)
@@ -428,20 +437,18 @@ class _LayerSearch:
             cand.p50_ms = verdict.p50_ms.get(cand.name, cand.p50_ms)
             cand.noise_pct = verdict.noise_pct.get(cand.name, cand.noise_pct)
         won = new if verdict.winner == new.name and verdict.status == "decided" else winner
-        return won, f"raced against {winner.name}: {verdict.reason}"
+        return won, f"raced against {winner.name}: {verdict.reason}", verdict.decided
 
-    def summary(self, result: SearchResult, start: Candidate) -> str:
+    def summary(self, result: SearchResult, start: str) -> str:
         """The search in a clause, for the selection's `why`."""
         if not result.kept_groups:
-            return (f"per-layer precision kept no group of {start.name} float "
+            return (f"per-layer precision kept no group of {start} float "
                     f"({len(result.steps)} tried; {result.stopped})")
         return (f"per-layer precision kept {len(result.kept_groups)} group(s) of "
-                f"{start.name} float ({len(result.float_layers)} layers: "
+                f"{start} float ({len(result.float_layers)} layers: "
                 f"{', '.join(result.kept_groups)}), agreement {result.start_agreement:.4f} -> "
                 f"{result.agreement:.4f} ({len(result.steps)} tried; {result.stopped})")
 
-    def report(self, layer: tuple[Candidate, SearchResult]) -> dict[str, Any]:
-        return {**self.ranking, "result": layer[0].name, **layer[1].as_dict()}
 
 
 def _trial_ratio(verdict: RaceVerdict, current: str, trial: str) -> tuple[float, float]:
