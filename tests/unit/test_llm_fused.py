@@ -57,7 +57,7 @@ def test_fused_graph_is_the_default_and_runs_few_ops_per_layer(tiny) -> None:  #
     ops = Counter(n.op_type for n in onnx.load(str(fused)).graph.node)
     assert ops["GroupQueryAttention"] == shape.layers
     assert ops["SkipSimplifiedLayerNormalization"] == 2 * shape.layers
-    assert ops["MatMul"] == 5 * shape.layers + 1  # packed qkv, o, gate, up, down; lm_head
+    assert ops["MatMul"] == 4 * shape.layers + 1  # packed qkv, o, packed gate/up, down; lm_head
     assert "Softmax" not in ops
     per_layer = (sum(ops.values()) - 20) / shape.layers  # ~20 nodes: mask, embed, head
     assert per_layer <= 11
@@ -65,14 +65,17 @@ def test_fused_graph_is_the_default_and_runs_few_ops_per_layer(tiny) -> None:  #
     assert inputs[:2] == ["input_ids", "attention_mask"] and "position_ids" not in inputs
 
 
-def test_fused_graph_matches_transformers_and_the_traced_graph(tiny) -> None:  # type: ignore[no-untyped-def]
-    model, shape, _, fused, traced = tiny
+def test_fused_graph_matches_transformers_and_the_traced_graph(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, shape, weights, fused, traced = tiny
     parity = check_parity(session_for(fused), model, ids(2, 14), 6, shape)
     assert parity["max_abs_error"] < 1e-4 and parity["argmax_agreement"] == 1.0
     x = ids(3, 10, seed=2)
-    np.testing.assert_allclose(
-        OrtDecoder(session_for(fused), shape).logits_stepwise(x, 3),
-        OrtDecoder(session_for(traced), shape).logits_stepwise(x, 3), atol=1e-4)
+    expected = OrtDecoder(session_for(traced), shape).logits_stepwise(x, 3)
+    np.testing.assert_allclose(OrtDecoder(session_for(fused), shape).logits_stepwise(x, 3),
+                               expected, atol=1e-4)
+    unpacked = fused_graph(weights, shape, tmp_path / "unpacked.onnx", pack_mlp=False)
+    np.testing.assert_allclose(OrtDecoder(session_for(unpacked), shape).logits_stepwise(x, 3),
+                               expected, atol=1e-4)
 
 
 def test_in_place_kv_buffer_generates_what_the_copying_loop_does(tiny) -> None:  # type: ignore[no-untyped-def]
@@ -107,11 +110,12 @@ def test_packed_qkv_matmulnbits_equals_the_traced_engine(tiny, tmp_path: Path, b
     a = matmulnbits_graph(fused, q, tmp_path / "fused.onnx", accuracy_level=0)
     b = matmulnbits_graph(traced, q, tmp_path / "traced.onnx", accuracy_level=0)
     nodes = [n for n in onnx.load(str(a)).graph.node if n.op_type == "MatMulNBits"]
-    assert len(nodes) == 5 * shape.layers + 1  # every projection and lm_head
-    qkv = [n for n in nodes if "qkv_proj" in n.name]
+    assert len(nodes) == 4 * shape.layers + 1  # every projection and lm_head
+    widths = {n.name: {a.name: a.i for a in n.attribute}["N"] for n in nodes}
     n_qkv = (shape.heads + 2 * shape.kv_heads) * shape.head_dim
-    assert len(qkv) == shape.layers and all(
-        {a.name: a.i for a in n.attribute}["N"] == n_qkv for n in qkv)
+    assert sorted(w for k, w in widths.items() if "qkv_proj" in k) == [n_qkv] * shape.layers
+    assert sorted(w for k, w in widths.items() if "gate_up_proj" in k) == \
+        [2 * shape.intermediate] * shape.layers
     x = ids(2, 9, seed=7)
     np.testing.assert_allclose(OrtDecoder(session_for(a), shape).logits_stepwise(x, 4),
                                OrtDecoder(session_for(b), shape).logits_stepwise(x, 4),

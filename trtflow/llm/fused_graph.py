@@ -4,10 +4,12 @@ the Hugging Face Llama weights (no tracing).
 Per layer: `SkipSimplifiedLayerNormalization` (residual add + RMSNorm), one `MatMul`
 for the packed Q/K/V projection, `com.microsoft.GroupQueryAttention` (rotary inside,
 KV cache in and out, grouped heads without expanding K/V), the o projection, a second
-skip-RMSNorm, gate/up `MatMul`s, SiLU x up, the down projection: 11 nodes where the
-traced graph of `trtflow.llm.export` runs ~50. The weight-only build
+skip-RMSNorm, one `MatMul` for the packed gate/up projection and a `Split`, SiLU x up
+(ONNX Runtime fuses Sigmoid x gate into QuickGelu), the down projection: 11 nodes where
+the traced graph of `trtflow.llm.export` runs ~50. The weight-only build
 (`trtflow.llm.ort_engine.matmulnbits_graph`) turns each projection `MatMul` into
-`MatMulNBits`, the packed Q/K/V from the three quantized projections side by side.
+`MatMulNBits`, a packed one from its quantized projections side by side (one input
+quantization and one kernel call instead of two or three).
 
 Same inputs and outputs as the traced graph, except `position_ids`: the attention op
 derives positions from the cache length (past length + i for new token i), which is
@@ -33,7 +35,7 @@ from trtflow.llm.export import DecoderShape, output_names
 OPSET = 23  # RMSNormalization (the first layer's norm; later ones are skip-RMSNorms)
 MS = "com.microsoft"
 # a packed projection: its weight is these projections' weights side by side (W[in, sum out])
-PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}
+PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 FUSED_INPUTS = ("input_ids", "attention_mask")
 
 
@@ -99,8 +101,10 @@ def _vector(weights: dict[str, np.ndarray], key: str, size: int) -> np.ndarray:
     return np.asarray(w, np.float32)
 
 
-def fused_decoder_model(weights: dict[str, np.ndarray], shape: DecoderShape) -> onnx.ModelProto:
-    """The fused graph as an in-memory ONNX model (float weights as initializers)."""
+def fused_decoder_model(weights: dict[str, np.ndarray], shape: DecoderShape,
+                        pack_mlp: bool = True) -> onnx.ModelProto:
+    """The fused graph as an in-memory ONNX model (float weights as initializers).
+    `pack_mlp`: gate and up as one MatMul [hidden, 2 x intermediate] and a Split."""
     s = shape
     if s.heads % s.kv_heads:
         raise ModelError(f"fused decoder graph: {s.heads} heads are not a multiple of "
@@ -109,7 +113,8 @@ def fused_decoder_model(weights: dict[str, np.ndarray], shape: DecoderShape) -> 
     b = _Builder()
     # -- mask and lengths: every cache slot is in use (left padding is masked by the bias)
     ints = {n: b.const(f"const.{n}", np.asarray(v, np.int64))
-            for n, v in (("0", [0]), ("1", [1]), ("axes12", [1, 2]))}
+            for n, v in (("0", [0]), ("1", [1]), ("axes12", [1, 2]),
+                         ("split", [s.intermediate, s.intermediate]))}
     one_i32 = b.const("const.1_i32", np.asarray(1, np.int32))
     mask_shape = b.node("Shape", ["attention_mask"], name="mask/shape")[0]
     total64 = b.node("Gather", [mask_shape, ints["1"]], name="mask/total", axis=0)[0]  # [1]
@@ -171,8 +176,17 @@ def fused_decoder_model(weights: dict[str, np.ndarray], shape: DecoderShape) -> 
             local_window_size=-1)[0]
         pending = matmul(attn, f"{L}.o_proj", q_out, s.hidden)
         h = norm(f"{L}.post_norm", f"{L}/post_norm")
-        gate = matmul(h, f"{L}.gate_proj", s.hidden, s.intermediate)
-        up = matmul(h, f"{L}.up_proj", s.hidden, s.intermediate)
+        if pack_mlp:
+            gate_up = matmul(h, packed_key(i, "gate_up_proj"), s.hidden, 2 * s.intermediate,
+                             np.concatenate([
+                                 _weight(weights, f"{L}.gate_proj", s.hidden, s.intermediate),
+                                 _weight(weights, f"{L}.up_proj", s.hidden, s.intermediate)],
+                                 axis=1))
+            gate, up = b.node("Split", [gate_up, ints["split"]], 2, name=f"{L}/mlp/split",
+                              axis=-1)
+        else:
+            gate = matmul(h, f"{L}.gate_proj", s.hidden, s.intermediate)
+            up = matmul(h, f"{L}.up_proj", s.hidden, s.intermediate)
         sig = b.node("Sigmoid", [gate], name=f"{L}/mlp/sigmoid")[0]
         silu = b.node("Mul", [gate, sig], name=f"{L}/mlp/silu")[0]
         act = b.node("Mul", [silu, up], name=f"{L}/mlp/act")[0]
@@ -198,9 +212,10 @@ def fused_decoder_model(weights: dict[str, np.ndarray], shape: DecoderShape) -> 
                              producer_name="trtflow.llm.fused_graph")
 
 
-def fused_graph(weights: dict[str, np.ndarray], shape: DecoderShape, path: Path) -> Path:
+def fused_graph(weights: dict[str, np.ndarray], shape: DecoderShape, path: Path,
+                pack_mlp: bool = True) -> Path:
     """Write the fused KV-cache graph with these float weights to `path` (one file)."""
-    model = fused_decoder_model(weights, shape)
+    model = fused_decoder_model(weights, shape, pack_mlp)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))
