@@ -97,7 +97,7 @@ def prepare(model: str) -> Path:
                             range=(0, VOCAB - 1)),
                  TensorSpec(name="attention_mask", dtype="int64", shape=["batch", "sequence"],
                             range=(1, 1))]
-        outputs = ["embedding"]
+        outputs = ["sentence_embedding"]
     else:
         module = seeded_more.regnety_800mf_shaped()
         specs = [TensorSpec(name="image", shape=["batch", 3, 224, 224], range=(-2.0, 2.0))]
@@ -270,8 +270,8 @@ def selection_part(model: str, n: int, budget_s: float, rounds: int, method: str
                            threads(), progress=lambda m: print(f"  {model}: {m}", flush=True))
     select_s = time.perf_counter() - start
     chosen = report["selection"]
-    layer = chosen.get("layer_precision") or {}
-    class_name = layer.get("start") or chosen["winner"]
+    searches = chosen.get("layer_precision") or []
+    class_name = chosen.get("class_level") or chosen["winner"]
     rows = {c["name"]: c for c in chosen["candidates"]}
     engines: dict[str, Any] = {"per-layer": load_engine(out, threads(), spinning=False)}
     if class_name != chosen["winner"]:  # rebuild the class-level pick beside it
@@ -311,9 +311,10 @@ def selection_part(model: str, n: int, budget_s: float, rounds: int, method: str
         "speed_vs_nncf": {name: {str(bs): nncf_p50[bs] / p50[bs] for bs in p50}
                           for name, p50 in verdict.p50_ms.items()},
         "race": verdict.as_dict(), "load_before_race": load_before, "load_after": uptime(),
-        "layer_precision": {k: layer.get(k) for k in (
-            "mode", "groups", "ranked", "steps", "kept_groups", "float_layers", "stopped",
-            "seconds", "ranking_seconds", "start_agreement", "agreement", "met")},
+        "layer_precision": [{k: layer.get(k) for k in (
+            "start", "result", "mode", "groups", "ranked", "steps", "kept_groups",
+            "float_layers", "stopped", "seconds", "ranking_seconds", "start_agreement",
+            "agreement", "met")} for layer in searches],
         "candidates": {n: {"agreement": c["agreement"], "passed": c["passed"],
                            "error": c["error"], "score_ms": c.get("score_ms")}
                        for n, c in rows.items()},
