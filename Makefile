@@ -83,12 +83,13 @@ ui: $(STAMP)
 	bash mlflow/serve.sh
 
 # The CPU engine benchmark (trtflow INT8 vs ORT FP32/quantize_static vs eager, side by side):
-# resnet18 only by default (meant to fit in 10 minutes), results in a new
+# a quick default (meant to fit in 10 minutes; bench/engine.py -h), results in a new
 # bench/results/engine-<time>.json (git-ignored).
 # `make bench BENCH_ARGS=--full` runs every model; `BENCH_ARGS=--update-baseline` rewrites
 # the committed engine.json. `bench/calibration.py` and `bench/qdq_placement.py` run alone.
 bench: $(STAMP)
-	test -f data/resnet18/calibration.npz || $(BIN)/trtflow prepare
+	@test -f data/resnet18/calibration.npz || { echo "make bench: writing the demo data (trtflow prepare)"; $(BIN)/trtflow prepare; }
+	@echo "make bench: bench/engine.py $(or $(BENCH_ARGS),(quick default; BENCH_ARGS=--full for every model, --update-baseline to rewrite engine.json))"
 	$(BIN)/python bench/engine.py $(BENCH_ARGS)
 
 # A local Prefect server (data in .trtflow/prefect), the MLflow UI, and the retrain (nightly)

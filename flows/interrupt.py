@@ -104,6 +104,29 @@ def cancel_flow_runs(flow_run_ids: list[str]) -> None:
         print(f"warning: could not mark the Prefect flow run cancelled: {exc}", file=sys.stderr)
 
 
+def kill_open_mlflow_runs() -> list[str]:
+    """Mark the MLflow runs this process has open (in any thread) KILLED; their ids.
+
+    The main thread does this itself when it handles Ctrl-C while logging; this is for
+    the watcher, when the main thread is stuck in a C call past the grace period and the
+    process exits without unwinding (so MLflow's own exit handler never runs)."""
+    if "mlflow" not in sys.modules:  # nothing was logged yet: do not import it now
+        return []
+    try:
+        from mlflow import MlflowClient
+        from mlflow.tracking import fluent
+
+        stacks = fluent._active_run_stack.get_all_thread_values().values()
+        open_runs = [run.info.run_id for stack in stacks for run in stack]
+        client = MlflowClient()
+        for run_id in open_runs:
+            client.set_terminated(run_id, "KILLED")
+        return open_runs
+    except Exception as exc:  # the tracking server may be what is gone: say so, exit anyway
+        print(f"warning: could not mark the open MLflow runs KILLED: {exc}", file=sys.stderr)
+        return []
+
+
 class Interrupt:
     """Watches SIGINT through the wakeup fd (written by the C-level handler, so it fires even
     while the main thread is inside a long C call). The main thread still gets its

@@ -88,7 +88,13 @@ def _compile(params: Path, root: Path, target: list[str] | None,
     """The compile flow on an API server that Ctrl-C does not kill; Ctrl-C stops it within
     2 s with exit code 130, the flow run Cancelled and open MLflow runs KILLED."""
     from flows.compile import compile_flow, record_flow_runs, set_reporter
-    from flows.interrupt import Interrupt, cancel_flow_runs, ephemeral_server, exit_now
+    from flows.interrupt import (
+        Interrupt,
+        cancel_flow_runs,
+        ephemeral_server,
+        exit_now,
+        kill_open_mlflow_runs,
+    )
 
     progress = Progress()
     set_reporter(progress)
@@ -97,6 +103,7 @@ def _compile(params: Path, root: Path, target: list[str] | None,
     with ephemeral_server() as server:
         def clean_up() -> None:
             progress.status.stop()
+            kill_open_mlflow_runs()  # the watcher's path: the main thread never unwound
             cancel_flow_runs(flow_runs)
             if server is not None:
                 server.stop(timeout=0.5)
