@@ -242,3 +242,13 @@ def test_memory_budget_refuses_values_that_are_not_a_positive_size(
         memory_budget()
     monkeypatch.setenv("TRTFLOW_MEMORY_BUDGET", "1.5K")
     assert memory_budget() == 1536
+
+
+def test_a_csv_given_as_npz_lists_the_accepted_forms(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"x\.csv is not a readable \.npz: it is not a zip .*"
+                                        r"images: FOLDER, text: .*function: 'module:function'"):
+        open_data(DataSource(npz="x.csv"), SPEC, tmp_path, 4)
+    with pytest.raises(DataError, match="paths are relative to the project directory: the "
+                                        "current directory, or the one `--root` names"):
+        open_data(DataSource(npz="nope.npz"), SPEC, tmp_path, 4)

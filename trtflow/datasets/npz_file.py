@@ -31,7 +31,9 @@ def _what_it_is(head: bytes) -> str:
                 "np.savez(path, image=..., label=...)")
     if head.startswith(_PICKLE_MAGIC):
         return "a Python pickle, not an .npz archive; pickle is refused (it runs code)"
-    return "not a zip archive (expected an .npz written by np.savez)"
+    return ("not a zip archive (expected an .npz written by np.savez, keys = the model's "
+            "input names); the other data forms: images: FOLDER, text: FILE.txt or .jsonl "
+            "with tokenizer: FOLDER, function: 'module:function' (e.g. one that reads a CSV)")
 
 
 def check_npz(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
