@@ -5,6 +5,7 @@ clipping, and store the result as an artefact (codes, scales, zero points, setti
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import numpy as np
 
 from trtflow.errors import CalibrationError
 from trtflow.llm.export import PROJECTIONS, DecoderShape
+from trtflow.llm.gptq import gptq_quantize, hessian
 from trtflow.llm.weight_only import (
+    CLIP_RATIOS,
     QuantizedDecoder,
     QuantizedWeight,
     WeightOnlyConfig,
@@ -20,6 +23,7 @@ from trtflow.llm.weight_only import (
     quantize_groups,
     search_clip,
     search_scale,
+    split_columns,
 )
 
 # the module whose input each captured tensor is: the input of q/k/v, o, gate/up, down
@@ -72,38 +76,82 @@ def capture_inputs(model: Any, windows: np.ndarray, rows: int, seed: int = 0
     return out
 
 
-def _quantize(w: np.ndarray, x: np.ndarray | None, cfg: WeightOnlyConfig) -> QuantizedWeight:
-    if cfg.method == "awq" and x is not None:
-        return search_clip(w, x, cfg.bits, cfg.group_size, cfg.symmetric)
-    return quantize_groups(w, cfg.bits, cfg.group_size, cfg.symmetric)
+# projections quantized together: they read the same input (one Hessian, one GPTQ pass)
+BLOCKS = (("q_proj", ("q_proj", "k_proj", "v_proj")), ("o_proj", ("o_proj",)),
+          ("gate_proj", ("gate_proj", "up_proj")), ("down_proj", ("down_proj",)))
+
+
+def _quantize_block(ws: list[np.ndarray], x: np.ndarray | None, cfg: WeightOnlyConfig,
+                    bits: int, name: str) -> list[QuantizedWeight]:
+    """Projections sharing the input rows `x`, quantized at `bits` by cfg's rounding."""
+    if x is None or cfg.method == "rtn":
+        return [quantize_groups(w, bits, cfg.group_size, cfg.symmetric) for w in ws]
+    if cfg.method == "awq":
+        return [search_clip(w, x, bits, cfg.group_size, cfg.symmetric) for w in ws]
+    joined = gptq_quantize(np.concatenate(ws, axis=1), hessian(x), bits, cfg.group_size,
+                           cfg.symmetric, act_order=cfg.act_order,
+                           clip_ratios=CLIP_RATIOS if cfg.clip_search else (1.0,), name=name)
+    return split_columns(joined, [w.shape[1] for w in ws])
 
 
 def quantize_decoder(weights: dict[str, np.ndarray], shape: DecoderShape,
                      cfg: WeightOnlyConfig, inputs: dict[str, np.ndarray] | None = None
                      ) -> QuantizedDecoder:
     """Quantize every projection (and lm_head at `cfg.lm_head_bits`); with AWQ, fold the
-    searched scales into the norms/projections of the returned float weights first."""
+    searched scales into the norms/projections of the returned float weights first.
+    Projections cfg.int8_projections names (or picks) stay at INT8 (group
+    cfg.int8_group_size)."""
     for p in PROJECTIONS:
         check_group(f"layers.0.{p}", weights[f"layers.0.{p}"].shape[0], cfg.group_size)
-    if cfg.method == "awq" and not inputs:
-        raise CalibrationError("method awq needs calibration activations; none were given")
+    if cfg.method != "rtn" and not inputs:
+        raise CalibrationError(f"method {cfg.method} needs calibration activations; none "
+                               "were given")
     w = {k: v.astype(np.float32).copy() for k, v in weights.items()}
     x = dict(inputs or {})
     alphas: dict[str, float] = {}
-    if cfg.method == "awq":
+    if cfg.method in ("awq", "awq+gptq"):
         for i in range(shape.layers):
             alphas.update(_fold_layer(w, x, i, shape, cfg))
-    quantized = {}
+    wide = int8_keys(cfg, shape)
+    for key in sorted(wide):
+        check_group(f"{key} (int8_projections)", w[key].shape[0], cfg.int8_group_size)
+    quantized: dict[str, QuantizedWeight] = {}
     for i in range(shape.layers):
-        for p in PROJECTIONS:
-            source = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}.get(p, p)
-            key = f"layers.{i}.{p}"
-            quantized[key] = _quantize(w[key], x.get(f"layers.{i}.{source}"), cfg)
+        for source, members in BLOCKS:
+            keys = [f"layers.{i}.{p}" for p in members]
+            bits = 8 if keys[0] in wide else cfg.bits
+            sub = cfg if bits == cfg.bits else replace(cfg, group_size=cfg.int8_group_size)
+            done = _quantize_block([w[k] for k in keys], x.get(f"layers.{i}.{source}"), sub,
+                                   bits, "+".join(keys))
+            quantized.update(zip(keys, done, strict=True))
     if cfg.lm_head_bits:
         check_group("lm_head", w["lm_head"].shape[0], cfg.lm_head_group_size)
         quantized["lm_head"] = quantize_groups(w["lm_head"], cfg.lm_head_bits,
                                                cfg.lm_head_group_size, cfg.symmetric)
     return QuantizedDecoder(config=cfg, weights=quantized, float_weights=w, awq_alphas=alphas)
+
+
+def int8_keys(cfg: WeightOnlyConfig, shape: DecoderShape) -> set[str]:
+    """The projections kept at INT8: cfg.int8_projections entries are a projection
+    ('down_proj': every layer's), a layer ('layers.0') or one tensor
+    ('layers.29.down_proj'). Projections that share an input go together (q/k/v,
+    gate/up: the engine packs each into one MatMulNBits of one setting)."""
+    if cfg.bits == 8:
+        return set()
+    keys = {f"layers.{i}.{p}" for i in range(shape.layers) for p in PROJECTIONS}
+    chosen = set()
+    for entry in cfg.int8_projections:
+        hit = {k for k in keys if k == entry or k.endswith(f".{entry}")
+               or k.startswith(f"{entry}.")}
+        if not hit:
+            raise CalibrationError(f"int8_projections entry {entry!r} names no projection; "
+                                   f"expected one of {list(PROJECTIONS)}, 'layers.N' (N < "
+                                   f"{shape.layers}) or 'layers.N.PROJECTION'")
+        chosen |= hit
+    for key in list(chosen):
+        layer, name = key.rsplit(".", 1)
+        chosen |= {f"{layer}.{p}" for _, members in BLOCKS if name in members for p in members}
+    return chosen
 
 
 def _fold_layer(w: dict[str, np.ndarray], x: dict[str, np.ndarray], i: int,
@@ -173,5 +221,7 @@ def load_quantized(folder: Path) -> QuantizedDecoder:
             zero_points=arrays[f"{name}/zero_points"], bits=t["bits"],
             group_size=t["group_size"], symmetric=t["symmetric"])
     norms = {k[: -len("/float")]: arrays[k] for k in arrays.files if k.endswith("/float")}
-    return QuantizedDecoder(config=WeightOnlyConfig(**settings["config"]), weights=weights,
+    config = dict(settings["config"])
+    config["int8_projections"] = tuple(config.get("int8_projections", ()))
+    return QuantizedDecoder(config=WeightOnlyConfig(**config), weights=weights,
                             float_weights=norms, awq_alphas=settings["awq_alphas"])

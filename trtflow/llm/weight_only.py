@@ -26,7 +26,7 @@ import numpy as np
 
 from trtflow.errors import CalibrationError
 
-Method = Literal["rtn", "awq"]
+Method = Literal["rtn", "awq", "gptq", "awq+gptq"]
 ALPHAS = tuple(i / 10 for i in range(11))
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 
@@ -41,6 +41,13 @@ class WeightOnlyConfig:
     # layers at 8 bits by default); None keeps it float
     lm_head_bits: int | None = 8
     lm_head_group_size: int = 64
+    # GPTQ: visit input rows by decreasing activation (groups' scales fixed beforehand)
+    act_order: bool = False
+    # GPTQ: search each group's clipping ratio on the Hessian-weighted error
+    clip_search: bool = True
+    # projections kept at INT8 in an INT4 decoder: 'down_proj', 'layers.0', 'layers.3.q_proj'
+    int8_projections: tuple[str, ...] = ()
+    int8_group_size: int = 64
 
 
 @dataclass
@@ -76,6 +83,17 @@ class QuantizedDecoder:
     awq_alphas: dict[str, float] = field(default_factory=dict)
 
 
+def split_columns(q: QuantizedWeight, widths: list[int]) -> list[QuantizedWeight]:
+    """One QuantizedWeight per block of output columns (the inverse of concatenating
+    weights along their outputs)."""
+    edges = np.cumsum([0, *widths])
+    return [QuantizedWeight(codes=q.codes[a:b], scales=q.scales[a:b],
+                            zero_points=q.zero_points[a:b], bits=q.bits,
+                            group_size=q.group_size, symmetric=q.symmetric,
+                            clip_ratio=None if q.clip_ratio is None else q.clip_ratio[a:b])
+            for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
 def check_group(name: str, rows: int, group_size: int) -> None:
     if group_size < 16 or group_size & (group_size - 1):
         raise CalibrationError(f"group_size {group_size}: expected a power of two >= 16 "
@@ -95,6 +113,49 @@ def _grouped(w: np.ndarray, group_size: int) -> np.ndarray:
     return w.T.reshape(w.shape[1], w.shape[0] // group_size, group_size)
 
 
+def scale_zero(g_min: np.ndarray, g_max: np.ndarray, bits: int, symmetric: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point of groups with these (clipped) minima and maxima.
+
+    Symmetric: zero point 2^(bits-1), scale max|w| / (2^(bits-1) - 1). Asymmetric: the
+    range is widened to hold 0 and the zero point is an integer in [0, 2^bits - 1] (the
+    uint zero point MatMulNBits reads)."""
+    top = 2 ** bits - 1
+    if symmetric:
+        half = 2 ** (bits - 1)
+        amax = np.maximum(np.abs(g_min), np.abs(g_max))
+        scale = np.maximum(amax / (half - 1), 1e-10)
+        return scale, np.full_like(scale, half)
+    hi, lo = np.maximum(g_max, 0), np.minimum(g_min, 0)
+    scale = np.maximum((hi - lo) / top, 1e-10)
+    return scale, np.clip(np.round(-lo / scale), 0, top)
+
+
+def grid_params(values: np.ndarray, gram: np.ndarray, bits: int, symmetric: bool,
+                clip_ratios: tuple[float, ...] = (1.0,)
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One group's scale, zero point and clipping ratio per output column, for the group's
+    rows `values` [k, out]: the ratio (of the range) with the least error d^T G d, G the
+    group's input Gram matrix / Hessian block [k, k]."""
+    g_min, g_max = values.min(0), values.max(0)
+    best: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    top = 2 ** bits - 1
+    for ratio in clip_ratios:
+        scale, zero = scale_zero(g_min * ratio, g_max * ratio, bits, symmetric)
+        if len(clip_ratios) == 1:
+            return scale, zero, np.full(scale.shape, ratio, np.float32)
+        d = values - (np.clip(np.round(values / scale) + zero, 0, top) - zero) * scale
+        err = ((gram @ d) * d).sum(0)
+        if best is None:
+            best = (err, scale, zero, np.full(scale.shape, ratio, np.float32))
+            continue
+        better = err < best[0]
+        for held, new in zip(best, (err, scale, zero, ratio), strict=True):
+            held[better] = new[better] if np.ndim(new) else new
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
 def quantize_groups(w: np.ndarray, bits: int, group_size: int, symmetric: bool,
                     clip: np.ndarray | float = 1.0) -> QuantizedWeight:
     """Round-to-nearest codes for W[in, out]; `clip` scales each group's range."""
@@ -102,16 +163,8 @@ def quantize_groups(w: np.ndarray, bits: int, group_size: int, symmetric: bool,
     top = 2 ** bits - 1
     clip = np.asarray(clip, np.float32)
     clip = clip[..., None] if clip.ndim else clip
-    if symmetric:
-        amax = np.abs(g).max(-1, keepdims=True) * clip
-        half = 2 ** (bits - 1)
-        scale = np.maximum(amax / (half - 1), 1e-10)
-        zero = np.full_like(scale, half)
-    else:
-        hi = np.maximum(g.max(-1, keepdims=True), 0) * clip
-        lo = np.minimum(g.min(-1, keepdims=True), 0) * clip
-        scale = np.maximum((hi - lo) / top, 1e-10)
-        zero = np.clip(np.round(-lo / scale), 0, top)
+    scale, zero = scale_zero(g.min(-1, keepdims=True) * clip, g.max(-1, keepdims=True) * clip,
+                             bits, symmetric)
     codes = np.clip(np.round(g / scale) + zero, 0, top).astype(np.uint8)
     return QuantizedWeight(codes=codes, scales=scale[..., 0].astype(np.float32),
                            zero_points=zero[..., 0].astype(np.float32), bits=bits,
