@@ -242,3 +242,35 @@ def test_a_previous_per_layer_pick_races_as_the_candidate_it_started_from() -> N
         "openvino-int8"
     assert _as_raced("ort-int8+float1", ["ort-int8+float1"]) == "ort-int8+float1"
     assert _as_raced(None, ["x"]) is None
+
+
+def test_a_trial_that_changes_nothing_is_not_raced_and_a_lead_inside_the_margin_is_no_win(
+        ) -> None:
+    ranked, groups = _rows("same", "slight")
+    raced: list[float] = []
+
+    def race(budget: float) -> RaceOutcome:
+        raced.append(budget)
+        return RaceOutcome("trial", "decided", 0.97, 0.98, {})  # faster, not beyond 3 %
+
+    same = iter([True, False])
+    result = greedy_search(ranked, groups, "start", 0.999, 0.99, lambda layers: 0.999, race,
+                           unchanged=lambda: next(same))
+    assert [s.kept for s in result.steps] == [False, False] and len(raced) == 1
+    assert "dropped unraced" in result.steps[0].why
+
+
+def test_the_engine_digest_tells_a_trial_that_quantized_the_same_layers(tmp_path: Path
+                                                                       ) -> None:
+    from trtflow.backends import Calibration, build_engine
+    from trtflow.stages.select import _engine_digest
+
+    model, calib, _ = _calibrated(tmp_path)
+    digests = []
+    for name, floats in (("a", []), ("b", []), ("c", ["/b2/conv/Conv"])):
+        engine = tmp_path / name
+        engine.mkdir()
+        build_engine(model, Target(backend="openvino", precision="int8"), engine,
+                     Calibration(calib).with_float_layers(floats, engine / "calibration"))
+        digests.append(_engine_digest(engine))
+    assert digests[0] == digests[1] != digests[2]

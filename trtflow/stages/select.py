@@ -404,10 +404,15 @@ class _LayerSearch:
                 shutil.rmtree(self.work / trial, ignore_errors=True)
                 self.reports.pop(trial, None)
 
+        def unchanged() -> bool:
+            return _engine_digest(self.work / names["trial"]) == _engine_digest(
+                self.work / names["current"])
+
         left = max(0.0, self.policy.budget_s - (time.monotonic() - began))
         result = greedy_search(ranked, by_name, start.name, start.agreement, self.min_agreement,
                                measure, race, on_keep, left, margin_pct=self.policy.margin_pct,
-                               race_budget_s=self.policy.budget_s / 3, progress=self.progress)
+                               race_budget_s=self.policy.budget_s / 3, unchanged=unchanged,
+                               progress=self.progress)
         loaded.clear()
         self.searches.append({**ranking, **result.as_dict()})
         if not result.kept_groups:
@@ -449,6 +454,22 @@ class _LayerSearch:
                 f"{', '.join(result.kept_groups)}), agreement {result.start_agreement:.4f} -> "
                 f"{result.agreement:.4f} ({len(result.steps)} tried; {result.stopped})")
 
+
+
+def _engine_digest(engine_dir: Path) -> str:
+    """sha256 over the ONNX graphs an engine directory holds (the Q/DQ graph its backend
+    compiled; its calibration copy left out): equal when two builds quantized the same
+    layers. Compiled files are not compared: OpenVINO's IR and blob differ between two
+    compiles of one graph (constant names). Without an ONNX graph: the directory's path."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    graphs = sorted(p for p in engine_dir.rglob("*.onnx")
+                    if p.relative_to(engine_dir).parts[0] != "calibration")
+    for path in graphs:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest() if graphs else str(engine_dir)
 
 
 def _trial_ratio(verdict: RaceVerdict, current: str, trial: str) -> tuple[float, float]:
