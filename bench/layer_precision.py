@@ -322,6 +322,8 @@ def selection_part(model: str, n: int, budget_s: float, rounds: int, method: str
 
 
 def main() -> None:
+    from trtflow.errors import BuildError
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
     parser.add_argument("--parts", nargs="*", default=["calibration", "selection"],
@@ -346,9 +348,12 @@ def main() -> None:
             start = time.perf_counter()
             key = part if part == "calibration" or args.calibration == "auto" else \
                 f"{part}-{args.calibration}"
-            row[key] = (calibration_part(model, args.samples) if part == "calibration" else
-                        selection_part(model, args.samples, args.budget, args.rounds,
-                                       args.calibration))
+            try:
+                row[key] = (calibration_part(model, args.samples) if part == "calibration"
+                            else selection_part(model, args.samples, args.budget, args.rounds,
+                                                args.calibration))
+            except BuildError as exc:  # e.g. no candidate reached the gate: a result too
+                row[key] = {"error": str(exc), "uptime": uptime()}
             row[key]["part_seconds"] = time.perf_counter() - start
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2, default=str))
