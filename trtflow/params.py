@@ -361,7 +361,9 @@ class SelectPolicy(_Strict):
         default=["fp32", "int8", "bf16"],
         description="bf16 only where the CPU has it; int8 needs data.calibration")
     float_blocks: bool = Field(default=True, description="also time int8 with each class of "
-                               "layers that int8 may slow (depthwise convs, MatMul/Gemm) in float")
+                               "layers that int8 may slow (depthwise convs, MatMul/Gemm) in float, "
+                               "then per-layer precision: layer groups kept float one at a time, "
+                               "measured (trtflow.quant.layer_precision), within budget_s")
     batch_sizes: list[Annotated[int, Field(gt=0)]] | None = Field(
         default=None, description="batch sizes timed; default: the smallest and largest of "
         "validate.batch_sizes")
