@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = ("eager", "ortgenai", "openvino", "llamacpp")
+PEERS = ("eager", "ortgenai", "openvino", "llamacpp", "trtflow_graphs")
 
 
 def log(line: str) -> None:
@@ -217,6 +217,58 @@ def llamacpp(ctx: dict[str, Any]) -> dict[str, Any]:
     return rows
 
 
+def trtflow_graphs(ctx: dict[str, Any]) -> dict[str, Any]:
+    """trtflow's engines on the fused graph (GroupQueryAttention) and on the traced one,
+    built here from the same stored calibrations (the store's export is whichever graph
+    compile.py wrote). Speed is measured round-robin, one generation per engine per
+    round, so that a shared host's load drifts over all engines alike."""
+    from trtflow.llm.evaluate import ort_logits, score_text
+    from trtflow.llm.generate import OrtDecoder, session_for
+    from trtflow.llm.ort_engine import float_graph, matmulnbits_graph
+    from trtflow.llm.quantize import load_quantized
+
+    compiler = ctx["compiler"]
+    shape = compiler.shape()
+    threads = compiler.params.evaluation.threads
+    rows, decoders = {}, {}
+    for graph in ("fused", "traced"):
+        folder = ctx["peer_dir"] / f"trtflow-{graph}-{compiler.source().name[:12]}"
+        base = folder / "model.onnx"
+        if not base.is_file():
+            float_graph(compiler.float_weights(), shape, base, fused=graph == "fused")
+        for name, target in compiler.params.targets.items():
+            engine = base
+            if target.precision != "fp32":
+                calibration = compiler.calibrate(target)
+                engine = folder / f"{name}-{calibration.name[:12]}.onnx"
+                if not engine.is_file():
+                    matmulnbits_graph(base, load_quantized(calibration), engine,
+                                      target.accuracy_level)
+            decoder = decoders[f"{graph} {name}"] = OrtDecoder(session_for(engine, threads),
+                                                               shape)
+            score, _ = score_text(ort_logits(decoder), ctx["windows"],
+                                  reference_argmax=ctx["ref_argmax"])
+            rows[f"{graph} {name}"] = {
+                "runtime": f"trtflow {graph} graph, onnxruntime CPU, {threads} threads",
+                "precision": target.precision, "engine_mb": round(engine.stat().st_size / 2**20, 1),
+                "perplexity": score.perplexity, "top1_agreement": score.top1_agreement,
+                "speed": []}
+    for prompt in ctx["prompts"]:
+        times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in decoders}
+        for i in range(ctx["repeats"] + 1):
+            for key, decoder in decoders.items():
+                g = decoder.generate(prompt, ctx["new"])
+                if i:  # the first round is the warm-up
+                    times[key][0].append(g.prefill_seconds)
+                    times[key][1].append(g.decode_seconds)
+        for key, (pre, dec) in times.items():
+            rows[key]["speed"].append(speed_row(prompt.shape[0], prompt.shape[1], ctx["new"],
+                                                pre, dec))
+            tps = rows[key]["speed"][-1]["decode_tokens_per_s"]
+            log(f"  {key}: bs{prompt.shape[0]} decode {tps:.2f} tok/s")
+    return rows
+
+
 # -- verdicts --------------------------------------------------------------------------
 def decode_bs1(row: dict[str, Any]) -> float | None:
     for s in row.get("speed") or []:
@@ -297,6 +349,7 @@ def run_model(params_file: Path, peers: list[str], overrides: dict[str, Any],
            "prompts": [speed_prompt(windows, b, e.prompt_tokens) for b in e.batch_sizes],
            "new": e.new_tokens, "repeats": e.repeats, "hf_folder": compiler.source(),
            "peer_dir": ROOT / "build" / "llm" / params.model.name / "peers",
+           "compiler": compiler,
            **options,
            "gguf": source_path(params, ROOT) if params.model.finetune is None
            and source_path(params, ROOT).suffix == ".gguf" else None}
@@ -313,7 +366,7 @@ def run_model(params_file: Path, peers: list[str], overrides: dict[str, Any],
         except Exception as exc:  # a peer that fails is reported, not fatal
             traceback.print_exc()
             result = {"not_run": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
-        if peer in ("openvino", "llamacpp") and "not_run" not in result:
+        if peer in ("openvino", "llamacpp", "trtflow_graphs") and "not_run" not in result:
             contenders.update({f"{peer} {k}": v for k, v in result.items()})
         else:
             contenders[peer] = result

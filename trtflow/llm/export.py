@@ -11,6 +11,11 @@ objects do not trace into graph inputs/outputs, and the weight-only engines need
 projection as a plain `MatMul(x, W[in, out])` with W an initializer named after the
 layer. The module reads the Hugging Face weights; `check_parity` holds it to the
 transformers model's logits.
+
+This traced graph is the plain form (`trtflow.llm.ort_engine.float_graph(fused=False)`);
+the ONNX Runtime engines default to `trtflow.llm.fused_graph` (GroupQueryAttention,
+skip-RMSNorm, packed projections), which has the same inputs and outputs except
+`position_ids`, and which `check_parity` holds to the same logits.
 """
 
 from __future__ import annotations
