@@ -13,7 +13,9 @@ quantization and one kernel call instead of two or three).
 
 Same inputs and outputs as the traced graph, except `position_ids`: the attention op
 derives positions from the cache length (past length + i for new token i), which is
-what the generation loop feeds. With left padding a sequence's positions are shifted
+what the generation loop feeds. A step of several tokens on a non-empty cache (chunked
+prefill) needs batch 1 (GroupQueryAttention's limit); prefill from an empty cache and
+one-token decode steps take any batch. With left padding a sequence's positions are shifted
 by its pad count for its queries and keys alike; RoPE scores depend only on the
 difference of positions, so the padded rows (masked through `attention_bias`) do not
 change the result beyond rounding.
@@ -32,6 +34,9 @@ from onnx import TensorProto, helper, numpy_helper
 from trtflow.errors import ModelError
 from trtflow.llm.export import DecoderShape, output_names
 
+# the graph `float_graph` writes by default: a store key of the export stage must include it
+# (bump it when this module changes the graph)
+GRAPH_VERSION = "fused-gqa-1"
 OPSET = 23  # RMSNormalization (the first layer's norm; later ones are skip-RMSNorms)
 MS = "com.microsoft"
 # a packed projection: its weight is these projections' weights side by side (W[in, sum out])
