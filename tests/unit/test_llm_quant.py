@@ -15,7 +15,13 @@ from trtflow.llm.export import DecoderShape, hf_weights
 from trtflow.llm.generate import OrtDecoder, session_for
 from trtflow.llm.gptq import gptq_quantize, hessian
 from trtflow.llm.ort_engine import float_graph, matmulnbits_graph
-from trtflow.llm.quantize import capture_inputs, load_quantized, quantize_decoder, save_quantized
+from trtflow.llm.quantize import (
+    HESSIAN,
+    capture_inputs,
+    load_quantized,
+    quantize_decoder,
+    save_quantized,
+)
 from trtflow.llm.weight_only import (
     WeightOnlyConfig,
     grid_params,
@@ -168,3 +174,30 @@ def test_int8_group_size_that_does_not_divide_is_refused(tiny) -> None:  # type:
                        r"layers\.0\.down_proj \(int8_projections\)"):
         quantize_decoder(weights, shape, WeightOnlyConfig(
             method="rtn", int8_projections=("down_proj",), int8_group_size=256))
+
+
+def test_captured_hessians_cover_every_calibration_token() -> None:
+    model = tiny_llama()
+    windows = ids(3, 16)
+    sampled = capture_inputs(model, windows, rows=8)
+    every = capture_inputs(model, windows, rows=10_000)
+    assert sampled["layers.1.down_proj"].shape == (8, 128)
+    assert every["layers.1.down_proj"].shape == (48, 128)
+    for key in ("layers.0.q_proj", "layers.1.down_proj"):
+        np.testing.assert_allclose(sampled[key + HESSIAN], hessian(every[key]), rtol=1e-4,
+                                   atol=1e-6)
+    assert "lm_head" + HESSIAN not in sampled
+
+
+def test_awq_scales_fold_into_the_hessians_as_into_the_rows(tiny) -> None:  # type: ignore[no-untyped-def]
+    shape, weights, _, _ = tiny
+    model = tiny_llama()
+    x = capture_inputs(model, ids(4, 24), rows=10_000)  # every row: the same Hessian twice
+    rows_only = {k: v for k, v in x.items() if not k.endswith(HESSIAN)}
+    cfg = WeightOnlyConfig(bits=4, method="awq+gptq", lm_head_group_size=32)
+    with_h, without = quantize_decoder(weights, shape, cfg, x), quantize_decoder(
+        weights, shape, cfg, rows_only)
+    assert with_h.awq_alphas == without.awq_alphas
+    for key in ("layers.0.q_proj", "layers.1.down_proj", "layers.1.up_proj"):
+        np.testing.assert_allclose(with_h.weights[key].dequantize(),
+                                   without.weights[key].dequantize(), atol=1e-5)

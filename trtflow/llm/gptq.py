@@ -43,10 +43,12 @@ def _inverse_cholesky(h: np.ndarray, damp: float, name: str) -> np.ndarray:
     h[diag, diag] += damp * float(np.mean(np.diag(h)))
     for _ in range(5):
         try:
-            lower = np.linalg.cholesky(h)
-            inv = np.linalg.inv(lower)  # L^-1; H^-1 = L^-T L^-1
-            h_inv = inv.T @ inv
-            return np.linalg.cholesky(h_inv).T
+            # with J the order reversal and J H J = M M^T: H^-1 = U^T U, U = J M^-1 J upper
+            # triangular (one factorisation and one triangular inverse)
+            m_inv = np.linalg.inv(np.linalg.cholesky(h[::-1, ::-1]))
+            if not np.isfinite(m_inv).all():
+                raise np.linalg.LinAlgError
+            return np.ascontiguousarray(m_inv[::-1, ::-1])
         except np.linalg.LinAlgError:
             h[diag, diag] += damp * float(np.mean(np.diag(h)))
     raise CalibrationError(f"{name}: the calibration Hessian is not positive definite even "

@@ -28,6 +28,7 @@ from trtflow.llm.weight_only import (
 
 # the module whose input each captured tensor is: the input of q/k/v, o, gate/up, down
 CAPTURED = ("q_proj", "o_proj", "gate_proj", "down_proj")
+HESSIAN = "/hessian"  # capture_inputs' key suffix of a block's input Hessian
 
 
 def token_windows(tokenizer: Any, text: str, window: int, count: int | None = None
@@ -43,17 +44,26 @@ def token_windows(tokenizer: Any, text: str, window: int, count: int | None = No
 
 def capture_inputs(model: Any, windows: np.ndarray, rows: int, seed: int = 0
                    ) -> dict[str, np.ndarray]:
-    """Sampled input rows of every projection block and of lm_head, from the float model."""
+    """Sampled input rows of every projection block and of lm_head, from the float model,
+    and each block's Hessian X^T X / tokens over every calibration token (key
+    `BLOCK + HESSIAN`: GPTQ needs all tokens; 512 sampled rows of a 1536-wide input
+    cost SmolLM2 twice the perplexity increase)."""
     import torch
 
     seen: dict[str, list[np.ndarray]] = {}
+    grams: dict[str, Any] = {}
+    tokens: dict[str, int] = {}
     hooks = []
     layers = model.model.layers
 
     def hook(key: str) -> Any:
         def record(_module: Any, args: tuple[Any, ...]) -> None:
-            seen.setdefault(key, []).append(args[0].detach().reshape(-1, args[0].shape[-1])
-                                            .float().numpy())
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            seen.setdefault(key, []).append(x.numpy())
+            if key != "lm_head":
+                gram = (x.T @ x).double()
+                grams[key] = grams[key] + gram if key in grams else gram
+                tokens[key] = tokens.get(key, 0) + len(x)
         return record
 
     for i, layer in enumerate(layers):
@@ -73,6 +83,8 @@ def capture_inputs(model: Any, windows: np.ndarray, rows: int, seed: int = 0
     for key, chunks in seen.items():
         x = np.concatenate(chunks)
         out[key] = x[rng.choice(len(x), size=min(rows, len(x)), replace=False)]
+    for key, gram in grams.items():
+        out[key + HESSIAN] = (gram / tokens[key]).float().numpy()
     return out
 
 
@@ -81,14 +93,16 @@ BLOCKS = (("q_proj", ("q_proj", "k_proj", "v_proj")), ("o_proj", ("o_proj",)),
           ("gate_proj", ("gate_proj", "up_proj")), ("down_proj", ("down_proj",)))
 
 
-def _quantize_block(ws: list[np.ndarray], x: np.ndarray | None, cfg: WeightOnlyConfig,
-                    bits: int, name: str) -> list[QuantizedWeight]:
-    """Projections sharing the input rows `x`, quantized at `bits` by cfg's rounding."""
+def _quantize_block(ws: list[np.ndarray], x: np.ndarray | None, h: np.ndarray | None,
+                    cfg: WeightOnlyConfig, bits: int, name: str) -> list[QuantizedWeight]:
+    """Projections sharing the input rows `x` (Hessian `h`, else X^T X of the rows),
+    quantized at `bits` by cfg's rounding."""
     if x is None or cfg.method == "rtn":
         return [quantize_groups(w, bits, cfg.group_size, cfg.symmetric) for w in ws]
     if cfg.method == "awq":
         return [search_clip(w, x, bits, cfg.group_size, cfg.symmetric) for w in ws]
-    joined = gptq_quantize(np.concatenate(ws, axis=1), hessian(x), bits, cfg.group_size,
+    h = hessian(x) if h is None else h
+    joined = gptq_quantize(np.concatenate(ws, axis=1), h, bits, cfg.group_size,
                            cfg.symmetric, act_order=cfg.act_order,
                            clip_ratios=CLIP_RATIOS if cfg.clip_search else (1.0,), name=name)
     return split_columns(joined, [w.shape[1] for w in ws])
@@ -121,8 +135,9 @@ def quantize_decoder(weights: dict[str, np.ndarray], shape: DecoderShape,
             keys = [f"layers.{i}.{p}" for p in members]
             bits = 8 if keys[0] in wide else cfg.bits
             sub = cfg if bits == cfg.bits else replace(cfg, group_size=cfg.int8_group_size)
-            done = _quantize_block([w[k] for k in keys], x.get(f"layers.{i}.{source}"), sub,
-                                   bits, "+".join(keys))
+            src = f"layers.{i}.{source}"
+            done = _quantize_block([w[k] for k in keys], x.get(src), x.get(src + HESSIAN),
+                                   sub, bits, "+".join(keys))
             quantized.update(zip(keys, done, strict=True))
     if cfg.lm_head_bits:
         check_group("lm_head", w["lm_head"].shape[0], cfg.lm_head_group_size)
@@ -164,25 +179,32 @@ def _fold_layer(w: dict[str, np.ndarray], x: dict[str, np.ndarray], i: int,
     s, alphas[f"{L}.down_proj"] = search_scale(x[f"{L}.down_proj"], [w[f"{L}.down_proj"]], *args)
     w[f"{L}.down_proj"] *= s[:, None]
     w[f"{L}.up_proj"] /= s[None, :]
-    x[f"{L}.down_proj"] = x[f"{L}.down_proj"] / s
+    _divide_inputs(x, f"{L}.down_proj", s)
     s, alphas[f"{L}.gate_up"] = search_scale(
         x[f"{L}.gate_proj"], [w[f"{L}.gate_proj"], w[f"{L}.up_proj"]], *args)
     w[f"{L}.gate_proj"] *= s[:, None]
     w[f"{L}.up_proj"] *= s[:, None]
     w[f"{L}.post_norm"] /= s
-    x[f"{L}.gate_proj"] = x[f"{L}.gate_proj"] / s
+    _divide_inputs(x, f"{L}.gate_proj", s)
     if shape.heads == shape.kv_heads:  # o's input channels map 1:1 onto v's outputs
         s, alphas[f"{L}.o_proj"] = search_scale(x[f"{L}.o_proj"], [w[f"{L}.o_proj"]], *args)
         w[f"{L}.o_proj"] *= s[:, None]
         w[f"{L}.v_proj"] /= s[None, :]
-        x[f"{L}.o_proj"] = x[f"{L}.o_proj"] / s
+        _divide_inputs(x, f"{L}.o_proj", s)
     qkv = [w[f"{L}.{p}"] for p in ("q_proj", "k_proj", "v_proj")]
     s, alphas[f"{L}.qkv"] = search_scale(x[f"{L}.q_proj"], qkv, *args)
     for p in ("q_proj", "k_proj", "v_proj"):
         w[f"{L}.{p}"] *= s[:, None]
     w[f"{L}.input_norm"] /= s
-    x[f"{L}.q_proj"] = x[f"{L}.q_proj"] / s
+    _divide_inputs(x, f"{L}.q_proj", s)
     return alphas
+
+
+def _divide_inputs(x: dict[str, np.ndarray], key: str, s: np.ndarray) -> None:
+    """The captured rows (and Hessian) of an input divided channel-wise by AWQ's scale."""
+    x[key] = x[key] / s
+    if key + HESSIAN in x:
+        x[key + HESSIAN] = x[key + HESSIAN] / s[:, None] / s[None, :]
 
 
 def save_quantized(q: QuantizedDecoder, folder: Path) -> Path:
