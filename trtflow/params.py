@@ -741,6 +741,13 @@ def _describe_error(err: dict[str, Any]) -> str:
     if kind == "value_error":
         msg = str(err["msg"]).removeprefix("Value error, ")
         return msg if not err["loc"] else f"field '{loc}': {msg}"
+    if kind == "model_type" and len(err["loc"]) == 2 and err["loc"][0] == "data":
+        split = err["loc"][1]
+        return (f"field '{loc}': expected a mapping naming one data source (got "
+                f"{err.get('input')!r}); the accepted forms: npz: FILE.npz (keys: the "
+                "model's input names), images: FOLDER (a sub-folder per class gives "
+                "labels), text: FILE.txt or .jsonl with tokenizer: FOLDER, function: "
+                f"'module:function'; e.g. `{split}: {{npz: data/{split}.npz}}`")
     got = err.get("input")
     got_txt = f" (got {got!r})" if not isinstance(got, dict | list) else ""
     hint = ""

@@ -146,3 +146,16 @@ def test_dump_yaml_writes_shared_values_out_so_they_read_back() -> None:
     gates = {"min_agreement": 0.9}
     doc = {"targets": {"a": {"gates": gates}, "b": {"gates": gates}}}
     assert "&" not in dump_yaml(doc) and parse_yaml(dump_yaml(doc), "x") == doc
+
+
+def test_a_data_split_given_as_a_bare_file_lists_the_accepted_forms() -> None:
+    import yaml
+
+    data = yaml.safe_load((REPO / "params" / "digits.yaml").read_text())
+    data["data"]["calibration"] = "x.csv"
+    with pytest.raises(ParamsError) as err:
+        parse_params(data, "p.yaml")
+    text = str(err.value)
+    assert "field 'data.calibration'" in text and "'x.csv'" in text
+    for form in ("npz: FILE.npz", "images: FOLDER", "text: FILE.txt", "function:"):
+        assert form in text
