@@ -146,10 +146,17 @@ def print_summary(summary: dict[str, Any], wall: float) -> None:
         timing = ([f"{pairs[0][0].p50_ms:.3f} ms", f"{pairs[0][1].p50_ms:.3f} ms",
                    f"{pairs[0][1].p50_ms / pairs[0][0].p50_ms:.2f}x"] if pairs
                   else [rep.latency_note or "not measured", "-", "-"])
+        if rep.decoder is not None:  # a decoder LLM: perplexity on the evaluation text
+            d = rep.decoder
+            quality = [f"ppl {d.perplexity:.3f} ({100 * d.perplexity_increase:+.2f} %)",
+                       f"ppl {d.reference_perplexity:.3f}"]
+        else:
+            quality = [f"{q.accuracy:.4f}" if q.accuracy is not None else "n/a (no labels)",
+                       f"{q.reference_accuracy:.4f}" if q.reference_accuracy is not None
+                       else "n/a"]
         table.add_row(
             name,
-            f"{q.accuracy:.4f}" if q.accuracy is not None else "n/a (no labels)",
-            f"{q.reference_accuracy:.4f}" if q.reference_accuracy is not None else "n/a",
+            *quality,
             f"{q.agreement:.4f} ({q.metric})" + (" of the handed graph, ORT" if rep.engine_ran
                                                   else ""),
             *timing,

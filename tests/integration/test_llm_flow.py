@@ -40,6 +40,7 @@ def test_a_decoder_compiles_registers_publishes_and_generates(
     out = " ".join(compiled.stdout.split())
     for target in ("fp32", "int8", "int4"):
         assert f"{target}: registered {model}-{target} v1" in out
+    assert "ppl" in out and "no labels" not in out  # the summary shows perplexity
 
     client = mlflow.MlflowClient()
     runs = {r.data.tags["trtflow.target"]: r for r in client.search_runs(
