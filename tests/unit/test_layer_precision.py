@@ -274,3 +274,19 @@ def test_the_engine_digest_tells_a_trial_that_quantized_the_same_layers(tmp_path
                      Calibration(calib).with_float_layers(floats, engine / "calibration"))
         digests.append(_engine_digest(engine))
     assert digests[0] == digests[1] != digests[2]
+
+
+def test_a_gate_out_of_reach_says_how_far_per_layer_precision_got(tmp_path: Path) -> None:
+    from trtflow.backends import Calibration
+    from trtflow.errors import BuildError
+    from trtflow.stages.select import select_engine
+
+    model, calib, selection = _calibrated(tmp_path)
+    out = tmp_path / "engine"
+    out.mkdir()
+    target = Target(precision="best", select=SelectPolicy(  # a budget the ranking spends
+        backends=["onnxruntime"], precisions=["int8"], rounds=3, budget_s=0.001))
+    with pytest.raises(BuildError, match=r"no candidate passed.*onnxruntime-int8: agreement "
+                       r"0\.97.*per-layer precision kept no group of onnxruntime-int8 float "
+                       r"\(0 tried; budget"):
+        select_engine(model, target, out, Calibration(calib), selection, "cosine", 0.998, 1)

@@ -249,7 +249,12 @@ def select_engine(model_path: Path, target: Target, out_dir: Path,
             pool.append(layer[0])
             engines[layer[0].name] = load_engine(work / layer[0].name, threads,
                                                  spinning=False)
-    racing = race_order(passed_candidates(pool))
+    try:
+        racing = race_order(passed_candidates(pool))
+    except BuildError as exc:  # say how far per-layer precision got, within its budget
+        if search is None or layer is None:
+            raise
+        raise BuildError(f"{exc}; {search.summary(layer[1], layer[1].start)}") from None
     verdict = run_race(
         {c.name: {bs: functools.partial(engines[c.name].run, inputs[bs]) for bs in sizes}
          for c in racing},
