@@ -308,7 +308,8 @@ def bench_model(model: str, rounds: int, batch_sizes: list[int]) -> dict:
     if not nncf_xml.is_file():
         import openvino as ov
 
-        ov.save_model(nncf_int8(clean, ctx), str(nncf_xml))
+        # as quantized: save_model's default would also compress float weights to fp16
+        ov.save_model(nncf_int8(clean, ctx), str(nncf_xml), compress_to_fp16=False)
     else:
         step(model, f"NNCF INT8 and ORT quantize_static models reused from {peers}")
     contenders["OpenVINO INT8 (NNCF quantize)"] = openvino_runner(nncf_xml, None, threads)[0]
