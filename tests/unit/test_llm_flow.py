@@ -131,6 +131,14 @@ def test_decoder_stages_are_stored_under_the_five_stage_names(compiled) -> None:
         [r.key for r in runs["int4"]]
 
 
+def test_the_decoder_graph_layout_is_in_the_export_key(compiled) -> None:  # type: ignore[no-untyped-def]
+    from trtflow.llm import stages
+    from trtflow.llm.fused_graph import GRAPH_VERSION
+
+    ctx, _ = compiled  # a new fused layout must not be served the old graph from the store
+    assert stages._export_facts(ctx, None)["graph"] == GRAPH_VERSION
+
+
 def test_decoder_validation_is_an_engine_validation_report(compiled) -> None:  # type: ignore[no-untyped-def]
     _, runs = compiled
     fp32 = ValidationReport.of(runs["fp32"][-1])

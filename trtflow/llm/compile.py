@@ -109,7 +109,10 @@ class LlmCompiler:
     # -- export ---------------------------------------------------------------------
     def export(self) -> Path:
         src = self.source()
-        key = make_key("llm-export", VERSION, source=src.name, **self.versions)
+        from trtflow.llm.fused_graph import GRAPH_VERSION
+
+        key = make_key("llm-export", VERSION, source=src.name, graph=GRAPH_VERSION,
+                       **self.versions)
         art = self.store.get("llm-export", key)
         if art is not None:
             return art.path

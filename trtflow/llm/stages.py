@@ -99,7 +99,10 @@ def shape_of(export: StageResult) -> Any:
 # --- export ------------------------------------------------------------------------
 
 def _export_facts(ctx: Context, target: str | None) -> dict[str, Any]:
-    parts: dict[str, Any] = {"source": ctx.source_digest()}
+    from trtflow.llm.fused_graph import GRAPH_VERSION
+
+    # the graph's layout (fused attention) is this step's code: a new layout, a new key
+    parts: dict[str, Any] = {"source": ctx.source_digest(), "graph": GRAPH_VERSION}
     if ctx.params.model.source.finetune is not None:  # it trains on the calibration text
         parts["finetune_text"] = data_digest(ctx.root, ctx.params.data.calibration)  # type: ignore[arg-type]
     return parts
