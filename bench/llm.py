@@ -69,6 +69,13 @@ def ortgenai(ctx: dict[str, Any]) -> dict[str, Any]:
                         str(ctx["hf_folder"]), "-o", str(out), "-p", "int4", "-e", "cpu",
                         "-c", str(ctx["peer_dir"] / "ortgenai-cache")], check=True,
                        stdout=subprocess.DEVNULL)
+    # the builder leaves the thread count to ORT (hardware_concurrency / 2: one thread on
+    # a 2-core host); every contender here runs the same threads, so set them
+    settings_file = out / "genai_config.json"
+    settings = json.loads(settings_file.read_text())
+    settings["model"]["decoder"].setdefault("session_options", {})[
+        "intra_op_num_threads"] = ctx["threads"]
+    settings_file.write_text(json.dumps(settings, indent=4))
     config = og.Config(str(out))
     model = og.Model(config)
 
@@ -107,7 +114,7 @@ def ortgenai(ctx: dict[str, Any]) -> dict[str, Any]:
                 dec.append(t2 - t1)
         speed.append(speed_row(prompt.shape[0], prompt.shape[1], ctx["new"], pre, dec))
     return {"runtime": f"onnxruntime-genai {og.__version__} builder int4 (MatMulNBits, "
-            "GroupQueryAttention)", "engine_mb": _size_mb(out),
+            f"GroupQueryAttention), {ctx['threads']} threads", "engine_mb": _size_mb(out),
             "perplexity": ppl[0] if ppl else None, "top1_agreement": ppl[1] if ppl else None,
             "speed": speed}
 
@@ -143,7 +150,7 @@ def openvino(ctx: dict[str, Any]) -> dict[str, Any]:
 
         score, _ = score_text(logits_of, ctx["windows"], reference_argmax=ctx["ref_argmax"])
         del ov_model
-        pipe = ov_genai.LLMPipeline(str(out), "CPU", INFERENCE_NUM_THREADS=2)
+        pipe = ov_genai.LLMPipeline(str(out), "CPU", INFERENCE_NUM_THREADS=ctx["threads"])
         hint = str(pipe.get_tokenizer()) and "default (bf16 where the CPU has AVX512_BF16)"
         config = ov_genai.GenerationConfig(max_new_tokens=ctx["new"], min_new_tokens=ctx["new"])
         text = ctx["tokenizer"].decode(ctx["prompts"][0][0])
@@ -181,8 +188,8 @@ def llamacpp(ctx: dict[str, Any]) -> dict[str, Any]:
                 params.allow_requantize = True
                 path.parent.mkdir(parents=True, exist_ok=True)
                 llama_cpp.llama_model_quantize(str(gguf).encode(), str(path).encode(), params)
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, n_batch=512,
-                              logits_all=True, verbose=False)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=ctx["threads"],
+                              n_batch=512, logits_all=True, verbose=False)
 
         def logits_of(ids: np.ndarray, m: Any = llm) -> np.ndarray:
             out = []
@@ -348,6 +355,7 @@ def run_model(params_file: Path, peers: list[str], overrides: dict[str, Any],
     ctx = {"model": model, "tokenizer": tokenizer, "windows": windows, "ref_argmax": ref_argmax,
            "prompts": [speed_prompt(windows, b, e.prompt_tokens) for b in e.batch_sizes],
            "new": e.new_tokens, "repeats": e.repeats, "hf_folder": compiler.source(),
+           "threads": e.threads,
            "peer_dir": ROOT / "build" / "llm" / params.model.name / "peers",
            "compiler": compiler,
            **options,
