@@ -121,8 +121,8 @@ def cosine(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> fl
 
 
 def host() -> dict[str, Any]:
-    flags = subprocess.run("grep -o 'avx512[a-z_]*\\|amx[a-z_]*\\|avx2' /proc/cpuinfo | sort -u",
-                           shell=True, capture_output=True, text=True).stdout.split()
+    flags = subprocess.run("grep -o 'avx512[a-z0-9_]*\\|amx[a-z0-9_]*\\|avx2' /proc/cpuinfo"
+                           " | sort -u", shell=True, capture_output=True, text=True).stdout.split()
     from trtflow.latency import host_fingerprint
 
     return {**host_fingerprint(), "cores": os.cpu_count(), "simd_flags": flags}
@@ -304,7 +304,8 @@ def selection_part(model: str, n: int, budget_s: float, rounds: int, method: str
                        order=list(engines))
     nncf_p50 = verdict.p50_ms["nncf-int8"]
     return {
-        "samples": n, "calibration": method, "select_seconds": select_s, "winner": chosen["winner"],
+        "samples": n, "calibration": method, "budget_s": budget_s,
+        "select_seconds": select_s, "winner": chosen["winner"],
         "class_level": class_name, "why": chosen["why"],
         "held_out_cosine": accuracy,
         "p50_ms": verdict.p50_ms, "noise_pct": verdict.noise_pct,
