@@ -201,3 +201,15 @@ def test_awq_scales_fold_into_the_hessians_as_into_the_rows(tiny) -> None:  # ty
     for key in ("layers.0.q_proj", "layers.1.down_proj", "layers.1.up_proj"):
         np.testing.assert_allclose(with_h.weights[key].dequantize(),
                                    without.weights[key].dequantize(), atol=1e-5)
+
+
+def test_zero_windows_is_refused_as_such() -> None:
+    from tests.unit.test_llm import tiny_tokenizer
+    from trtflow.llm.quantize import token_windows
+
+    text = " ".join(["the cat sat on a mat"] * 20)
+    assert token_windows(tiny_tokenizer(), text, 8, 2).shape == (2, 8)
+    with pytest.raises(CalibrationError, match="0 windows of 8 tokens: expected at least one"):
+        token_windows(tiny_tokenizer(), text, 8, 0)
+    with pytest.raises(CalibrationError, match="fewer than one window of 1000"):
+        token_windows(tiny_tokenizer(), text, 1000)

@@ -34,6 +34,9 @@ HESSIAN = "/hessian"  # capture_inputs' key suffix of a block's input Hessian
 def token_windows(tokenizer: Any, text: str, window: int, count: int | None = None
                   ) -> np.ndarray:
     """Consecutive, non-overlapping windows [n, window] of the text's token ids."""
+    if window < 1 or (count is not None and count < 1):
+        raise CalibrationError(f"{count} windows of {window} tokens: expected at least one "
+                               "window of at least one token")
     ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
     n = len(ids) // window if count is None else min(count, len(ids) // window)
     if n == 0:
