@@ -15,10 +15,11 @@ if TYPE_CHECKING:
     from trtflow.quant.artifact import Calibration
     from trtflow.stage import StageResult
 
-VERSION = "build-6"  # 3: the Q/DQ graph TensorRT gets kept beside the engine; 4: targets
+VERSION = "build-7"  # 3: the Q/DQ graph TensorRT gets kept beside the engine; 4: targets
 # key their backend options under `options`; 5: SmoothQuant candidates re-calibrate through
 # the calibrate stage's own function; 6: best races at the validated batch sizes until
-# decided, and an undecided selection is never reused
+# decided, and an undecided selection is never reused; 7: best searches per-layer precision
+# after the class-level pick (quant/layer_precision.py)
 
 
 def reusable(report: dict[str, Any]) -> bool:

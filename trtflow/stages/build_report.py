@@ -38,6 +38,8 @@ class CandidateRow(_Open):
     passed: bool = False
     error: str | None = None
     score_ms: float | None = None
+    float_groups: list[str] = []  # per-layer precision: the layer groups kept float
+    float_layers: list[str] = []  # ... and their layers (quant/layer_precision.py)
 
 
 class SelectionReport(_Open):
@@ -49,6 +51,8 @@ class SelectionReport(_Open):
     min_agreement: float
     candidates: list[CandidateRow]
     decided: bool = True  # False: the race ended inside the noise (kept previous or simplest)
+    class_level: str | None = None  # the race's pick before the per-layer search
+    layer_precision: list[dict[str, Any]] = []  # each per-layer search: ranking, steps, why
 
 
 class BuildReport(_Open):

@@ -20,7 +20,7 @@ from trtflow.errors import TrackingError
 from trtflow.names import inside
 from trtflow.params import Params
 from trtflow.stage import StageResult
-from trtflow.stages.build_report import BuildReport
+from trtflow.stages.build_report import BuildReport, SelectionReport
 from trtflow.stages.validate import PLOT_FILE
 from trtflow.stages.validation_report import REPORT_FILE, ValidationReport
 from trtflow.track.health import unreachable
@@ -452,6 +452,18 @@ def engine_precision(precision: str, built: BuildReport) -> str:
     return str(won.target.get("precision", precision)) if won else precision
 
 
+def _log_layer_precision(selection: SelectionReport) -> None:
+    import mlflow
+
+    won = next((c for c in selection.candidates if c.name == selection.winner), None)
+    if selection.class_level is not None:
+        mlflow.log_param("engine.class_level", selection.class_level)
+    mlflow.log_param("engine.float_layers", len(won.float_layers) if won else 0)
+    if selection.layer_precision:
+        mlflow.log_dict({"searches": selection.layer_precision},
+                        "selection/layer_precision.json")
+
+
 def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
     import mlflow
 
@@ -464,6 +476,8 @@ def _log_target(params: Params, name: str, stages: list[StageResult]) -> None:
     build, validate = by_stage["build"], by_stage.get("validate")
     built = BuildReport.of(build)
     mlflow.log_param("engine.precision", engine_precision(target.precision, built))
+    if built.selection is not None:  # best: the class-level pick and the layers kept float
+        _log_layer_precision(built.selection)
     mlflow.log_metric("engine_bytes", built.engine_bytes)
     backend = built.backend
     if backend in PYFUNC_BACKENDS:
