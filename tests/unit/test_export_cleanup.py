@@ -43,6 +43,25 @@ def test_export_parity_failure_names_the_output(tmp_path: Path) -> None:
         export_model(model, ExportConfig(), _sample(), tmp_path)
 
 
+class _Embedder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 4)  # its output tensor is named `embedding`
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.embedding(ids)).mean(1)
+
+
+def test_an_output_name_taken_inside_the_model_is_named_not_a_parity_failure(
+        tmp_path: Path) -> None:
+    spec = [TensorSpec(name="ids", shape=["batch", 3], dtype="int64", range=(0, 9))]
+    model = LoadedModel(_Embedder().eval(), None, spec, ["embedding"])
+    sample = {"ids": np.zeros((2, 3), np.int64)}
+    with pytest.raises(ModelError, match=r"model.outputs \['embedding'\] collide with tensors"):
+        export_model(model, ExportConfig(), sample, tmp_path)
+
+
 def test_cleanup_folds_batchnorm_identity_and_constants() -> None:
     model = conv_bn_graph()
     cleaned, report = cleanup(model)

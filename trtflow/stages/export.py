@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
@@ -84,6 +85,7 @@ def export_model(model: LoadedModel, cfg: ExportConfig, sample: dict[str, np.nda
             raise ModelError(f"torch.onnx.export failed: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:400]}") from None
     check_opset(target, cfg.opset)
+    check_unique_names(target, model.outputs)
     reference = torch_outputs(model.module, model.inputs, model.outputs, sample)
     parity = compare(reference, ort_run(target, sample), cfg.atol, cfg.rtol,
                      "export parity (ONNX Runtime vs PyTorch)")
@@ -105,6 +107,22 @@ def check_opset(path: Path, wanted: int) -> None:
                          f"{got}: torch's exporter writes opset >= {NATIVE_MIN_OPSET} and ONNX's "
                          f"version converter could not convert this model down to {wanted}; "
                          f"use an opset from {NATIVE_MIN_OPSET} to {_max_opset()}")
+
+
+def check_unique_names(path: Path, outputs: list[str]) -> None:
+    """Every tensor is defined once. The exporter renames the graph outputs to
+    `model.outputs` without checking them against the names inside (DistilBERT's
+    `embedding` output met its own `embedding` tensor): ONNX Runtime then refuses the
+    graph with 'Duplicate definition', which would surface as a parity failure."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    defined = [i.name for i in graph.input] + [i.name for i in graph.initializer] + [
+        o for node in graph.node for o in node.output if o]
+    twice = sorted(n for n, count in collections.Counter(defined).items() if count > 1)
+    if twice:
+        clash = [n for n in twice if n in outputs]
+        hint = (f"model.outputs {clash} collide with tensors of the same name inside the "
+                "model; choose other output names" if clash else "the exporter wrote them")
+        raise ModelError(f"the exported graph defines {twice[:5]} more than once: {hint}")
 
 
 def _max_opset() -> int:
