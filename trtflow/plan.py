@@ -127,7 +127,8 @@ def _validate(ctx: Context, target: str | None, out: Path, engine_art: StageResu
     return validate_stage.validate(engine, reference, label, batches,
                                    lambda bs: tile_batch(pool, bs), cfg, ctx.metric(), name, out,
                                    qdq_model=Path(engine_art.path) / TENSORRT_QDQ_FILE,
-                                   batch=validate_stage.static_batch(ctx.input_specs())).as_dict()
+                                   batch=validate_stage.static_batch(ctx.input_specs()),
+                                   progress=ctx.progress).as_dict()
 
 
 @dataclass

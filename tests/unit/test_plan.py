@@ -178,3 +178,21 @@ def test_every_params_key_dvc_yaml_watches_is_present_in_the_params_file() -> No
                         for part in key.split("."):
                             assert isinstance(node, dict) and part in node, (name, file, key)
                             node = node[part]
+
+
+def test_the_validate_step_reports_its_progress(tmp_path: Path) -> None:
+    onnx.save_model(conv_bn_graph(), str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "ev.npz", x=rng.standard_normal((8, 3, 8, 8)).astype(np.float32))
+    (tmp_path / "p.yaml").write_text(textwrap.dedent("""
+        model: {name: tiny, source: {onnx: m.onnx}}
+        data: {evaluation: {npz: ev.npz}, batch_size: 4}
+        targets: {fp32: {}}
+        validate: {batch_sizes: [1], warmup: 1, iterations: 3}
+    """))
+    ctx = Context.create(load_params(tmp_path / "p.yaml"), tmp_path)
+    lines: list[str] = []
+    ctx.progress = lines.append
+    run_up_to(ctx, "validate", "fp32")
+    assert any(line.startswith("validate quality") for line in lines), lines
+    assert any(line.startswith("validate latency") for line in lines), lines
