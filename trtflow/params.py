@@ -280,11 +280,14 @@ class WeightOnly(_Strict):
 
 class CalibrationConfig(_Strict):
     method: str = Field(
-        default="entropy", description="a registered method (trtflow.quant.methods.REGISTRY: "
-        "entropy, percentile, mse, max, ...) or auto: per tensor class (inputs, ReLU outputs, "
-        "gates, residual sums, ...) entropy, max or percentile, whichever agrees best with "
-        "FP32 on the selection split (the calibration data); 3 + 2 x classes fake-quantized "
-        "evaluations (trtflow.quant.method_search)")
+        default="classwise", description="classwise: a fixed method per tensor class, entropy "
+        "on linear-layer (Conv/MatMul/Gemm) outputs and percentile everywhere else, at "
+        "entropy's cost (trtflow.quant.class_table); a registered method "
+        "(trtflow.quant.methods.REGISTRY: entropy, percentile, mse, max, ...) for every "
+        "tensor; or auto: per tensor class (inputs, ReLU outputs, gates, residual sums, ...) "
+        "entropy, max or percentile, whichever agrees best with FP32 on the selection split "
+        "(the calibration data); 3 + 2 x classes fake-quantized evaluations "
+        "(trtflow.quant.method_search)")
     input_method: str = Field(
         default="max", description="method for the graph's own inputs: they are bounded, "
         "preprocessed data, often discrete (pixels), where a KL search can clip badly; "
@@ -317,7 +320,8 @@ class CalibrationConfig(_Strict):
     def _registered_method(cls, value: str, info: ValidationInfo) -> str:
         from trtflow.quant.methods import METHODS
 
-        extra = {"method": ("auto",), "input_method": ("same",)}.get(str(info.field_name), ())
+        extra = {"method": ("classwise", "auto"),
+                 "input_method": ("same",)}.get(str(info.field_name), ())
         if value not in (*METHODS, *extra):
             raise ValueError(f"unknown calibration method {value!r}; expected one of "
                              f"{[*METHODS, *extra]}")

@@ -42,6 +42,9 @@ def test_only_the_methods_a_calibration_reads_are_needed() -> None:
     assert needed_methods("percentile", "same", "percentile") == ["percentile"]
     assert needed_methods("auto", "max", "max") == ["max", "percentile", "entropy"]
     assert needed_methods("auto", "max", "mse") == list(METHODS)
+    # classwise (the default) reads its table's two; both from the one histogram pass
+    assert needed_methods("classwise", "max", "max") == ["max", "percentile", "entropy"]
+    assert needed_methods("classwise", "same", "percentile") == ["percentile", "entropy"]
     assert needed_methods("entropy", "max", "max", extra=["mse"]) == ["max", "mse", "entropy"]
 
 

@@ -51,10 +51,17 @@ def test_one_pass_writes_the_four_outputs(model_path: Path, tmp_path: Path) -> N
     assert header.algorithm == "EntropyCalibration2" and set(cache) == set(scales)
     for name, row in scales.items():
         assert cache[name] == pytest.approx(row["amax"] / 127, rel=1e-6)
-        # only what the defaults read: entropy, and max for the inputs and fp8
-        assert set(row["amax_by_method"]) == {"max", "entropy"}
+        # only what the defaults read: classwise's entropy and percentile, and max for the
+        # inputs and fp8
+        assert set(row["amax_by_method"]) == {"max", "entropy", "percentile"}
         assert row["amax_by_method"]["max"] >= row["amax_by_method"]["entropy"] > 0
-    assert scales["x"]["method"] == "max"  # graph inputs use input_method (max)
+        assert row["amax"] == row["amax_by_method"][row["method"]]
+    # classwise: graph inputs use input_method (max), the Conv output entropy, the rest
+    # percentile; the cache header names entropy's calibrator (above)
+    assert report["method"] == "classwise" and report["requested_method"] == "classwise"
+    assert {t: row["method"] for t, row in scales.items()} == {
+        "x": "max", "c": "entropy", **{t: "percentile" for t in scales if t not in ("x", "c")}}
+    assert len(scales) > 2
     hist = HistogramCollector.load_npz(out / HISTOGRAMS_FILE)
     assert set(hist) == set(scales)
     ops = {n.op_type for n in onnx.load(str(out / QDQ_FILE)).graph.node}
@@ -151,6 +158,25 @@ def test_cache_names_every_float_activation_as_modelopt_reads_it(build, tmp_path
     assert sum(row["in_qdq_model"] for row in scales.values()) == coverage["in_qdq_model"]
     _, cache = read_calibration_cache(out / CACHE_FILE)
     assert imported == {f"{k}_scale": v for k, v in cache.items()}
+
+
+def test_entropy_asked_for_is_entropy_on_every_tensor_but_the_inputs(tmp_path: Path) -> None:
+    out, report = _calibrated(conv_bn_graph(), tmp_path, method="entropy")
+    header, _ = read_calibration_cache(out / CACHE_FILE)
+    scales = json.loads((out / SCALES_FILE).read_text())
+    assert header.algorithm == "EntropyCalibration2" and report["method"] == "entropy"
+    assert {t: row["method"] for t, row in scales.items()} == {
+        "x": "max", **{t: "entropy" for t in scales if t != "x"}}
+    assert {m for row in scales.values() for m in row["amax_by_method"]} == {"max",
+                                                                            "entropy"}
+
+
+def test_classwise_with_input_method_same_gives_the_inputs_the_table_method(
+        tmp_path: Path) -> None:
+    _, report = _calibrated(conv_bn_graph(), tmp_path, input_method="same")
+    scales = json.loads((tmp_path / "cal" / SCALES_FILE).read_text())
+    assert scales["x"]["method"] == "percentile" and scales["c"]["method"] == "entropy"
+    assert report["method"] == "classwise"
 
 
 def test_cache_header_names_the_chosen_methods_calibrator(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trtflow.quant.class_table import DEFAULT_METHOD, class_methods
+from trtflow.quant.class_table import CLASS_TABLE, DEFAULT_METHOD, METHODS, class_methods
 
 from .test_layer_precision import _residual_graph
 
@@ -21,3 +21,7 @@ def test_fixed_tensors_and_a_given_table_win() -> None:
                                                                      "a": "entropy"}
     assert class_methods(model, ["a", "s"], table={"residual": "max"}) == {
         "a": "percentile", "s": "max"}
+
+
+def test_the_table_reads_only_the_methods_a_classwise_calibration_computes() -> None:
+    assert {*CLASS_TABLE.values(), DEFAULT_METHOD} == set(METHODS)

@@ -159,3 +159,15 @@ def test_a_data_split_given_as_a_bare_file_lists_the_accepted_forms() -> None:
     assert "field 'data.calibration'" in text and "'x.csv'" in text
     for form in ("npz: FILE.npz", "images: FOLDER", "text: FILE.txt", "function:"):
         assert form in text
+
+
+def test_calibration_method_defaults_to_classwise_and_keeps_the_others() -> None:
+    from trtflow.params import CalibrationConfig
+
+    assert CalibrationConfig().method == "classwise"
+    for method in ("classwise", "auto", "entropy", "percentile", "mse", "max"):
+        assert CalibrationConfig(method=method).method == method
+    with pytest.raises(ValueError, match=r"unknown calibration method 'kl'.*'classwise'"):
+        CalibrationConfig(method="kl")
+    with pytest.raises(ValueError, match="unknown calibration method 'classwise'"):
+        CalibrationConfig(input_method="classwise")  # a table, not a method for inputs

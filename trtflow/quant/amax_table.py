@@ -4,7 +4,8 @@ The calibrate stage used to compute all four methods for every tensor (the compl
 cache names every float activation: 50 tensors in resnet18, ~250 in efficientnet-b0)
 whatever the params asked for; MSE alone costs ~2x entropy a tensor. ``needed_methods``
 names the ones a calibration reads (the chosen method, the input method, the fp8 method;
-all four only for ``method: auto``), and ``amax_table`` computes just those.
+entropy and percentile for ``method: classwise``, the default; all three that ``auto``
+compares for ``method: auto``), and ``amax_table`` computes just those.
 
 Tensors run on a thread pool: each method is numpy on ~250k-element arrays, which
 releases the GIL, so two cores give ~2x. Stacking tensors into one array per numpy call
@@ -27,14 +28,19 @@ from trtflow.quant.methods import METHODS, compute_amax
 # each method compared costs fake-quantized evaluations, and MSE's amax costs about twice
 # entropy's a tensor; it stays available by name.
 AUTO_METHODS = ("entropy", "max", "percentile")
+# What `method: classwise` reads (quant.class_table's table: entropy on linear-layer
+# outputs, percentile elsewhere); both come from the one histogram pass.
+CLASSWISE_METHODS = ("entropy", "percentile")
 
 
 def needed_methods(method: str, input_method: str, fp8_method: str,
                    extra: Iterable[str] = ()) -> list[str]:
     """The methods whose amax a calibration reads, in ``METHODS`` order: the chosen method
-    (``auto``: those its search compares, ``AUTO_METHODS``), the graph inputs' (``same``:
-    the chosen one), the fp8 targets', and ``extra`` (a report that compares methods)."""
-    chosen = set(AUTO_METHODS) if method == "auto" else {method}
+    (``auto``: those its search compares, ``AUTO_METHODS``; ``classwise``: those its table
+    names, ``CLASSWISE_METHODS``), the graph inputs' (``same``: the chosen one), the fp8
+    targets', and ``extra`` (a report that compares methods)."""
+    groups = {"auto": AUTO_METHODS, "classwise": CLASSWISE_METHODS}
+    chosen = set(groups.get(method, (method,)))
     wanted = chosen | {fp8_method, *extra} | ({input_method} if input_method != "same"
                                               else set())
     return [m for m in METHODS if m in wanted]

@@ -26,6 +26,7 @@ the linear outputs need a wider range than 99.99 % of the values. The table
 needs the entropy and percentile amax only (both read the one histogram pass) and no
 evaluation, so it costs what entropy costs. ``class_methods`` gives each tensor its
 method; graph inputs keep ``input_method`` as the caller decides (``fixed``).
+It is ``calibration.method: classwise``, the default (trtflow.stages.calibrate).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from collections.abc import Mapping, Sequence
 
 import onnx
 
+from trtflow.quant.amax_table import CLASSWISE_METHODS
 from trtflow.quant.method_search import tensor_class
 
 # class -> method; every class not named takes DEFAULT_METHOD
 CLASS_TABLE: dict[str, str] = {"linear": "entropy"}
 DEFAULT_METHOD = "percentile"
-METHODS = ("entropy", "percentile")  # the amax a calibration with this table needs
+METHODS = CLASSWISE_METHODS  # the amax a calibration with this table needs
 
 
 def class_methods(model: onnx.ModelProto, tensors: Sequence[str],

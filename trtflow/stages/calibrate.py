@@ -2,11 +2,14 @@
 
 Its directory is a `trtflow.quant.artifact.Calibration` (that module names the files):
 - the raw per-tensor histograms (methods can be compared later);
-- the scales: tensor -> {amax, scale, method} for the chosen method, plus the amax of
+- the scales: tensor -> {amax, scale, method} for the chosen method (the default,
+  `classwise`: entropy on linear-layer outputs, percentile elsewhere, by tensor class:
+  quant.class_table), plus the amax of
   every method computed (those the params read: quant.amax_table) so reports compare them;
 - TensorRT's text cache of the chosen scales for *every* float activation of the
   graph, as TensorRT's own calibrator writes it (TensorRT <= 10, ORT-TRT); the header
-  names the chosen method's TensorRT algorithm, the scales each tensor's own method;
+  names the chosen method's TensorRT algorithm (classwise: entropy's), the scales each
+  tensor's own method;
 - the INT8 Q/DQ graph, placed the TensorRT way (TensorRT 11 builds only from Q/DQ
   graphs): the subset of the cache's tensors it needs;
 - the FP8 Q/DQ graph: the same placement in E4M3FN (opset 19, scale = amax/448 with
@@ -37,6 +40,7 @@ from trtflow.params import CalibrationConfig
 from trtflow.quant import accuracy as accuracy_mod
 from trtflow.quant.amax_table import AUTO_METHODS, amax_table, needed_methods
 from trtflow.quant.artifact import Calibration
+from trtflow.quant.class_table import class_methods
 from trtflow.quant.collect import Progress, collect_histograms
 from trtflow.quant.collector import HistogramCollector
 from trtflow.quant.group_sensitivity import lazy_fallback
@@ -58,10 +62,11 @@ if TYPE_CHECKING:
     from trtflow.context import Context
     from trtflow.stage import StageResult
 
-VERSION = "calibrate-6"  # 3-5: NVIDIA residual rule, MaxPool inputs, complete cache, fp8
+VERSION = "calibrate-7"  # 3-5: NVIDIA residual rule, MaxPool inputs, complete cache, fp8
 # Q/DQ, streaming histograms fed 8 samples at a time (their range starts elsewhere);
 # 6: only the methods asked for (the scales' amax_by_method), auto per tensor class,
-# the fallback ranks layers lazily, no sensitivity report unless asked
+# the fallback ranks layers lazily, no sensitivity report unless asked;
+# 7: the default method is classwise (a calibration stored under entropy is not reused)
 # E4M3 rounds |x| / scale below 464 (halfway to the next binade step) to 448; above
 # that a value saturates: it overflows E4M3 after scaling.
 FP8_OVERFLOW = 464.0
@@ -163,6 +168,10 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
     accuracy = AccuracyReport()
     method: str = cfg.method
     methods: dict[str, str] | None = None
+    if method == "classwise":  # the fixed table; graph inputs keep `input_method`
+        methods = class_methods(model, tensors, fixed={
+            t: m for t, m in tensor_methods(model, tensors, cfg, method).items()
+            if m != method})
     if method == "auto" or cfg.sensitivity or cfg.fallback.min_agreement is not None:
         feeds = _selection(selection or [], cfg.selection_samples)
         if not feeds:
@@ -189,7 +198,8 @@ def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
     skip = accuracy.fallback["skip"] if accuracy.fallback else []
     fp8 = fp8_table(result.collector, {t: all_amax[cfg.fp8_method][t] for t in tensors},
                     cfg.fp8_method)
-    qdq_report = _write_outputs(model, chosen, methods, all_amax, skip, artifact, method, fp8)
+    header = "entropy" if method == "classwise" else method  # an algorithm TensorRT knows
+    qdq_report = _write_outputs(model, chosen, methods, all_amax, skip, artifact, header, fp8)
     artifact.write_accuracy(accuracy.as_dict())
     return {
         "method": method, "requested_method": cfg.method, "input_method": cfg.input_method,
