@@ -252,6 +252,13 @@ class DecoderCalibration(_Strict):
     seed: int = 0
 
 
+def matmulnbits_block(value: int) -> int:
+    """A weight-only group size: what MatMulNBits takes (a power of two >= 16)."""
+    if value < 16 or value & (value - 1):
+        raise ValueError(f"{value} is not a power of two >= 16 (MatMulNBits block sizes)")
+    return value
+
+
 class WeightOnly(_Strict):
     """`targets.NAME.weight_only` (decoder int8/int4 targets): the weight-only quantization
     the calibrate stage computes and the build stage turns into MatMulNBits weights."""
@@ -273,9 +280,7 @@ class WeightOnly(_Strict):
     @field_validator("group_size", "lm_head_group_size")
     @classmethod
     def _power_of_two(cls, value: int) -> int:
-        if value < 16 or value & (value - 1):
-            raise ValueError(f"{value} is not a power of two >= 16 (MatMulNBits block sizes)")
-        return value
+        return matmulnbits_block(value)
 
 
 class CalibrationConfig(_Strict):

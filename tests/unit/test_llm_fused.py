@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from trtflow.errors import BuildError, DataError, ModelError
 from trtflow.llm.export import DecoderShape, check_parity, hf_weights
@@ -20,20 +19,7 @@ from trtflow.llm.ort_engine import float_graph, matmulnbits_graph, packed_weight
 from trtflow.llm.quantize import quantize_decoder
 from trtflow.llm.weight_only import WeightOnlyConfig, quantize_groups
 
-
-def tiny_llama(seed: int = 0):  # type: ignore[no-untyped-def]
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=48, rope_theta=10000.0)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # distinct norms, as in a trained model (random init: all ones)
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.uniform_(0.5, 1.5)
-    return model
+from .test_llm import tiny_llama
 
 
 @pytest.fixture(scope="module")

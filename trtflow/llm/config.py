@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trtflow.errors import ParamsError
-from trtflow.params import FineTune, Params, WeightOnly, parse_params
+from trtflow.params import FineTune, Params, WeightOnly, matmulnbits_block, parse_params
 from trtflow.yamlfile import load_yaml
 
 __all__ = ["FineTune", "LlmParams", "LlmTarget", "load_llm_params", "from_params"]
@@ -71,9 +71,7 @@ class LlmTarget(Strict):
     @field_validator("group_size", "lm_head_group_size")
     @classmethod
     def _power_of_two(cls, value: int) -> int:
-        if value < 16 or value & (value - 1):
-            raise ValueError(f"{value} is not a power of two >= 16 (MatMulNBits block sizes)")
-        return value
+        return matmulnbits_block(value)
 
 
 class LlmParams(Strict):
