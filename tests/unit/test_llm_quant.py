@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.test_llm import ids, tiny_llama
 from trtflow.errors import CalibrationError
-from trtflow.llm.export import DecoderShape, hf_weights
+from trtflow.llm.export import PROJECTIONS, DecoderShape, hf_weights
 from trtflow.llm.generate import OrtDecoder, session_for
 from trtflow.llm.gptq import gptq_quantize, hessian
 from trtflow.llm.ort_engine import float_graph, matmulnbits_graph
@@ -163,7 +163,8 @@ def test_hessian_that_is_not_positive_definite_is_refused() -> None:
 def test_int8_projection_that_names_nothing_is_refused(tiny) -> None:  # type: ignore[no-untyped-def]
     shape, weights, _, _ = tiny
     with pytest.raises(CalibrationError, match=r"int8_projections entry 'layers\.7' names no "
-                       r"projection; expected one of \['q_proj'.*'layers\.N' \(N < 2\)"):
+                       r"projection; expected one of \['q_proj'.*'layers\.N' \(0 <= N < 2, or "
+                       r"-2 <= N < 0"):
         quantize_decoder(weights, shape, WeightOnlyConfig(method="rtn",
                                                           int8_projections=("layers.7",)))
 
@@ -213,3 +214,15 @@ def test_zero_windows_is_refused_as_such() -> None:
         token_windows(tiny_tokenizer(), text, 8, 0)
     with pytest.raises(CalibrationError, match="fewer than one window of 1000"):
         token_windows(tiny_tokenizer(), text, 1000)
+
+
+def test_int8_layers_count_from_the_end(tiny) -> None:  # type: ignore[no-untyped-def]
+    shape, weights, _, _ = tiny
+    from trtflow.llm.quantize import int8_keys
+
+    cfg = WeightOnlyConfig(int8_projections=("layers.-1", "layers.0.o_proj"))
+    assert int8_keys(cfg, shape) == {f"layers.1.{p}" for p in PROJECTIONS} | {"layers.0.o_proj"}
+    for bad in ("layers.-3", "layers.2", "mlp"):
+        with pytest.raises(CalibrationError, match=f"entry '{bad}' names no projection"):
+            int8_keys(WeightOnlyConfig(int8_projections=(bad,)), shape)
+    assert int8_keys(WeightOnlyConfig(bits=8, int8_projections=("down_proj",)), shape) == set()

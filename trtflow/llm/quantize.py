@@ -151,20 +151,22 @@ def quantize_decoder(weights: dict[str, np.ndarray], shape: DecoderShape,
 
 def int8_keys(cfg: WeightOnlyConfig, shape: DecoderShape) -> set[str]:
     """The projections kept at INT8: cfg.int8_projections entries are a projection
-    ('down_proj': every layer's), a layer ('layers.0') or one tensor
-    ('layers.29.down_proj'). Projections that share an input go together (q/k/v,
+    ('down_proj': every layer's), a layer ('layers.0'; 'layers.-1' is the last) or one
+    tensor ('layers.29.down_proj'). Projections that share an input go together (q/k/v,
     gate/up: the engine packs each into one MatMulNBits of one setting)."""
     if cfg.bits == 8:
         return set()
     keys = {f"layers.{i}.{p}" for i in range(shape.layers) for p in PROJECTIONS}
     chosen = set()
-    for entry in cfg.int8_projections:
+    for given in cfg.int8_projections:
+        entry = _from_the_end(given, shape.layers)
         hit = {k for k in keys if k == entry or k.endswith(f".{entry}")
                or k.startswith(f"{entry}.")}
         if not hit:
-            raise CalibrationError(f"int8_projections entry {entry!r} names no projection; "
-                                   f"expected one of {list(PROJECTIONS)}, 'layers.N' (N < "
-                                   f"{shape.layers}) or 'layers.N.PROJECTION'")
+            raise CalibrationError(f"int8_projections entry {given!r} names no projection; "
+                                   f"expected one of {list(PROJECTIONS)}, 'layers.N' (0 <= N "
+                                   f"< {shape.layers}, or -{shape.layers} <= N < 0 counting "
+                                   "from the last) or 'layers.N.PROJECTION'")
         chosen |= hit
     for key in list(chosen):
         layer, name = key.rsplit(".", 1)
@@ -201,6 +203,15 @@ def _fold_layer(w: dict[str, np.ndarray], x: dict[str, np.ndarray], i: int,
     w[f"{L}.input_norm"] /= s
     _divide_inputs(x, f"{L}.q_proj", s)
     return alphas
+
+
+def _from_the_end(entry: str, layers: int) -> str:
+    """'layers.-1...' -> 'layers.{layers - 1}...' (other entries unchanged)."""
+    parts = entry.split(".")
+    if len(parts) >= 2 and parts[0] == "layers" and parts[1].startswith("-") \
+            and parts[1][1:].isdigit() and 0 < int(parts[1][1:]) <= layers:
+        parts[1] = str(layers + int(parts[1]))
+    return ".".join(parts)
 
 
 def _divide_inputs(x: dict[str, np.ndarray], key: str, s: np.ndarray) -> None:

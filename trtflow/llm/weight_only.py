@@ -15,6 +15,12 @@ preceding RMSNorm weight (q/k/v, gate/up) or the preceding projection's columns
 input cannot be divided exactly). Then a per-group clipping ratio is searched on the
 calibration activations. Everything is chosen by the output error ||X W - X' W_q||
 on sampled calibration rows, never on evaluation text.
+
+GPTQ (trtflow/llm/gptq.py; method "gptq", or "awq+gptq" after AWQ's scales) rounds
+with second-order error compensation from the Hessian of every calibration token. On
+SmolLM2-135M fine-tuned (16 evaluation windows, MatMulNBits engines) INT4 g32 asym
+went from +20.2 % perplexity (RTN) to +5.5 % (GPTQ) and +3.9 % with down_proj at INT8.
+`int8_projections` keeps chosen projections at INT8 (NNCF's mixed precision).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ class WeightOnlyConfig:
     bits: Literal[4, 8] = 4
     group_size: int = 32
     symmetric: bool = False
-    method: Method = "awq"
+    method: Method = "gptq"
     # embeddings stay float; lm_head gets INT8 at this group size (NNCF keeps the same
     # layers at 8 bits by default); None keeps it float
     lm_head_bits: int | None = 8
