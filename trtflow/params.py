@@ -267,9 +267,16 @@ class WeightOnly(_Strict):
                             ">= 16 that divides the hidden and intermediate sizes)")
     symmetric: bool = Field(default=False, description="zero point 2^(bits-1); else one "
                             "uint zero point per group")
-    method: Literal["rtn", "awq"] = Field(default="awq", description="round to nearest, or "
-                                          "AWQ-style scales and clipping from the "
-                                          "calibration text")
+    method: Literal["rtn", "awq", "gptq", "awq+gptq"] = Field(
+        default="awq", description="round to nearest; AWQ-style scales and clipping from the "
+        "calibration text; GPTQ (Hessian of the calibration activations, block-wise error "
+        "compensation, clipping searched per group: trtflow/llm/gptq.py); or AWQ then GPTQ")
+    int8_projections: list[str] = Field(
+        default=[], description="INT4 targets: projections kept at INT8, by name "
+        "('down_proj'), layer ('layers.0', 'layers.-1' from the end) or tensor "
+        "('layers.3.q_proj'); q/k/v and gate/up move together (one packed MatMulNBits)")
+    int8_group_size: int = Field(default=64, description="group size of those INT8 "
+                                 "projections")
     lm_head_bits: Literal[8] | None = Field(default=8, description="lm_head at INT8; null "
                                             "keeps it float (embeddings stay float)")
     lm_head_group_size: int = 64
@@ -277,7 +284,7 @@ class WeightOnly(_Strict):
                                                    "accuracy_level: 4 = int8 activations "
                                                    "per block")
 
-    @field_validator("group_size", "lm_head_group_size")
+    @field_validator("group_size", "lm_head_group_size", "int8_group_size")
     @classmethod
     def _power_of_two(cls, value: int) -> int:
         return matmulnbits_block(value)

@@ -259,3 +259,17 @@ def test_a_finetuned_decoder_is_another_export_trained_on_the_calibration_text(
     retrained = run_up_to(Context.create(load_params(tmp_path / "p.yaml"), tmp_path),
                           "export")[-1]
     assert retrained.key != tuned.key  # its key covers the text it trained on
+
+
+def test_gptq_with_int8_projections_through_the_calibrate_step(tmp_path: Path) -> None:
+    params = PARAMS.replace("weight_only: {method: awq, lm_head_group_size: 32}",
+                            "weight_only: {method: gptq, lm_head_group_size: 32, "
+                            "int8_projections: [down_proj, layers.-1], int8_group_size: 32}")
+    ctx = Context.create(load_params(project(tmp_path, params)), tmp_path)
+    calibrate = run_up_to(ctx, "calibrate", "int4")[-1]
+    settings = json.loads((Path(calibrate.path) / "weight_only.json").read_text())
+    assert settings["config"]["method"] == "gptq"
+    assert settings["config"]["int8_projections"] == ["down_proj", "layers.-1"]
+    from trtflow.llm import stages
+
+    assert "calibration_data" in stages._calibrate_facts(ctx, "int4")  # GPTQ reads the text

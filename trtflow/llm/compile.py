@@ -167,7 +167,7 @@ class LlmCompiler:
 
         model, tokenizer = self.model()
         inputs = None
-        if cfg.method == "awq":
+        if cfg.method != "rtn":
             windows = token_windows(tokenizer, self.calibration_text, c.window, c.windows)
             inputs = capture_inputs(model, windows, c.rows, c.seed)
         q = quantize_decoder(self.float_weights(), shape, cfg, inputs)

@@ -62,7 +62,7 @@ class LlmTarget(Strict):
     precision: Literal["fp32", "int8", "int4"]
     group_size: int = 32
     symmetric: bool = False
-    method: Literal["rtn", "awq"] = "awq"
+    method: Literal["rtn", "awq", "gptq", "awq+gptq"] = "awq"
     lm_head_bits: Literal[8] | None = 8
     lm_head_group_size: int = 64
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4

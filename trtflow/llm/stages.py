@@ -157,7 +157,7 @@ def _calibrate_facts(ctx: Context, target: str | None) -> dict[str, Any]:
     settings = weight_only(spec)
     parts: dict[str, Any] = {"bits": bits_of(spec),
                              "weight_only": settings.model_dump(exclude={"accuracy_level"})}
-    if settings.method == "awq":  # RTN reads no data
+    if settings.method != "rtn":  # RTN reads no data
         parts["calibration"] = ctx.params.calibration.decoder.model_dump()
         parts["calibration_data"] = data_digest(ctx.root, ctx.params.data.calibration)  # type: ignore[arg-type]
     return parts
@@ -184,16 +184,18 @@ def run_calibrate(ctx: Context, target: str | None, out: Path, export: StageResu
     cfg = WeightOnlyConfig(bits=bits_of(spec), group_size=settings.group_size,  # type: ignore[arg-type]
                            symmetric=settings.symmetric, method=settings.method,
                            lm_head_bits=settings.lm_head_bits,
-                           lm_head_group_size=settings.lm_head_group_size)
+                           lm_head_group_size=settings.lm_head_group_size,
+                           int8_projections=tuple(settings.int8_projections),
+                           int8_group_size=settings.int8_group_size)
     shape = shape_of(export)
     for rows, what in ((shape.hidden, "hidden size"), (shape.intermediate, "intermediate size")):
         check_group(f"targets.{target}.weight_only: the model's {what}", rows, cfg.group_size)
     start = time.perf_counter()
     model, tokenizer = float_model(export)
     inputs = None
-    if cfg.method == "awq":
+    if cfg.method != "rtn":  # AWQ's scales and GPTQ's Hessians read the calibration text
         c = ctx.params.calibration.decoder
-        _say(ctx, f"AWQ: activations of {c.windows} calibration windows")
+        _say(ctx, f"{cfg.method.upper()}: activations of {c.windows} calibration windows")
         windows = token_windows(tokenizer, read_text(text_path(ctx, "calibration")), c.window,
                                 c.windows)
         inputs = capture_inputs(model, windows, c.rows, c.seed)
