@@ -244,7 +244,9 @@ def test_events_trigger_compiles_that_wait_for_the_model_slot(served: Path) -> N
     assert [r.data.tags["trtflow.target"] for r in engines] == ["fp32"]
     assert engines[0].data.tags["trtflow.source.mlflow"] == "models:/digits-model/1"
     parent = mlflow.get_run(engines[0].data.tags["mlflow.parentRunId"])
-    assert parent.data.tags.get("trtflow.cached_reruns") == "1"
+    # at least the second compile is a cached re-run (the first is one too where an earlier
+    # test of this module compiled the same engine, with the same stage keys)
+    assert int(parent.data.tags.get("trtflow.cached_reruns", "0")) >= 1
     # one model version compiled twice is one engine: one registry version (other test
     # modules of the session may have registered digits-fp32 versions before)
     assert engines[0].data.tags["trtflow.registered_version"].startswith("digits-fp32/")
