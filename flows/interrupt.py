@@ -13,6 +13,7 @@ writes through temp dirs named by PID, so a dead writer leaves no half artifact.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -139,7 +140,18 @@ class Interrupt:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        # Ctrl-C was once lost under load (a pty test's run went on to exit 0): our own
+        # handler also tells the watcher itself, for when a library has replaced the wakeup
+        # fd (event loops that add signal handlers do) and swallows the KeyboardInterrupt;
+        # and asyncio.run replaces only Python's default handler, not this one
+        self._previous_handler = (signal.signal(signal.SIGINT, self._on_sigint)
+                                  or signal.default_int_handler)
         threading.Thread(target=self._watch, name="trtflow-interrupt", daemon=True).start()
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, bytes([signal.SIGINT]))
+        raise KeyboardInterrupt
 
     def _watch(self) -> None:
         while True:
@@ -159,6 +171,7 @@ class Interrupt:
         """The main thread has cleaned up (or finished normally): the watcher stands down."""
         self._finished.set()
         signal.set_wakeup_fd(self._previous_fd)
+        signal.signal(signal.SIGINT, self._previous_handler)
 
 
 def exit_now(code: int = EXIT_INTERRUPTED) -> None:
