@@ -140,12 +140,13 @@ class Interrupt:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        # Ctrl-C was once lost under load (a pty test's run went on to exit 0): our own
-        # handler also tells the watcher itself, for when a library has replaced the wakeup
-        # fd (event loops that add signal handlers do) and swallows the KeyboardInterrupt;
-        # and asyncio.run replaces only Python's default handler, not this one
-        self._previous_handler = (signal.signal(signal.SIGINT, self._on_sigint)
-                                  or signal.default_int_handler)
+        # our own handler also tells the watcher itself, for when a library has replaced
+        # the wakeup fd (event loops that add signal handlers do) and swallows the
+        # KeyboardInterrupt; asyncio.run replaces only Python's default handler, not this
+        # one. A process started with SIGINT ignored (a background job) keeps ignoring it
+        self._previous_handler = signal.getsignal(signal.SIGINT) or signal.default_int_handler
+        if self._previous_handler is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, self._on_sigint)
         threading.Thread(target=self._watch, name="trtflow-interrupt", daemon=True).start()
 
     def _on_sigint(self, signum: int, frame: object) -> None:

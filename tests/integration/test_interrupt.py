@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import sqlite3
 import sys
 import time
@@ -30,6 +31,9 @@ def _run_in_terminal(root: Path, args: list[str], interrupt_at: str | None,
     trtflow = str(Path(sys.executable).with_name("trtflow"))
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover (the child)
+        # a shell starts a foreground command with SIGINT at its default; pytest itself may
+        # have been started as a background job (`make test &`), which ignores SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.chdir(root)
         for name in _SESSION_STATE:  # this project's own Prefect home, MLflow and store
             os.environ.pop(name, None)
