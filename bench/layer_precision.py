@@ -207,6 +207,11 @@ def nncf_engine(clean: Path, feeds: list[dict[str, np.ndarray]], model: str) -> 
     compiled = ov.Core().compile_model(quantized, "CPU", {
         "INFERENCE_NUM_THREADS": threads(), "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "f32"})
+    return _ov_engine(compiled)
+
+
+def _ov_engine(compiled: Any) -> Any:
+    """A compiled OpenVINO model behind the `run(inputs) -> {output: array}` the race uses."""
     request = compiled.create_infer_request()
     names = [o.get_any_name() for o in compiled.outputs]
 
@@ -232,15 +237,7 @@ def openvino_bf16(ir: Path) -> Any:
     compiled = ov.Core().compile_model(str(ir), "CPU", {
         "INFERENCE_NUM_THREADS": threads(), "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "bf16", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
-    request = compiled.create_infer_request()
-    names = [o.get_any_name() for o in compiled.outputs]
-
-    class Engine:
-        def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            result = {p.get_any_name(): v for p, v in request.infer(inputs).items()}
-            return {n: np.array(result[n]) for n in names}
-
-    return Engine()
+    return _ov_engine(compiled)
 
 
 def selection_part(model: str, n: int, budget_s: float, rounds: int, method: str = "auto"

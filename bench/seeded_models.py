@@ -152,13 +152,14 @@ def mobilenet_v3_large_shaped(seed: int = 0) -> nn.Module:
 class DistilBertShaped(nn.Module):
     """Token ids + attention mask -> the mean-pooled last hidden state (768)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, vocab_size: int = 30522) -> None:  # BERT's vocabulary
         super().__init__()
         from transformers import DistilBertConfig, DistilBertModel
 
         with torch.random.fork_rng():  # transformers draws its init from the global RNG
             torch.manual_seed(seed)
-            self.encoder = DistilBertModel(DistilBertConfig(attn_implementation="eager"))
+            self.encoder = DistilBertModel(DistilBertConfig(vocab_size=vocab_size,
+                                                            attn_implementation="eager"))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]

@@ -13,7 +13,7 @@ lookup, not compute), mean-pooled. Judge both by output error, never by top-1.
 from __future__ import annotations
 
 import torch
-from seeded_models import seeded  # type: ignore[import-not-found]
+from seeded_models import DistilBertShaped, seeded  # type: ignore[import-not-found]
 from torch import nn
 
 
@@ -75,22 +75,6 @@ def regnety_800mf_shaped(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-class DistilBertShaped(nn.Module):
-    """Token ids + attention mask -> mean-pooled last hidden state (768)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        from transformers import DistilBertConfig, DistilBertModel
-
-        torch.manual_seed(seed)
-        self.encoder = DistilBertModel(DistilBertConfig(vocab_size=8000,
-                                                        attn_implementation="eager"))
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
 def distilbert_shaped(seed: int = 0) -> nn.Module:
-    return DistilBertShaped(seed).eval()
+    """seeded_models' DistilBERT-shaped encoder with an 8,000-token vocabulary."""
+    return DistilBertShaped(seed, vocab_size=8000).eval()
